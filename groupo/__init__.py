@@ -1,0 +1,3 @@
+"""groupo: group-relative RL fine-tuning of language models."""
+
+__version__ = "0.1.0"

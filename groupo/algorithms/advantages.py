@@ -1,0 +1,52 @@
+"""Group-relative advantages (DeepSeekMath sec. 4.1.2; Dr.GRPO; RLOO)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards_PG: torch.Tensor, *, baseline: str = "mean", scale: str = "group",
+                     std: str = "unbiased", eps: float = 1e-4) -> torch.Tensor:
+    """(P, G) rewards of G completions for each of P prompts -> (P, G) advantages.
+
+    baseline: "mean"  A = r_i - mean_j r_j                            (GRPO)
+              "loo"   A = r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean)   (RLOO)
+    scale:    "group" divide by the std of the prompt's G rewards     (GRPO)
+              "batch" divide by the std of all P*G rewards
+              "none"  no division                                     (Dr.GRPO)
+    std:      "unbiased" (divide by n-1, torch's default) or "population" (divide by n)
+    eps:      added to the std before dividing.
+
+    A group whose rewards are all equal gets advantage exactly 0 (never NaN), whatever eps is.
+    """
+    if rewards_PG.ndim != 2:
+        raise ValueError(f"rewards must be (P, G), got shape {tuple(rewards_PG.shape)}")
+    if std not in ("unbiased", "population"):
+        raise ValueError(f"unknown std estimator {std!r}; valid: unbiased, population")
+    r = rewards_PG.float()
+    G = r.shape[1]
+    mean_P1 = r.mean(dim=1, keepdim=True)
+    centred = r - mean_P1
+    if baseline == "loo":
+        if G < 2:
+            raise ValueError("the leave-one-out baseline needs at least 2 completions per prompt")
+        centred = centred * (G / (G - 1))
+    elif baseline != "mean":
+        raise ValueError(f"unknown baseline {baseline!r}; valid: mean, loo")
+    correction = 1 if std == "unbiased" else 0
+    if scale == "group":
+        sd = r.std(dim=1, keepdim=True, correction=correction) if G > correction else torch.zeros_like(mean_P1)
+    elif scale == "batch":
+        sd = r.std(correction=correction) if r.numel() > correction else r.new_zeros(())
+    elif scale == "none":
+        return torch.where(centred == 0, torch.zeros_like(centred), centred)
+    else:
+        raise ValueError(f"unknown advantage scale {scale!r}; valid: group, batch, none")
+    adv = centred / (sd + eps)
+    # centred == 0 covers equal-reward groups; guards 0/0 when eps == 0.
+    return torch.where(centred == 0, torch.zeros_like(adv), adv)
+
+
+def zero_variance_groups(rewards_PG: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: groups whose rewards are all equal (they carry no signal; DAPO drops them)."""
+    return (rewards_PG == rewards_PG[:, :1]).all(dim=1)

@@ -1,0 +1,125 @@
+"""The GRPO-family policy loss: one parameterised function, variants are presets.
+
+Notation (DESIGN.md): B sequences, T completion tokens each (right-padded, `mask_BT` marks
+real tokens), rho_it = pi(o_it) / pi_old(o_it).
+
+    clip  (GRPO, DAPO)  l_it = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL_it
+          dual clip      for A < 0: l_it = min(l_it, -c A)                    (Ye et al. 2020)
+    GSPO  rho replaced by s_i = exp(1/|o_i| sum_t log rho_it)                  (arXiv:2507.18071)
+    GSPO-token           s_it = sg[s_i] pi(o_it) / sg[pi(o_it)]: s_i's value, per-token gradient
+    CISPO l_it = -sg[clip(rho, 1-eps_low, 1+eps_high)] A log pi(o_it) + beta KL_it (arXiv:2506.13585)
+
+Aggregation of the per-token losses l_it into one scalar:
+    seq_mean_token_mean  1/B sum_i 1/|o_i| sum_t l_it        (GRPO)
+    token_mean           1/sum_i |o_i| sum_i sum_t l_it      (DAPO, CISPO)
+    seq_sum_norm         1/B sum_i 1/max_len sum_t l_it      (Dr.GRPO)
+
+For gradient accumulation pass `denominator` = `loss_denominator(full batch mask)` to every
+micro-batch call: the summed micro-batch losses then equal the full-batch loss exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from groupo.algorithms.kl import kl_penalty
+from groupo.algorithms.presets import get_preset
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor                   # scalar, differentiable w.r.t. logp_BT
+    metrics: dict[str, torch.Tensor]     # detached scalars
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` where `mask` is true; 0 where nothing is masked in."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def loss_denominator(mask_BT: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """The count the aggregation divides by: tokens for token_mean, sequences otherwise."""
+    if aggregation == "token_mean":
+        return mask_BT.sum().clamp(min=1).float()
+    return torch.tensor(float(mask_BT.shape[0]))
+
+
+def _log_ratio(logp_BT, old_logp_BT, mask_BT, level: str) -> torch.Tensor:
+    """(B, T) log of the importance ratio each token uses."""
+    log_rho_BT = logp_BT - old_logp_BT
+    if level == "token":
+        return log_rho_BT
+    n_B1 = mask_BT.sum(-1, keepdim=True).clamp(min=1)
+    log_s_B1 = (log_rho_BT * mask_BT).sum(-1, keepdim=True) / n_B1
+    if level == "sequence":
+        return log_s_B1.expand_as(log_rho_BT)
+    if level == "sequence_token":
+        return log_s_B1.detach() + logp_BT - logp_BT.detach()
+    raise ValueError(f"unknown ratio level {level!r}; valid: token, sequence, sequence_token")
+
+
+def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Tensor,
+                mask_BT: torch.Tensor, preset: str = "grpo", *, ref_logp_BT: torch.Tensor | None = None,
+                beta: float | None = None, max_len: int | None = None,
+                denominator: torch.Tensor | float | None = None, **overrides) -> LossOutput:
+    """Loss of one batch (or micro-batch) of completions.
+
+    logp_BT, old_logp_BT, ref_logp_BT: (B, T) log-probs of the sampled tokens under the current,
+    sampling and reference policies; adv: (B,) per sequence or (B, T) per token; mask_BT: (B, T)
+    1 for tokens that count. `beta=None` takes the preset's value; `max_len` is Dr.GRPO's constant
+    (default: T); `overrides` are `LossSettings` field names (eps_low, aggregation, ...).
+    """
+    s = get_preset(preset).with_overrides(beta=beta, **overrides)
+    mask = mask_BT.to(logp_BT.dtype)
+    old_logp_BT = old_logp_BT.detach()
+    adv_BT = (adv[:, None] if adv.ndim == 1 else adv).to(logp_BT.dtype).expand_as(logp_BT).detach()
+    lo, hi = 1.0 - s.eps_low, 1.0 + s.eps_high
+
+    ratio_BT = torch.exp(_log_ratio(logp_BT, old_logp_BT, mask, s.ratio_level))
+    clipped_BT = ratio_BT.clamp(lo, hi)
+    if s.loss_type == "clip":
+        loss_BT = -torch.minimum(ratio_BT * adv_BT, clipped_BT * adv_BT)
+        if s.dual_clip is not None:
+            loss_BT = torch.where(adv_BT < 0, torch.minimum(loss_BT, -s.dual_clip * adv_BT), loss_BT)
+        low_BT, high_BT = (ratio_BT < lo) & (adv_BT < 0), (ratio_BT > hi) & (adv_BT > 0)
+    elif s.loss_type == "cispo":
+        loss_BT = -clipped_BT.detach() * adv_BT * logp_BT
+        low_BT, high_BT = ratio_BT < lo, ratio_BT > hi
+    else:
+        raise ValueError(f"unknown loss type {s.loss_type!r}; valid: clip, cispo")
+
+    metrics: dict[str, torch.Tensor] = {}
+    if ref_logp_BT is not None:
+        kl_BT = kl_penalty(logp_BT, ref_logp_BT.detach(), s.kl_estimator)
+        metrics["kl"] = masked_mean(kl_BT.detach(), mask)
+        if s.beta > 0:
+            loss_BT = loss_BT + s.beta * kl_BT
+    elif s.beta > 0:
+        raise ValueError(f"beta = {s.beta} > 0 needs ref_logp_BT (pass beta=0 to train without KL)")
+
+    summed_B = (loss_BT * mask).sum(-1)  # (B,)
+    if s.aggregation == "seq_mean_token_mean":
+        total = (summed_B / mask.sum(-1).clamp(min=1)).sum()
+    elif s.aggregation == "token_mean":
+        total = summed_B.sum()
+    elif s.aggregation == "seq_sum_norm":
+        total = summed_B.sum() / float(max_len if max_len is not None else logp_BT.shape[-1])
+    else:
+        raise ValueError(f"unknown aggregation {s.aggregation!r}; "
+                         "valid: seq_mean_token_mean, token_mean, seq_sum_norm")
+    denom = loss_denominator(mask, s.aggregation) if denominator is None else denominator
+    loss = total / denom
+
+    with torch.no_grad():
+        m = mask.bool()
+        has = m.any()
+        r = ratio_BT.detach()
+        metrics["clip_low_frac"] = masked_mean(low_BT.to(r.dtype), mask)
+        metrics["clip_high_frac"] = masked_mean(high_BT.to(r.dtype), mask)
+        metrics["ratio_mean"] = masked_mean(r, mask)
+        metrics["ratio_min"] = torch.where(has, r.masked_fill(~m, float("inf")).min(), r.new_ones(()))
+        metrics["ratio_max"] = torch.where(has, r.masked_fill(~m, float("-inf")).max(), r.new_ones(()))
+    return LossOutput(loss=loss, metrics=metrics)

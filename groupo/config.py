@@ -1,0 +1,387 @@
+"""The typed configuration tree: the single source of truth for a run.
+
+A run is described by one `Config` (a tree of dataclasses). It is built from defaults, then a
+YAML file, then `section.key=value` overrides from the command line, and validated before any
+model or data loads. Every field carries its help text and, where it has one, its allowed range
+in `metadata`; `groupo config` prints the resolved tree and the trainer saves it to the run dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; the CLI prints it without a traceback."""
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       min_exclusive: bool = False) -> Any:
+    """A dataclass field with help text and an optional numeric range."""
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("smollm2-135m-instruct",
+                   "built-in name, local Hugging Face folder, .gguf file, or hub id")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32", "dtype the weights are kept in (trainable LoRA weights stay float32)")
+    autocast: Literal["none", "bf16", "fp16"] = _f(
+        "bf16", "mixed precision for forward passes (bf16 works on CPU and GPU)")
+    gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
+    revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _f(16, "LoRA rank r; 0 trains all weights (full fine-tuning)", min=0)
+    alpha: float = _f(32.0, "LoRA alpha (scale = alpha / rank)", min=0, min_exclusive=True)
+    dropout: float = _f(0.0, "dropout on the LoRA input", min=0, max=1)
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                   "module names that get adapters")
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f("arithmetic",
+                   "built-in task (arithmetic, countdown, gsm8k, ...) or a path to a .jsonl file")
+    path: str | None = _f(None, "data file or folder for loaders that read one")
+    split: str = _f("train", "split to train on")
+    eval_split: str = _f("test", "held-out split for evaluation")
+    eval_size: int = _f(100, "held-out problems evaluated (0 = all)", min=0)
+    train_size: int = _f(0, "training problems kept after shuffling (0 = all)", min=0)
+    difficulty: int = _f(2, "difficulty level for synthetic tasks (1 = easiest)", min=1, max=5)
+    prompt_style: Literal["plain", "answer_tag", "r1", "boxed"] = _f(
+        "answer_tag", "instruction added to each question (see groupo.data.prompts)")
+    system_prompt: str | None = _f(None, "system prompt; None = the prompt style's own")
+    few_shot: int = _f(0, "worked examples prepended to each prompt", min=0)
+    question_field: str = _f("question", "field holding the question (generic loader)")
+    answer_field: str = _f("answer", "field holding the reference answer (generic loader)")
+    skip_bad_rows: bool = _f(False, "skip rows with a missing or unparseable answer (and count them)")
+    seed: int = _f(1234, "seed for shuffling, splits and synthetic problems")
+
+
+@dataclass
+class RewardsConfig:
+    funcs: dict[str, float] = _f(
+        {}, "reward name (or module:function, or file.py:function) -> weight; empty = the task's own")
+    overlong_buffer: int = _f(0, "DAPO soft overlong punishment buffer in tokens (0 = off)", min=0)
+    overlong_penalty: float = _f(1.0, "DAPO overlong penalty factor", min=0)
+    timeout_s: float = _f(5.0, "hard time limit per reward check, seconds", min=0, min_exclusive=True)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("hf", "generation engine: hf (transformers generate) or vllm")
+    group_size: int = _f(8, "completions sampled per prompt (G)", min=1)
+    max_new_tokens: int = _f(48, "maximum completion length in tokens", min=1)
+    temperature: float = _f(0.7, "sampling temperature", min=0, min_exclusive=True)
+    top_p: float = _f(1.0, "nucleus sampling threshold", min=0, max=1, min_exclusive=True)
+    top_k: int = _f(0, "top-k sampling (0 = off)", min=0)
+    stop: list[str] = _f([], "extra stop strings (the EOS token always stops)")
+    batch_size: int = _f(64, "sequences generated per forward batch", min=1)
+
+
+@dataclass
+class AlgorithmConfig:
+    """The loss and advantage settings. `None` means: take the preset's value."""
+
+    preset: str = _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token or cispo (groupo presets)")
+    beta: float | None = _f(None, "KL penalty coefficient", min=0)
+    eps_low: float | None = _f(None, "lower clip bound: ratio >= 1 - eps_low", min=0)
+    eps_high: float | None = _f(None, "upper clip bound: ratio <= 1 + eps_high", min=0)
+    dual_clip: float | None = _f(None, "dual-clip bound c > 1 for negative advantages", min=1,
+                                 min_exclusive=True)
+    ratio_level: Literal["token", "sequence", "sequence_token"] | None = _f(None, "importance ratio level")
+    loss_type: Literal["clip", "cispo"] | None = _f(None, "clipped surrogate or CISPO")
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_norm"] | None = _f(
+        None, "how token losses reduce to the batch loss")
+    kl_estimator: Literal["k1", "k2", "k3"] | None = _f(None, "per-token KL estimator")
+    adv_baseline: Literal["mean", "loo"] | None = _f(None, "group mean or leave-one-out baseline")
+    adv_scale: Literal["group", "batch", "none"] | None = _f(None, "divide advantages by this std")
+    adv_std: Literal["unbiased", "population"] | None = _f(None, "std estimator")
+    adv_eps: float | None = _f(None, "added to the std before dividing", min=0)
+    mask_truncated: bool | None = _f(None, "truncated completions contribute no loss")
+    dynamic_sampling: bool | None = _f(None, "drop groups whose rewards are all equal (DAPO)")
+    num_iterations: int = _f(1, "updates per batch (mu); > 1 reuses old log-probs", min=1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(60, "optimizer steps (batches of prompts)", min=1)
+    prompts_per_step: int = _f(8, "prompts drawn per step", min=1)
+    micro_batch_size: int = _f(16, "sequences per forward/backward pass", min=1)
+    lr: float = _f(1e-4, "peak learning rate", min=0, min_exclusive=True)
+    lr_schedule: Literal["constant", "cosine"] = _f("constant", "after warm-up")
+    warmup_steps: int = _f(0, "linear warm-up steps", min=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0)
+    adam_betas: list[float] = _f([0.9, 0.999], "AdamW betas")
+    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)", min=0)
+    seed: int = _f(0, "seed for sampling, dropout and data order")
+    eval_every: int = _f(0, "evaluate every N steps (0 = only before and after)", min=0)
+    save_every: int = _f(10, "checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = _f(2, "newest checkpoints kept", min=1)
+    max_minutes: float = _f(0.0, "stop training after this many minutes (0 = no limit)", min=0)
+
+
+@dataclass
+class RunConfig:
+    dir: str | None = _f(None, "run directory; None = runs/<name>-<timestamp>")
+    name: str = _f("groupo", "run name used in the default directory")
+    samples_per_step: int = _f(4, "completions written to samples.jsonl each step", min=0)
+    tensorboard: bool = _f(False, "also write TensorBoard event files")
+    progress: Literal["auto", "rich", "plain"] = _f("auto", "progress display")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding and validating
+
+
+def _is_dc(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the tree, e.g. ``algorithm.beta``."""
+    keys = []
+    for name, tp in _hints(cls).items():
+        if _is_dc(tp):
+            keys += all_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else "; run `groupo config` to list the keys"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+_NO = object()
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or `_NO` if it is not one."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value if value in typing.get_args(tp) else _NO
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None if type(None) in typing.get_args(tp) else _NO
+        for arg in typing.get_args(tp):
+            if arg is not type(None) and (out := _coerce(value, arg)) is not _NO:
+                return out
+        return _NO
+    if origin is list:
+        if not isinstance(value, list):
+            return _NO
+        items = [_coerce(v, typing.get_args(tp)[0]) for v in value]
+        return _NO if any(i is _NO for i in items) else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _NO
+        kt, vt = typing.get_args(tp)
+        out = {_coerce(k, kt): _coerce(v, vt) for k, v in value.items()}
+        return _NO if _NO in out or _NO in out.values() else out
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else _NO
+    if tp is str:
+        return value if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) else _NO)
+    return value
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if value is None or not isinstance(value, (int, float)) or (lo is None and hi is None):
+        return
+    bad_lo = lo is not None and (value <= lo if meta.get("min_exclusive") else value < lo)
+    bad_hi = hi is not None and value > hi
+    if bad_lo or bad_hi:
+        left = "(" if meta.get("min_exclusive") else "["
+        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {rng}")
+
+
+def set_key(cfg: Config, key: str, value: Any, source: str = "") -> None:
+    """Set dotted `key` on `cfg` to `value`, checking the key, the type and the range."""
+    where = f"{source}: " if source else ""
+    node: Any = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not (dataclasses.is_dataclass(node) and part in _hints(type(node))
+                and _is_dc(_hints(type(node))[part])):
+            raise ConfigError(where + str(_unknown(key)))
+        node = getattr(node, part)
+    name = parts[-1]
+    hints = _hints(type(node))
+    if name not in hints or _is_dc(hints[name]):
+        raise ConfigError(where + str(_unknown(key)))
+    out = _coerce(value, hints[name])
+    if out is _NO:
+        raise ConfigError(f"{where}{key} = {value!r} has the wrong type; expected {_type_name(hints[name])}")
+    meta = {f.name: f.metadata for f in dataclasses.fields(node)}[name]
+    try:
+        _check_range(key, out, meta)
+    except ConfigError as e:
+        raise ConfigError(where + str(e)) from None
+    setattr(node, name, out)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys; mappings under a dict-typed field stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not _is_dict_field(key):
+            if not v:
+                continue
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _is_dict_field(key: str) -> bool:
+    node: Any = Config
+    for part in key.split("."):
+        hints = _hints(node) if _is_dc(node) else {}
+        if part not in hints:
+            return False
+        node = hints[part]
+    return typing.get_origin(node) is dict or (
+        typing.get_origin(node) in (typing.Union, types.UnionType)
+        and any(typing.get_origin(a) is dict for a in typing.get_args(node)))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing or malformed file is a ConfigError naming file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{line}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> (``a.b``, value parsed as YAML, so 3, 1e-4, true, [a, b] work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        for key, value in _flatten(read_yaml(path)).items():
+            set_key(cfg, key, value, source=str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(cfg, key, value, source="command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve more than one key (single keys are checked as they are set)."""
+    from groupo.algorithms.presets import PRESETS
+
+    if cfg.algorithm.preset not in PRESETS:
+        raise ConfigError(f"algorithm.preset = {cfg.algorithm.preset!r} is unknown; "
+                          f"valid presets: {', '.join(PRESETS)}")
+    if cfg.rollout.engine not in ("hf", "vllm"):
+        raise ConfigError(f"rollout.engine = {cfg.rollout.engine!r} is unknown; valid: hf, vllm")
+    if cfg.algorithm.adv_baseline == "loo" and cfg.rollout.group_size < 2:
+        raise ConfigError("algorithm.adv_baseline = 'loo' needs rollout.group_size >= 2")
+    if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
+        raise ConfigError(f"train.adam_betas = {cfg.train.adam_betas} must be two numbers in [0, 1)")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. a run's saved config.yaml)."""
+    cfg = Config()
+    for key, value in _flatten(data).items():
+        set_key(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def help_for(key: str) -> str:
+    node: Any = Config
+    *parents, name = key.split(".")
+    for part in parents:
+        node = _hints(node)[part]
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(node)}[name]

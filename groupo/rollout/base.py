@@ -1,0 +1,21 @@
+"""The rollout engine interface: prompts in, G completions per prompt out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from groupo.types import Completion, SamplingParams
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt (token ids, chat template already applied), `params.n` completions.
+
+        Returns P lists of n `Completion`s, in prompt order. Log-probs are those of the
+        distribution actually sampled from (after temperature / top-p / top-k).
+        """
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the engine sample from the trainer's current weights (no-op when it shares them)."""
+        ...
