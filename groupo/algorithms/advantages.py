@@ -35,7 +35,7 @@ def group_advantages(rewards_PG: torch.Tensor, *, baseline: str = "mean", scale:
         raise ValueError(f"unknown baseline {baseline!r}; valid: mean, loo")
     correction = 1 if std == "unbiased" else 0
     if scale == "group":
-        sd = r.std(dim=1, keepdim=True, correction=correction) if G > correction else torch.zeros_like(mean_P1)
+        sd = r.std(dim=1, keepdim=True, correction=correction) if correction < G else torch.zeros_like(mean_P1)
     elif scale == "batch":
         sd = r.std(correction=correction) if r.numel() > correction else r.new_zeros(())
     elif scale == "none":

@@ -1,0 +1,5 @@
+import sys
+
+from groupo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""Command line: argument parsing only; the work happens in the layers below.
+
+    groupo train [CONFIG.yaml] [key=value ...] [--resume RUN_DIR]
+    groupo eval  --model NAME | --run RUN_DIR ...
+    groupo config [CONFIG.yaml] [key=value ...]
+    groupo presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from groupo.config import ConfigError
+
+EPILOG = """examples:
+  groupo train                                   # the quickstart (built-in model and task, LoRA)
+  groupo train configs/gsm8k.yaml train.steps=200 algorithm.preset=dapo
+  groupo train --resume runs/quickstart          # continue from the newest checkpoint
+  groupo config algorithm.preset=gspo            # print the resolved configuration
+"""
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG.yaml] key=value ... -> (config path or None, overrides)."""
+    path, overrides = None, []
+    for i, item in enumerate(items):
+        if "=" in item:
+            overrides.append(item)
+        elif i == 0:
+            path = item
+        else:
+            raise ConfigError(f"unexpected argument {item!r}: expected section.key=value "
+                              "(only the first argument may be a config file)")
+    return path, overrides
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from groupo.trainer.run import train_from_cli
+
+    path, overrides = _split_args(args.items)
+    return train_from_cli(path, overrides, resume=args.resume)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from groupo.config import dump_yaml, load_config
+
+    path, overrides = _split_args(args.items)
+    print(dump_yaml(load_config(path, overrides)), end="")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from groupo.report.tables import print_presets
+
+    print_presets()
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from groupo.eval.cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="groupo", description="Group-relative RL fine-tuning (GRPO, Dr.GRPO, DAPO, GSPO, CISPO).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a policy (no arguments: the CPU quickstart)",
+                       description="Train with the given YAML config and key=value overrides. Without a "
+                       "config this runs the quickstart: the built-in SmolLM2-135M-Instruct with LoRA on "
+                       "the built-in arithmetic task.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
+                   help="optional YAML config, then dotted overrides such as train.steps=100")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved configuration",
+                       description="Load defaults, the YAML file and overrides, validate them, and print "
+                       "the resolved config (what `train` would save to the run directory).")
+    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("presets", help="list the algorithm presets and every setting they fix",
+                       description="Every preset (a row per paper) and each setting it fixes.")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
+                       description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")
+    try:
+        from groupo.eval.cli import add_arguments
+    except ImportError:  # the evaluation layer is optional for the other commands
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(p)
+    p.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"groupo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("groupo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

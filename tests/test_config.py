@@ -1,0 +1,128 @@
+"""Config: YAML round trip, overrides, every user-facing error, every shipped recipe loads."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from groupo.cli import main
+from groupo.config import ConfigError, dump_yaml, from_dict, load_config, quickstart_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_required_keys_exist():
+    cfg = load_config(None)
+    for key in ("model.name", "lora.rank", "task.name", "rollout.group_size", "rollout.max_new_tokens",
+                "algorithm.preset", "algorithm.beta", "train.steps", "train.prompts_per_step",
+                "train.seed", "run.dir"):
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = _write(tmp_path, "algorithm:\n  preset: dapo\n  beta: 0.01\ntrain:\n  steps: 5\n")
+    cfg = load_config(p, ["train.steps=7", "lora.target_modules=[q_proj, v_proj]", "algorithm.eps_high=0.3"])
+    assert cfg.algorithm.preset == "dapo"
+    assert cfg.algorithm.beta == 0.01
+    assert cfg.train.steps == 7  # the command line wins over the file
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.algorithm.eps_high == 0.3
+    assert isinstance(load_config(None, ["train.lr=1"]).train.lr, float)  # int widens to float
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, ["algorithm.preset=gspo", "rewards.funcs={accuracy: 1.0, format: 0.5}",
+                             "run.dir=/tmp/x", "algorithm.beta=null"])
+    again = from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg
+    p = _write(tmp_path, dump_yaml(cfg))
+    assert load_config(p) == cfg
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"algorithm\.betaa.*did you mean algorithm\.beta\?"):
+        load_config(None, ["algorithm.betaa=0.1"])
+    with pytest.raises(ConfigError, match=r"did you mean train\.steps\?"):
+        load_config(None, ["train.step=3"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    p = _write(tmp_path, "rollout:\n  group_sise: 4\n")
+    with pytest.raises(ConfigError, match=rf"{p}.*rollout\.group_sise.*did you mean rollout\.group_size\?"):
+        load_config(p)
+
+
+def test_wrong_type_names_key_value_and_type():
+    with pytest.raises(ConfigError, match=r"train\.steps = 'many'.*expected an integer"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"algorithm\.ratio_level = 'word'.*one of 'token'"):
+        load_config(None, ["algorithm.ratio_level=word"])
+
+
+def test_out_of_range_names_the_range():
+    with pytest.raises(ConfigError, match=r"rollout\.group_size = 0 is out of range; allowed: \[1, inf\]"):
+        load_config(None, ["rollout.group_size=0"])
+    with pytest.raises(ConfigError, match=r"lora\.dropout = 1\.5 is out of range; allowed: \[0, 1\]"):
+        load_config(None, ["lora.dropout=1.5"])
+    with pytest.raises(ConfigError, match=r"rollout\.temperature = 0\.0 .*\(0, inf\]"):
+        load_config(None, ["rollout.temperature=0"])
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ConfigError, match="valid presets: grpo, dr_grpo, dapo, gspo, gspo_token, cispo"):
+        load_config(None, ["algorithm.preset=ppo"])
+
+
+def test_missing_and_malformed_yaml_name_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    p = _write(tmp_path, "train:\n  steps: 3\n  lr: [1e-4\nrun:\n  dir: x\n")
+    with pytest.raises(ConfigError, match=rf"{p}, line \d+, column \d+: malformed YAML"):
+        load_config(p)
+    p = _write(tmp_path, "- a\n- b\n", "list.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+def test_cli_errors_exit_nonzero_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "groupo", "config", "algorithm.betaa=1"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert "did you mean algorithm.beta?" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_config_prints_resolved(capsys):
+    assert main(["config", "train.steps=3"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["train"]["steps"] == 3
+    assert out["algorithm"]["preset"] == "grpo"
+
+
+def test_cli_presets_table(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "cispo", "arXiv:2402.03300",
+                 "arXiv:2503.14476", "arXiv:2507.18071", "arXiv:2506.13585", "arXiv:2503.20783"):
+        assert name in out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_quickstart_yaml_is_the_default():
+    """`groupo train` with no config must be exactly configs/quickstart.yaml."""
+    assert load_config(ROOT / "configs" / "quickstart.yaml") == quickstart_config()
+    assert quickstart_config(["train.steps=2"]).train.steps == 2
+    assert load_config(None).algorithm.beta is None  # plain defaults keep the preset's beta
