@@ -1,0 +1,57 @@
+"""Progress display: a live rich bar on a terminal, plain one-line-per-step logs otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def _fmt(stats: dict[str, float]) -> str:
+    parts = []
+    for key, label, spec in (("reward_mean", "reward", ".3f"), ("accuracy", "acc", ".2f"),
+                             ("completion_len_mean", "len", ".1f"), ("kl", "kl", ".4f"),
+                             ("step_time_s", "s/step", ".1f")):
+        if stats.get(key) is not None:
+            parts.append(f"{label} {stats[key]:{spec}}")
+    return "  ".join(parts)
+
+
+class TrainProgress:
+    """`advance(stats)` after each step; `log(msg)` for events (evaluations, checkpoints)."""
+
+    def __init__(self, total: int, start: int = 0, mode: str = "auto"):
+        self.total, self.done = total, start
+        self.console = Console(stderr=False)
+        interactive = self.console.is_terminal if mode == "auto" else mode == "rich"
+        self._t0 = time.monotonic()
+        self._start = start
+        self._bar = None
+        if interactive:
+            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[stats]}"), console=self.console)
+            self._task = self._bar.add_task("train", total=total, completed=start, stats="")
+            self._bar.start()
+
+    def advance(self, stats: dict[str, float]) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, stats=_fmt(stats))
+            return
+        per_step = (time.monotonic() - self._t0) / max(1, self.done - self._start)
+        eta = per_step * (self.total - self.done)
+        print(f"step {self.done}/{self.total}  {_fmt(stats)}  eta {eta / 60:.1f} min", flush=True)
+
+    def log(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(message)
+        else:
+            print(message, flush=True)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,183 @@
+"""The training loop on a tiny random model: real steps, exact resume after SIGKILL, micro-batching."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import make_tiny, save_tiny
+
+from groupo.algorithms.presets import get_preset
+from groupo.config import LoraConfig, load_config
+from groupo.models import load_policy_from
+from groupo.models.logprobs import pack
+from groupo.trainer.loop import train
+from groupo.trainer.step import UpdateBatch, accumulate_gradients, batched_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REWARD_FILE = '''
+def digit_share(prompts, completions, **kwargs):
+    """Share of characters that are digits: varies between samples, learnable by a tiny model."""
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+'''
+
+
+def _overrides(tmp_path: Path, steps: int, **extra) -> list[str]:
+    model_dir = tmp_path / "model"
+    if not model_dir.exists():
+        save_tiny(model_dir)
+    (tmp_path / "reward.py").write_text(REWARD_FILE)
+    base = {
+        "model.name": str(model_dir), "model.autocast": "none", "lora.rank": 4, "lora.alpha": 8,
+        "task.name": "arithmetic", "task.difficulty": 1, "task.eval_size": 4,
+        "rollout.group_size": 4, "rollout.max_new_tokens": 6, "rollout.temperature": 1.0,
+        "train.prompts_per_step": 2, "train.micro_batch_size": 3, "train.steps": steps, "train.save_every": 1,
+        "train.lr": 3e-3, "algorithm.beta": 0.0, "run.progress": "plain", "run.samples_per_step": 1,
+        "rewards.funcs": json.dumps({f"{tmp_path / 'reward.py'}:digit_share": 1.0}),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted((run_dir / "final").glob("*.safetensors"))
+    assert files, f"no weights in {run_dir / 'final'}"
+    out = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
+
+
+def test_real_steps_change_parameters_and_log_everything(tmp_path):
+    cfg = load_config(None, _overrides(tmp_path, 3, **{"run.dir": str(tmp_path / "run")}))
+    model, tok = make_tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    policy = load_policy_from(model, tok, cfg.lora, beta=0.0)
+    summary = train(cfg, tmp_path / "run", policy=policy)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert torch.isfinite(torch.tensor(r["loss"]))
+        for key in ("reward_mean", "reward_std", "completion_len_mean", "completion_len_max", "truncated_frac",
+                    "zero_var_group_frac", "clip_low_frac", "clip_high_frac", "entropy", "grad_norm", "lr",
+                    "step_time_s", "tokens_per_s", "peak_mem_mb", "reward/" + next(iter(
+                        k[7:] for k in r if k.startswith("reward/")))):
+            assert r.get(key) is not None, key
+    # mu = 1: the first (and every) update's ratio is exactly 1
+    assert rows[0]["ratio_mean"] == rows[0]["ratio_min"] == rows[0]["ratio_max"] == 1.0
+    lora_changed = [n for n, p in policy.model.named_parameters()
+                    if "lora_B" in n and not torch.equal(p, torch.zeros_like(p))]
+    assert lora_changed, "LoRA B matrices start at zero and must move"
+    base_after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+                  for n, p in policy.model.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(before[n], base_after[n]) for n in before if n in base_after)
+    for name in ("config.yaml", "samples.jsonl", "eval.jsonl", "report.html", "summary.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert (tmp_path / "run" / "checkpoints" / "step-3").is_dir()
+    assert summary["steps"] == 3 and summary["accuracy_before"] is not None
+
+
+def test_first_update_ratio_is_exactly_one_with_reused_batches():
+    """mu > 1: the stored old log-probs come from the same weights, so the first ratio is 1."""
+    torch.manual_seed(0)
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
+    packed = pack([[5, 6, 7], [8, 9]] * 2, [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19]], tok.pad_token_id)
+    mask = packed.completion_mask_BT.float()
+    old = batched_logprobs(policy.model, packed, 0.7, 3, "none")
+    batch = UpdateBatch(packed, torch.tensor([1.0, -1.0, 0.5, -0.5]), mask, old, None)
+    m = accumulate_gradients(policy.model, batch, get_preset("grpo"), preset="grpo", beta=0.0, temperature=0.7,
+                             micro_batch_size=3, max_len=4)
+    assert m["ratio_min"] == m["ratio_max"] == 1.0
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "dr_grpo", "gspo", "cispo"])
+def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
+    torch.manual_seed(0)
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.04)
+    with torch.no_grad():  # make the adapter non-trivial so gradients reach every LoRA matrix
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    prompts = [[5, 6, 7], [8, 9], [20, 21, 22, 23], [30]] * 2
+    comps = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [40, 41], [42], [43, 44, 45], [46, 47]]
+    packed = pack(prompts, comps, tok.pad_token_id)
+    mask = packed.completion_mask_BT.float()
+    settings = get_preset(preset)
+    old = batched_logprobs(policy.model, packed, 1.0, 8, "none") + 0.05 * torch.randn(mask.shape)
+    with policy.reference() as ref_model:
+        ref = batched_logprobs(ref_model, packed, 1.0, 8, "none")
+    batch = UpdateBatch(packed, torch.randn(8), mask, old, ref)
+    results = []
+    for micro in (8, 3, 1):
+        policy.model.zero_grad(set_to_none=True)
+        m = accumulate_gradients(policy.model, batch, settings, preset=preset, beta=0.04, temperature=1.0,
+                                 micro_batch_size=micro, max_len=5)
+        grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
+        results.append((m["loss"], grads))
+    (loss8, g8), *others = results
+    for loss, g in others:
+        assert loss == pytest.approx(loss8, rel=1e-5, abs=1e-7)
+        assert g.keys() == g8.keys() and g8
+        for n in g8:
+            torch.testing.assert_close(g[n], g8[n], rtol=1e-4, atol=1e-6)
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "groupo", "train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigkill_at_any_moment_then_resume_gives_identical_weights(tmp_path):
+    steps = 5
+    left_alone = tmp_path / "alone"
+    p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(left_alone)}))
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+
+    killed = tmp_path / "killed"
+    p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(killed)}))
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step-2").exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.stdout else ""
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere inside a later step (or a checkpoint write)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "final").exists(), "the run should have been killed before finishing"
+
+    p = _cli(["--resume", str(killed)])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "resumed at step" in out
+    a, b = _final_weights(left_alone), _final_weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps_logged = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == list(range(1, steps + 1))
+
+
+def test_trivial_reward_is_learned(tmp_path):
+    """Reward = share of digits in the completion: it must rise within a few dozen steps."""
+    cfg = load_config(None, _overrides(tmp_path, 30, **{
+        "run.dir": str(tmp_path / "learn"), "train.save_every": 0, "train.lr": 2e-2, "lora.rank": 8,
+        "lora.alpha": 16, "rollout.group_size": 8, "train.prompts_per_step": 4, "train.micro_batch_size": 32,
+        "task.eval_size": 2}))
+    model, tok = make_tiny(seed=1)
+    policy = load_policy_from(model, tok, cfg.lora, beta=0.0)
+    train(cfg, tmp_path / "learn", policy=policy)
+    rows = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["reward_mean"] for r in rows[:5]) / 5
+    last = sum(r["reward_mean"] for r in rows[-5:]) / 5
+    assert last > first + 0.2, (first, last)
