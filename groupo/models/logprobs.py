@@ -1,0 +1,94 @@
+"""Batch layout for (prompt, completion) pairs and the per-token log-prob forward pass.
+
+Layout (B sequences, P = longest prompt, T = longest completion, L = P + T):
+
+    input_ids_BL   [pad pad p0 p1 p2 | c0 c1 c2 pad]     prompts left-padded, completions right-padded
+    completion_BT                    [ c0 c1 c2 pad]     completion block starts at column P for all
+
+Left-padding the prompts makes every completion start at the same column P, so the logits that
+predict completion tokens are one contiguous slice (columns P-1 .. L-2) for the whole batch.
+Position ids come from the attention mask, so left padding does not shift a sequence's positions
+(its first real token has position 0, as in the unpadded sequence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Packed:
+    input_ids_BL: torch.Tensor        # (B, L) long
+    attention_mask_BL: torch.Tensor   # (B, L) long, 1 = real token
+    position_ids_BL: torch.Tensor     # (B, L) long
+    completion_mask_BT: torch.Tensor  # (B, T) float, 1 = completion token, 0 = right padding
+    completion_ids_BT: torch.Tensor   # (B, T) long, right-padded with pad_id
+
+    @property
+    def prompt_len(self) -> int:
+        """P: the column where every completion starts."""
+        return self.input_ids_BL.shape[1] - self.completion_ids_BT.shape[1]
+
+    def to(self, device: torch.device | str) -> Packed:
+        return Packed(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> Packed:
+    """Lay out B (prompt, completion) pairs as described in the module docstring."""
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token (the first completion token is "
+                         "predicted from the last prompt token)")
+    B = len(prompt_ids)
+    P = max(len(p) for p in prompt_ids)
+    T = max((len(c) for c in completion_ids), default=0)
+    input_ids_BL = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attention_mask_BL = torch.zeros((B, P + T), dtype=torch.long)
+    completion_mask_BT = torch.zeros((B, T), dtype=torch.float32)
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        input_ids_BL[b, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        input_ids_BL[b, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention_mask_BL[b, P - len(p):P + len(c)] = 1
+        completion_mask_BT[b, :len(c)] = 1
+    position_ids_BL = (attention_mask_BL.cumsum(-1) - 1).clamp(min=0)
+    return Packed(input_ids_BL, attention_mask_BL, position_ids_BL, completion_mask_BT,
+                  input_ids_BL[:, P:].clone())
+
+
+def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 1.0,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-prob of each completion token under softmax(logits / temperature).
+
+    Returns (logp_BT, entropy_BT or None), float32, zero at padded positions. logp_BT is
+    differentiable; entropy_BT (of the temperature-scaled next-token distribution, in nats) is a
+    detached metric.
+
+    Memory: the model computes logits only at the T completion-predicting columns
+    (`logits_to_keep`), never the prompt's (B, P, V). From those (B, T, V) logits it takes
+    log p(token) = z[token] - logsumexp(z) instead of a full log_softmax, so autograd keeps one
+    float32 (B, T, V) tensor (the scaled logits) rather than the logits plus a (B, T, V)
+    log-softmax. Entropy needs one more, temporary, (B, T, V) tensor (softmax). Callers bound
+    B*T with micro-batches.
+    """
+    ids_BT, mask_BT = packed.completion_ids_BT, packed.completion_mask_BT
+    B, T = ids_BT.shape
+    if T == 0:
+        empty = torch.zeros((B, 0), dtype=torch.float32, device=ids_BT.device)
+        return empty, (empty.clone() if with_entropy else None)
+    P = packed.prompt_len
+    # Column P-1+t holds the logits that predict completion token t.
+    keep = torch.arange(P - 1, P + T - 1, device=ids_BT.device)
+    out = model(input_ids=packed.input_ids_BL, attention_mask=packed.attention_mask_BL,
+                position_ids=packed.position_ids_BL, logits_to_keep=keep, use_cache=False)
+    z_BTV = out.logits.float() / temperature
+    lse_BT = torch.logsumexp(z_BTV, dim=-1)
+    logp_BT = (z_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT) * mask_BT
+    entropy_BT = None
+    if with_entropy:
+        with torch.no_grad():
+            p_BTV = torch.softmax(z_BTV, dim=-1)
+            entropy_BT = (lse_BT - (p_BTV * z_BTV).sum(-1)) * mask_BT
+    return logp_BT, entropy_BT

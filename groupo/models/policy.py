@@ -1,0 +1,130 @@
+"""The trained policy: model (LoRA-wrapped or full), tokenizer, and how to get the reference.
+
+The KL term needs log-probs under the reference policy (the model before training). With LoRA
+the reference is the same module with its adapters switched off, so no second copy is held;
+with full fine-tuning and beta > 0 it is a frozen deep copy; with beta == 0 there is none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from groupo.config import LoraConfig, ModelConfig
+from groupo.models.load import DTYPES, load_model, prepare_tokenizer
+from groupo.models.lora import apply_lora
+
+META = "groupo_model.json"
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module                # peft PeftModel (LoRA) or the full model
+    tokenizer: Any
+    ref_model: torch.nn.Module | None = None  # frozen copy: full fine-tuning with beta > 0 only
+    base_name: str | None = None          # what load_model was given; recorded by save_policy
+
+    @property
+    def is_lora(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """Yield the module that computes reference log-probs, under torch.no_grad().
+
+        LoRA: `self.model` with its adapters disabled for the duration of the block.
+        """
+        with torch.no_grad():
+            if self.is_lora:
+                with self.model.disable_adapter():
+                    yield self.model
+            elif self.ref_model is not None:
+                yield self.ref_model
+            else:
+                raise RuntimeError("this policy keeps no reference model (full fine-tuning with "
+                                   "beta == 0); the KL term needs beta > 0 at load time")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, beta: float,
+                device: str | torch.device = "cpu") -> Policy:
+    """Load `model_cfg.name` in `model_cfg.dtype` and make it trainable per `lora_cfg`."""
+    model, tokenizer = load_model(model_cfg.name, model_cfg.revision, model_cfg.dtype, device)
+    return load_policy_from(model, tokenizer, lora_cfg, beta,
+                            gradient_checkpointing=model_cfg.gradient_checkpointing,
+                            base_name=model_cfg.name)
+
+
+def load_policy_from(model: torch.nn.Module, tokenizer: Any, lora_cfg: LoraConfig, beta: float,
+                     gradient_checkpointing: bool = False, base_name: str | None = None) -> Policy:
+    """A Policy around an already-built (model, tokenizer).
+
+    With lora_cfg.rank > 0 peft injects the adapters into `model` itself (it is modified in
+    place); the reference is then `model` with adapters disabled.
+    """
+    prepare_tokenizer(tokenizer, model)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without extra hooks.
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if lora_cfg.rank > 0:
+        return Policy(apply_lora(model, lora_cfg), tokenizer, None, base_name)
+    model.requires_grad_(True)
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if beta > 0 else None
+    return Policy(model, tokenizer, ref, base_name)
+
+
+def save_policy(policy: Policy, out_dir: str | Path) -> Path:
+    """Write the LoRA adapter (or full weights), the tokenizer and groupo_model.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    policy.model.save_pretrained(out)  # PeftModel: adapter_config.json + adapter_model.safetensors
+    policy.tokenizer.save_pretrained(out)
+    base = policy.base_name
+    if base is not None and Path(base).expanduser().exists():  # a local path: make it absolute
+        base = str(Path(base).expanduser().resolve())
+    meta = {"kind": "lora" if policy.is_lora else "full", "base_model": base}
+    (out / META).write_text(json.dumps(meta, indent=1) + "\n")
+    return out
+
+
+def load_trained(path: str | Path, base_name: str | None = None, dtype: str = "float32",
+                 device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a save_policy folder (or a run folder holding `final/`), eval mode.
+
+    A LoRA adapter is loaded onto its base model: `base_name` if given, else the one recorded
+    in groupo_model.json.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not (p / META).is_file() and (p / "final" / META).is_file():
+        p = p / "final"
+    if not (p / META).is_file():
+        raise FileNotFoundError(f"{p} holds no trained policy (no {META}; expected a folder written "
+                                "by save_policy or a run folder with final/)")
+    meta = json.loads((p / META).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(p)
+    if meta["kind"] == "lora":
+        from peft import PeftModel
+
+        base = base_name or meta.get("base_model")
+        if base is None:
+            raise ValueError(f"{p / META} names no base model; pass base_name")
+        base_model, _ = load_model(base, dtype=dtype, device=device)
+        model = PeftModel.from_pretrained(base_model, p)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype]).to(device)
+    model.eval()
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer

@@ -1,0 +1,286 @@
+"""Model loading, LoRA, the reference policy, save/load, and the log-prob forward pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from tiny import make_tiny, save_tiny
+
+from groupo.config import LoraConfig, ModelConfig
+from groupo.models import builtin
+from groupo.models.load import ModelNotFoundError, load_model, resolve_model
+from groupo.models.logprobs import pack, token_logprobs
+from groupo.models.policy import load_policy, load_policy_from, load_trained, save_policy
+
+IDS = torch.tensor([[1, 40, 41, 42, 43, 2, 44, 45]])
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def perturb_lora(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=g))
+
+
+# --- pack / token_logprobs -------------------------------------------------------------------
+
+
+def test_pack_layout_by_hand():
+    p = pack([[5, 6, 7], [8]], [[9], [10, 11]], pad_id=0)
+    # P = 3 (longest prompt), T = 2 (longest completion); prompts left-, completions right-padded.
+    assert p.input_ids_BL.tolist() == [[5, 6, 7, 9, 0], [0, 0, 8, 10, 11]]
+    assert p.attention_mask_BL.tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
+    # positions count real tokens: the second row's first real token (8) is at position 0
+    assert p.position_ids_BL.tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]
+    assert p.completion_mask_BT.tolist() == [[1, 0], [1, 1]]
+    assert p.completion_ids_BT.tolist() == [[9, 0], [10, 11]]
+    assert p.prompt_len == 3
+
+
+def reference_logprobs(model, prompt, completion, temperature):
+    """One unpadded sequence: full forward, log_softmax over every position, gather."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        z = model(input_ids=ids).logits[0].float() / temperature  # (L, V)
+    logp_LV = torch.log_softmax(z, -1)
+    rows = range(len(prompt) - 1, len(prompt) + len(completion) - 1)
+    logp = torch.stack([logp_LV[r, ids[0, r + 1]] for r in rows])
+    entropy = torch.stack([-(logp_LV[r].exp() * logp_LV[r]).sum() for r in rows])
+    return logp, entropy
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_match_unpadded_reference(temperature):
+    model, tok = make_tiny()
+    prompts = [[1, 50, 51, 52, 53, 54, 55], [1, 60], [1, 70, 71, 72]]
+    completions = [[80, 81], [90, 91, 92, 93, 2], [100]]
+    packed = pack(prompts, completions, tok.pad_token_id)
+    with torch.no_grad():
+        logp_BT, ent_BT = token_logprobs(model, packed, temperature, with_entropy=True)
+    assert logp_BT.shape == ent_BT.shape == (3, 5)
+    for b, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ref_logp, ref_ent = reference_logprobs(model, p, c, temperature)
+        torch.testing.assert_close(logp_BT[b, :len(c)], ref_logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent_BT[b, :len(c)], ref_ent, atol=1e-5, rtol=0)
+        assert (logp_BT[b, len(c):] == 0).all() and (ent_BT[b, len(c):] == 0).all()
+
+
+def test_token_logprobs_gradient_flows_to_real_tokens_only():
+    model, tok = make_tiny()
+    packed = pack([[1, 50, 51], [1]], [[60], [61, 62]], tok.pad_token_id)
+    logp_BT, ent = token_logprobs(model, packed)
+    assert ent is None and logp_BT.requires_grad
+    logp_BT.sum().backward()
+    assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def test_token_logprobs_empty_completions():
+    model, tok = make_tiny()
+    logp_BT, _ = token_logprobs(model, pack([[1, 2]], [[]], tok.pad_token_id))
+    assert logp_BT.shape == (1, 0)
+
+
+# --- LoRA and the reference policy -----------------------------------------------------------
+
+
+def test_lora_wraps_only_target_modules_with_float32_adapters():
+    model, tok = make_tiny()
+    model.to(torch.bfloat16)
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, target_modules=["q_proj", "v_proj"]), beta=0.1)
+    wrapped = sorted({n.rsplit(".", 2)[0] for n, _ in policy.model.named_modules() if ".lora_A." in n})
+    assert [w.split("model.layers.")[1] for w in wrapped] == [
+        "0.self_attn.q_proj", "0.self_attn.v_proj", "1.self_attn.q_proj", "1.self_attn.v_proj"]
+    trainable = dict(policy.model.named_parameters())
+    trainable = {n: p for n, p in trainable.items() if p.requires_grad}
+    assert all("lora_A" in n or "lora_B" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    # q_proj 64 -> 64 (4 heads x 16), v_proj 64 -> 32 (2 kv heads x 16); rank 4:
+    # per layer (4*64 + 64*4) + (4*64 + 32*4) = 512 + 384 = 896; two layers: 1792.
+    assert sum(p.numel() for p in policy.trainable_parameters()) == 1792
+    assert policy.ref_model is None
+
+
+def test_lora_reference_is_exactly_the_base_model():
+    base, _ = make_tiny(seed=3)
+    model, tok = make_tiny(seed=3)
+    policy = load_policy_from(model, tok, LoraConfig(rank=4), beta=0.1)
+    perturb_lora(policy.model)
+    assert not torch.allclose(logits(policy.model), logits(base))  # the adapter changes outputs
+    with policy.reference() as ref:
+        assert ref is policy.model  # no second copy
+        out = ref(input_ids=IDS).logits
+        assert not out.requires_grad
+    assert torch.equal(out, logits(base))
+    assert not torch.allclose(logits(policy.model), logits(base))  # adapter back on afterwards
+
+
+def test_full_finetuning_keeps_frozen_copy_only_with_kl():
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=0), beta=0.04)
+    before = logits(policy.ref_model)
+    assert policy.ref_model is not policy.model
+    assert not any(p.requires_grad for p in policy.ref_model.parameters())
+    assert len(policy.trainable_parameters()) == len(list(model.parameters()))
+    with torch.no_grad():
+        policy.model.model.embed_tokens.weight.add_(1.0)
+    with policy.reference() as ref:
+        assert torch.equal(logits(ref), before)  # training the policy leaves the copy alone
+
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=0), beta=0.0)
+    assert policy.ref_model is None
+    with pytest.raises(RuntimeError, match="beta"), policy.reference():
+        pass
+
+
+def test_gradient_checkpointing_is_honoured(tmp_path):
+    base = save_tiny(tmp_path / "base")
+    policy = load_policy(ModelConfig(name=str(base), gradient_checkpointing=True), LoraConfig(rank=2), 0.0)
+    assert policy.model.base_model.model.is_activation_checkpointing
+    policy.model.train()
+    logp, _ = token_logprobs(policy.model, pack([[1, 40]], [[41, 42]], 0))
+    logp.sum().backward()
+    assert all(p.grad is not None for p in policy.trainable_parameters())
+
+
+# --- loading and saving ----------------------------------------------------------------------
+
+
+def test_load_model_from_local_folder_sets_padding(tmp_path):
+    base = save_tiny(tmp_path / "tiny")
+    model, tok = load_model(str(base))
+    assert tok.padding_side == "left" and tok.pad_token == "<|pad|>"
+    assert not model.training
+    assert torch.equal(logits(model), logits(make_tiny()[0]))
+
+
+@pytest.mark.parametrize("rank", [4, 0])
+def test_save_and_load_trained_round_trip(tmp_path, rank):
+    base = save_tiny(tmp_path / "base")
+    policy = load_policy(ModelConfig(name=str(base)), LoraConfig(rank=rank), beta=0.04)
+    if rank:
+        perturb_lora(policy.model)
+    else:
+        with torch.no_grad():
+            policy.model.lm_head.weight.mul_(1.5)
+    expected = logits(policy.model)
+    run = tmp_path / "run"
+    save_policy(policy, run / "final")
+    meta = json.loads((run / "final" / "groupo_model.json").read_text())
+    assert meta == {"kind": "lora" if rank else "full", "base_model": str(base.resolve())}
+    if rank:  # an ordinary peft adapter folder
+        assert (run / "final" / "adapter_config.json").is_file()
+    model, tok = load_trained(run)  # the run folder: final/ is found
+    assert torch.equal(logits(model), expected)
+    assert tok.decode(tok.encode("12 + 7 = 19")) == "12 + 7 = 19"
+
+
+def test_load_trained_names_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no groupo_model\.json"):
+        load_trained(tmp_path)
+
+
+# --- resolve_model ---------------------------------------------------------------------------
+
+
+def test_resolve_local_paths_and_errors(tmp_path):
+    base = save_tiny(tmp_path / "tiny")
+    assert resolve_model(str(base)) == base
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")
+    assert resolve_model(str(gguf)) == gguf
+    with pytest.raises(ModelNotFoundError, match=r"model path not found: .*nope"):
+        resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFoundError, match=r"model path not found: missing\.gguf"):
+        resolve_model("missing.gguf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="empty is not a Hugging Face model folder"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_hub_id_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE"):
+        resolve_model("groupo-test/no-such-model")
+    assert time.monotonic() - t0 < 5
+
+
+def test_hub_id_unreachable_or_missing_fails_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.monotonic()
+    # No network: a connection error; with one: the repository does not exist. Either way:
+    with pytest.raises(ModelNotFoundError, match="could not download 'groupo-test/no-such-model-3141'"):
+        resolve_model("groupo-test/no-such-model-3141")
+    assert time.monotonic() - t0 < 30
+
+
+# --- the built-in cache ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_builtin(monkeypatch, tmp_path):
+    """A built-in entry whose 'download' and 'conversion' write the tiny model."""
+    monkeypatch.setenv("GROUPO_CACHE", str(tmp_path / "cache"))
+    spec = builtin.BuiltinModel("tiny-wheel==0", "tiny.gguf", "0" * 64, "tiny")
+    monkeypatch.setitem(builtin.BUILTIN_MODELS, "tiny-test", spec)
+    calls = []
+    monkeypatch.setattr(builtin, "_download_gguf", lambda spec, d: calls.append(d) or d / "tiny.gguf")
+    monkeypatch.setattr(builtin, "_convert", lambda gguf, out: save_tiny(out))
+    return calls
+
+
+def test_builtin_is_converted_once_into_the_cache(fake_builtin, tmp_path):
+    path = resolve_model("tiny-test")
+    assert path == tmp_path / "cache" / "models" / "tiny-test"
+    assert (path / "config.json").is_file() and (path / builtin.MARKER).is_file()
+    assert resolve_model("tiny-test") == path
+    assert len(fake_builtin) == 1  # the second call read the cache
+
+
+def test_failed_fetch_leaves_no_partial_cache(fake_builtin, monkeypatch, tmp_path):
+    def broken(gguf, out):
+        save_tiny(out)
+        raise builtin.FetchError("conversion failed half-way")
+
+    monkeypatch.setattr(builtin, "_convert", broken)
+    with pytest.raises(builtin.FetchError):
+        resolve_model("tiny-test")
+    left = [p.name for p in (tmp_path / "cache" / "models").iterdir()]
+    assert left == [".tiny-test.lock"]
+
+
+def test_unknown_builtin_lists_valid_names():
+    with pytest.raises(KeyError, match="smollm2-135m-instruct"):
+        builtin.fetch_builtin("nope")
+
+
+@pytest.mark.slow
+def test_builtin_cache_loads_fast_and_matches_gguf(tmp_path):
+    from groupo.models.gguf import load_gguf
+
+    name = "smollm2-135m-instruct"
+    resolve_model(name)  # fetch and convert if not cached yet
+    t0 = time.perf_counter()
+    model, tok = load_model(name)
+    load_s = time.perf_counter() - t0
+    assert load_s < 5, f"cached load took {load_s:.1f} s"
+    gguf = builtin._download_gguf(builtin.BUILTIN_MODELS[name], tmp_path)
+    gguf_model, _ = load_gguf(gguf)
+    ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": "What is 2+3?"}],
+                                                add_generation_prompt=True, return_dict=False)])
+    assert torch.equal(logits(model, ids), logits(gguf_model, ids))
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "5" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert os.path.isfile(builtin.cached_path(name) / "chat_template.jinja")
