@@ -70,6 +70,10 @@ class TaskConfig:
     question_field: str = _f("question", "field holding the question (generic loader)")
     answer_field: str = _f("answer", "field holding the reference answer (generic loader)")
     skip_bad_rows: bool = _f(False, "skip rows with a missing or unparseable answer (and count them)")
+    language: str = _f("en", "MGSM language file (bn, de, en, es, fr, ja, ru, sw, te, th, zh) "
+                       "when task.path is a folder")
+    test_fraction: float = _f(0.1, "share of a single-file dataset held out as its test split (seeded)",
+                              min=0, max=1)
     seed: int = _f(1234, "seed for shuffling, splits and synthetic problems")
 
 
@@ -80,6 +84,9 @@ class RewardsConfig:
     overlong_buffer: int = _f(0, "DAPO soft overlong punishment buffer in tokens (0 = off)", min=0)
     overlong_penalty: float = _f(1.0, "DAPO overlong penalty factor", min=0)
     timeout_s: float = _f(5.0, "hard time limit per reward check, seconds", min=0, min_exclusive=True)
+    extract_order: list[str] = _f(
+        ["answer_tag", "boxed", "gsm8k", "answer_is", "last_number"],
+        "where the final answer is looked for, in order (see groupo.rewards.extract)")
 
 
 @dataclass

@@ -1,0 +1,7 @@
+"""Tasks and prompts: built-in synthetic tasks, dataset loaders, chat prompts."""
+
+from groupo.data.prompts import build_messages, encode_prompt
+from groupo.data.registry import TASKS, load_task
+from groupo.data.task import DataError, Task
+
+__all__ = ["TASKS", "DataError", "Task", "build_messages", "encode_prompt", "load_task"]

@@ -1,0 +1,214 @@
+"""The built-in synthetic arithmetic task: seeded, deterministic, no files.
+
+Difficulty levels (answers are always integers):
+
+    1  one-digit + and - (results never negative)
+    2  two-digit + and -, and two-digit x one-digit
+    3  three-digit + and -, two-digit x two-digit, and two-operation mixes (a + b - c, a x b + c)
+    4  four-digit + and -, three-digit x one-digit, exact division, (a +- b) x c (may be negative)
+    5  mostly three-operation mixes with parentheses, often negative
+
+Each problem is rendered in one of several wordings (bare expressions, imperative "Add 23 and
+58.", and short word problems), so a policy cannot overfit one template.
+
+The held-out test set is generated from its own seed stream and is disjoint from training on the
+*expression* (operands and operators), not just the wording: a training problem whose expression
+is in the test set is redrawn. Level 1 has only 155 distinct expressions, so its test set holds 40
+of them (the others hold 500); the training stream is long (`TRAIN_LEN`) and lazily generated.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+from groupo.rewards.countdown import evaluate_expression
+
+TRAIN_LEN = 10_000
+TEST_SIZE = {1: 40, 2: 500, 3: 500, 4: 500, 5: 500}
+LEVELS = tuple(TEST_SIZE)
+
+
+@dataclass(frozen=True)
+class ArithmeticProblem:
+    question: str
+    answer: int
+    expression: str  # canonical form, e.g. "(12 + 7) * 3"; the key for train/test disjointness
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions per level: (expression text, value)
+
+def _digits(rng: random.Random, n: int) -> int:
+    return rng.randint(10 ** (n - 1) if n > 1 else 0, 10 ** n - 1)
+
+
+def _binary(rng: random.Random, level: int) -> tuple[str, int, int, int]:
+    """A single-operation problem: (op, a, b, value)."""
+    if level == 1:
+        op = rng.choice("+-")
+        a, b = _digits(rng, 1), _digits(rng, 1)
+        if op == "-" and b > a:
+            a, b = b, a
+    elif level == 2:
+        op = rng.choice("+-*")
+        if op == "*":
+            a, b = _digits(rng, 2), rng.randint(2, 9)
+        else:
+            a, b = _digits(rng, 2), _digits(rng, 2)
+            if op == "-" and b > a:
+                a, b = b, a
+    elif level == 3:
+        op = rng.choice("+-*")
+        n = 2 if op == "*" else 3
+        a, b = _digits(rng, n), _digits(rng, n)
+        if op == "-" and b > a:
+            a, b = b, a
+    else:
+        op = rng.choice("+-*/")
+        if op == "*":
+            a, b = _digits(rng, 3), rng.randint(2, 9)
+        elif op == "/":
+            b = rng.randint(2, 19)
+            a = b * rng.randint(2, 99)
+        else:
+            a, b = _digits(rng, 4), _digits(rng, 4)
+            if op == "-" and b > a:
+                a, b = b, a
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else 0}[op]
+    return op, a, b, value
+
+
+def _mixed(rng: random.Random, level: int) -> tuple[str, int]:
+    """A multi-operation expression (levels 3-5): (expression text, value)."""
+    if level == 3:
+        a, b, c = _digits(rng, 2), _digits(rng, 2), _digits(rng, 2)
+        text = rng.choice([f"{a} + {b} - {c}", f"{a} - {b} + {c}", f"{c} * {rng.randint(2, 9)} + {a}"])
+    elif level == 4:
+        a, b, c = _digits(rng, 2), _digits(rng, 2), rng.randint(2, 9)
+        text = rng.choice([f"({a} + {b}) * {c}", f"({a} - {b}) * {c}", f"{a} * {c} - {b}"])
+    else:
+        a, b, c, d = _digits(rng, 2), _digits(rng, 2), rng.randint(2, 12), _digits(rng, 3)
+        text = rng.choice([f"({a} - {d}) * {c} + {b}", f"{a} * {c} - ({d} + {b})",
+                           f"({a} + {b}) * {c} - {d}"])
+    value, _ = evaluate_expression(text)
+    return text, int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wordings
+
+_SYM = {"+": "+", "-": "-", "*": "×", "/": "÷"}
+_NAMES = ["Ana", "Ben", "Chen", "Dara", "Elif", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Luca"]
+_ITEMS = ["apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards"]
+
+
+def _bare(op: str, a: int, b: int, rng: random.Random) -> str:
+    e = f"{a} {_SYM[op] if rng.random() < 0.3 else op.replace('*', 'x')} {b}"
+    return rng.choice([f"What is {e}?", f"Compute {e}.", f"Calculate {e}.", f"{e} = ?",
+                       f"Evaluate {e}.", f"Find the value of {e}."])
+
+
+def _verbal(op: str, a: int, b: int, rng: random.Random) -> str:
+    return rng.choice({
+        "+": [f"Add {a} and {b}.", f"What is the sum of {a} and {b}?", f"What is {a} plus {b}?"],
+        "-": [f"Subtract {b} from {a}.", f"What is {a} minus {b}?",
+              f"What is the difference between {a} and {b}?", f"Take {b} away from {a}."],
+        "*": [f"Multiply {a} by {b}.", f"What is the product of {a} and {b}?", f"What is {a} times {b}?"],
+        "/": [f"Divide {a} by {b}.", f"What is {a} divided by {b}?", f"How many times does {b} go into {a}?"],
+    }[op])
+
+
+def _story(op: str, a: int, b: int, rng: random.Random) -> str:
+    who, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    return rng.choice({
+        "+": [f"{who} has {a} {item} and gets {b} more. How many {item} does {who} have now?",
+              f"A box holds {a} {item} and another holds {b}. How many {item} are there in total?"],
+        "-": [f"{who} has {a} {item} and gives away {b}. How many {item} are left?",
+              f"There were {a} {item} on a shelf. {b} were taken. How many remain?"],
+        "*": [f"{who} buys {b} bags with {a} {item} in each. How many {item} is that?",
+              f"There are {a} rows of {item} with {b} in each row. How many {item} are there?"],
+        "/": [f"{who} shares {a} {item} equally among {b} friends. How many does each friend get?",
+              f"{a} {item} are packed {b} to a box. How many boxes are filled?"],
+    }[op])
+
+
+def make_problem(rng: random.Random, level: int) -> ArithmeticProblem:
+    """One problem at `level`, drawn with `rng` (all randomness comes from it)."""
+    if level not in TEST_SIZE:
+        raise ValueError(f"arithmetic difficulty {level} is unknown; valid: {', '.join(map(str, LEVELS))}")
+    if level >= 3 and rng.random() < (0.3 if level == 3 else 0.5 if level == 4 else 0.8):
+        text, value = _mixed(rng, level)
+        shown = text.replace("*", rng.choice(["*", "x", "×"]))
+        q = rng.choice([f"What is {shown}?", f"Compute {shown}.", f"Evaluate {shown}.", f"{shown} = ?"])
+        return ArithmeticProblem(q, value, text)
+    op, a, b, value = _binary(rng, level)
+    style = rng.choice([_bare, _bare, _verbal, _story])
+    return ArithmeticProblem(style(op, a, b, rng), value, f"{a} {op} {b}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+def test_problems(level: int, seed: int) -> list[ArithmeticProblem]:
+    """The fixed held-out set: `TEST_SIZE[level]` problems with distinct expressions."""
+    rng = random.Random(f"arithmetic/test/{level}/{seed}")
+    out: dict[str, ArithmeticProblem] = {}
+    while len(out) < TEST_SIZE[level]:
+        p = make_problem(rng, level)
+        out.setdefault(p.expression, p)
+    return list(out.values())
+
+
+class TrainStream(Sequence[ArithmeticProblem]):
+    """`length` training problems, item i generated on demand from its own seeded stream.
+
+    Item i depends only on (level, seed, i), so the stream is deterministic, needs no memory, and
+    any slice or shuffle of it is reproducible. Expressions in `held_out` are redrawn.
+    """
+
+    def __init__(self, level: int, seed: int, held_out: set[str], length: int = TRAIN_LEN):
+        self.level, self.seed, self.held_out, self.length = level, seed, held_out, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, i: int) -> ArithmeticProblem: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ArithmeticProblem]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.length))]
+        if not -self.length <= i < self.length:
+            raise IndexError(i)
+        i %= self.length
+        rng = random.Random(f"arithmetic/train/{self.level}/{self.seed}/{i}")
+        while True:
+            p = make_problem(rng, self.level)
+            if p.expression not in self.held_out:
+                return p
+
+
+def splits(level: int, seed: int, length: int = TRAIN_LEN) -> tuple[TrainStream, list[ArithmeticProblem]]:
+    """(train stream, test list) for `level`, disjoint on expressions."""
+    test = test_problems(level, seed)
+    return TrainStream(level, seed, {p.expression for p in test}, length), test
+
+
+class MappedSequence(Sequence):
+    """`fn` applied lazily to each item of `base` (keeps a lazy stream lazy)."""
+
+    def __init__(self, base: Sequence, fn: Callable):
+        self.base, self.fn = base, fn
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.fn(x) for x in self.base[i]]
+        return self.fn(self.base[i])

@@ -1,0 +1,209 @@
+"""Builders for the built-in tasks: `TaskConfig` -> `Task`.
+
+Synthetic tasks (arithmetic, countdown) need no files. File tasks read `task.path`:
+
+* a folder with one file per split (`train.jsonl`, `test.jsonl`, ...) gives the split by name;
+* a benchmark file that is itself one test set (MATH, MATH-500, SVAMP, MGSM, CMATH) is its
+  "test" split (also "all"); asking it for "train" explains how to train on it anyway;
+* any other single file is split with a seeded shuffle: `task.test_fraction` of it is "test", the
+  rest "train", and "all" is every row.
+
+Training problems are shuffled (seeded) and cut to `task.train_size`; the held-out problems keep
+file order and are cut to `task.eval_size`. Few-shot examples come from the training rows, or for
+test-only benchmarks from the last rows of the file, which are then left out of the test set.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+
+from groupo.data import arithmetic, countdown
+from groupo.data.arithmetic import MappedSequence
+from groupo.data.loaders import (
+    read_cmath,
+    read_generic,
+    read_gsm8k,
+    read_hub,
+    read_math,
+    read_metamath,
+    read_mgsm,
+    read_svamp,
+)
+from groupo.data.prompts import Example
+from groupo.data.task import DataError, Task, default_rewards, seeded_split, subsample, to_problem
+
+SUPPORTED = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+Reader = Callable[..., list[dict]]
+
+
+class NoSplit(Sequence):
+    """Stands in for a split a task does not have: any use raises a DataError saying why."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __len__(self) -> int:
+        raise DataError(self.message)
+
+    def __getitem__(self, i):
+        raise DataError(self.message)
+
+
+def _examples(rows: Sequence[dict], n: int) -> list[Example]:
+    return [Example(r["question"], r.get("solution") or "", r["answer"]) for r in rows[:n]]
+
+
+def _finish(name: str, cfg, train_rows: Sequence[dict] | NoSplit, test_rows: list[dict],
+            examples: list[Example], rewards: dict[str, float] | None = None,
+            eval_reward: str = "accuracy") -> Task:
+    if isinstance(train_rows, NoSplit):
+        train: Sequence = train_rows
+    else:
+        rows = subsample(train_rows, cfg.train_size, cfg.seed)
+        train = [to_problem(r, cfg, examples, f"{name}-train-{i}") for i, r in enumerate(rows)]
+    test_rows = test_rows[: cfg.eval_size or None]
+    test = [to_problem(r, cfg, examples, f"{name}-test-{i}") for i, r in enumerate(test_rows)]
+    return Task(name, train, test, rewards or default_rewards(cfg.prompt_style), eval_reward)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic tasks
+
+def arithmetic_task(cfg) -> Task:
+    stream, test = arithmetic.splits(cfg.difficulty, cfg.seed)
+    n_train = min(cfg.train_size or len(stream), len(stream) - cfg.few_shot)
+    # Worked examples: the stream's last items, which training (the first n_train) never reaches.
+    shots = [stream[len(stream) - 1 - i] for i in range(cfg.few_shot)]
+    examples = [Example(p.question, f"{p.expression.replace('*', '×')} = {p.answer}.", str(p.answer))
+                for p in shots]
+    name = f"arithmetic-d{cfg.difficulty}"
+
+    def problem(i: int):
+        p = stream[i]
+        return to_problem({"question": p.question, "answer": str(p.answer)}, cfg, examples, f"{name}-train-{i}")
+
+    test_problems = [to_problem({"question": p.question, "answer": str(p.answer)}, cfg, examples,
+                                f"{name}-test-{i}") for i, p in enumerate(test[: cfg.eval_size or None])]
+    return Task(name, MappedSequence(range(n_train), problem), test_problems,
+                default_rewards(cfg.prompt_style), "accuracy")
+
+
+def countdown_task(cfg) -> Task:
+    if cfg.path:
+        test_rows = countdown.read_countdown(cfg.path, skip_bad=cfg.skip_bad_rows)
+    else:
+        test_rows = countdown.test_rows(cfg.difficulty, cfg.seed)
+    held_out = countdown.held_out_keys(test_rows)
+    n_train = cfg.train_size or countdown.TRAIN_LEN
+    examples = []
+    for i in range(cfg.few_shot):  # solved examples from a stream training never draws from
+        nums, target, expr = countdown.make_problem(random.Random(f"countdown/shots/{cfg.seed}/{i}"),
+                                                    cfg.difficulty)
+        examples.append(Example(countdown.question(nums, target), f"{expr} = {target}.", expr))
+    name = f"countdown-d{cfg.difficulty}"
+
+    def problem(i: int):
+        return to_problem(countdown.train_row(cfg.difficulty, cfg.seed, i, held_out), cfg, examples,
+                          f"{name}-train-{i}")
+
+    test = [to_problem(r, cfg, examples, f"{name}-test-{i}")
+            for i, r in enumerate(test_rows[: cfg.eval_size or None])]
+    style_bonus = {k: v for k, v in default_rewards(cfg.prompt_style).items() if k != "accuracy"}
+    return Task(name, MappedSequence(range(n_train), problem), test, {"countdown": 1.0, **style_bonus},
+                "countdown")
+
+
+# ---------------------------------------------------------------------------------------------
+# File tasks
+
+def _path(name: str, cfg) -> Path:
+    if not cfg.path:
+        raise DataError(f"task {name!r} reads files: set task.path to its data file or folder")
+    return Path(cfg.path).expanduser()
+
+
+def _split_rows(name: str, cfg, split: str, read: Callable[[Path], list[dict]],
+                default_file: str | None, test_only: bool) -> list[dict] | NoSplit:
+    path = _path(name, cfg)
+    if path.is_dir() and default_file and (path / default_file).is_file():
+        path = path / default_file
+    elif path.is_dir():
+        files = [f for f in sorted(path.iterdir()) if f.stem == split and f.suffix in SUPPORTED]
+        if not files:
+            have = ", ".join(f.name for f in sorted(path.iterdir()) if f.suffix in SUPPORTED) or "none"
+            raise DataError(f"task {name!r}: no {split}.* file in {path} (data files there: {have})")
+        return read(files[0])
+    elif not path.exists():
+        raise DataError(f"task {name!r}: data path not found: {path}")
+    if test_only:
+        if split in ("test", "all"):
+            return read(path)
+        return NoSplit(f"task {name!r}: {path} is a test set and has no {split!r} split; set "
+                       f"task.split=test to train on it anyway, or point the generic loader at a "
+                       f"training file (task.name=path/to/train.jsonl)")
+    rows = read(path)
+    if split == "all":
+        return rows
+    if split not in ("train", "test"):
+        raise DataError(f"task {name!r}: split {split!r} is unknown for the single file {path}; "
+                        "valid: train, test, all")
+    train, test = seeded_split(rows, cfg.seed, cfg.test_fraction)
+    return train if split == "train" else test
+
+
+def file_task(name: str, cfg, reader: Reader, default_file: str | None = None,
+              test_only: bool = False) -> Task:
+    """A task from `task.path` read with `reader(path, skip_bad=...)` (see the module doc)."""
+    read = cache(lambda p: reader(p, skip_bad=cfg.skip_bad_rows))
+    train_rows = _split_rows(name, cfg, cfg.split, read, default_file, test_only)
+    test_rows = _split_rows(name, cfg, cfg.eval_split, read, default_file, test_only)
+    if isinstance(test_rows, NoSplit):
+        len(test_rows)  # raises its explanation
+    if isinstance(train_rows, NoSplit) and cfg.few_shot:
+        examples = _examples(test_rows[-cfg.few_shot:], cfg.few_shot)
+        test_rows = test_rows[: -cfg.few_shot]
+    elif isinstance(train_rows, NoSplit):
+        examples = []
+    else:
+        examples = _examples(subsample(train_rows, cfg.few_shot, cfg.seed + 1), cfg.few_shot)
+    return _finish(name, cfg, train_rows, test_rows, examples)
+
+
+def generic_task(cfg, path: str | None = None) -> Task:
+    """Any question/answer file (jsonl/json/csv/tsv/parquet), or a `datasets` hub id."""
+    target = path or cfg.path
+    if not target:
+        raise DataError("task 'generic' needs task.path: a data file, a folder of split files, or a hub id")
+    if not Path(target).expanduser().exists() and "/" in target and not target.endswith(SUPPORTED):
+        def hub(split: str) -> list[dict]:
+            return read_hub(target, split, cfg.question_field, cfg.answer_field, cfg.skip_bad_rows)
+        train, test = hub(cfg.split), hub(cfg.eval_split)
+        examples = _examples(subsample(train, cfg.few_shot, cfg.seed + 1), cfg.few_shot)
+        return _finish(target, cfg, train, test, examples)
+
+    def reader(p, skip_bad=False):
+        return read_generic(p, cfg.question_field, cfg.answer_field, skip_bad)
+
+    return file_task(Path(target).stem, replace(cfg, path=target), reader)
+
+
+def mgsm_task(cfg) -> Task:
+    return file_task(f"mgsm-{cfg.language}", cfg, read_mgsm, f"mgsm_{cfg.language}.tsv", test_only=True)
+
+
+BUILDERS: dict[str, Callable] = {
+    "arithmetic": arithmetic_task,
+    "countdown": countdown_task,
+    "gsm8k": lambda cfg: file_task("gsm8k", cfg, read_gsm8k),
+    "math": lambda cfg: file_task("math", cfg, read_math, "test.jsonl", test_only=True),
+    "math500": lambda cfg: file_task("math500", cfg, read_math, "test.jsonl", test_only=True),
+    "svamp": lambda cfg: file_task("svamp", cfg, read_svamp, "SVAMP.json", test_only=True),
+    "mgsm": mgsm_task,
+    "cmath": lambda cfg: file_task("cmath", cfg, read_cmath, "cmath_dev.jsonl", test_only=True),
+    "metamath": lambda cfg: file_task("metamath", cfg, read_metamath),
+    "generic": generic_task,
+}

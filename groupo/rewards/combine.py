@@ -1,0 +1,95 @@
+"""Run several reward functions on a batch and combine them into one weighted reward per sample.
+
+Every function is called TRL-style with keywords: ``fn(prompts=..., completions=...,
+completion_ids=..., completion_lengths=..., **columns)``, where `columns` are the dataset columns
+transposed to lists (one value per sample). A function may return None for a sample ("no score"):
+that sample's total skips it (a sample no function scores totals 0.0). A function that raises,
+returns the wrong number of values, a non-number, NaN or infinity stops the run with a
+`RewardError` naming the function and the sample; it never silently scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from groupo.rewards.base import RewardError
+
+RewardFn = Callable[..., list]
+
+
+def fn_name(fn: Any) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
+
+
+def _first_bad_sample(fn: RewardFn, prompts: list, completions: list, kwargs: dict[str, list]) -> int | None:
+    """Re-run `fn` one sample at a time to find the first sample it raises on (error path only)."""
+    for i in range(len(completions)):
+        one = {k: v[i:i + 1] for k, v in kwargs.items()}
+        try:
+            fn(prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one)
+        except Exception:
+            return i
+    return None
+
+
+def _call(name: str, fn: RewardFn, prompts: list, completions: list,
+          kwargs: dict[str, list]) -> list[float | None]:
+    where = f"reward {name!r} ({fn_name(fn)})"
+    try:
+        values = fn(prompts=prompts, completions=completions, **kwargs)
+    except RewardError as e:
+        raise RewardError(f"{where}: {e}") from e
+    except Exception as e:
+        i = _first_bad_sample(fn, prompts, completions, kwargs)
+        sample = f" on sample {i} (completion {str(completions[i])[:200]!r})" if i is not None else ""
+        raise RewardError(f"{where} raised {type(e).__name__}{sample}: {e}") from e
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise RewardError(f"{where} returned {type(values).__name__}; expected a list of floats")
+    values = list(values)
+    if len(values) != len(completions):
+        raise RewardError(f"{where} returned {len(values)} values for {len(completions)} completions")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        if hasattr(v, "item") and not isinstance(v, numbers.Number):
+            v = v.item()  # 0-d tensors and numpy scalars
+        if not isinstance(v, numbers.Real):
+            raise RewardError(f"{where} returned {type(v).__name__} {v!r} for sample {i}; expected a float")
+        if not math.isfinite(v):
+            raise RewardError(f"{where} returned {v} for sample {i} "
+                              f"(completion {str(completions[i])[:200]!r})")
+        out.append(float(v))
+    return out
+
+
+def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completions: list,
+          columns: Sequence[dict[str, Any]],
+          completion_ids: Sequence[Sequence[int]] | None = None,
+          ) -> tuple[list[float], dict[str, list[float | None]]]:
+    """(total_N, {name: values_N}): the weighted sum per sample and each function's raw values.
+
+    prompts: N prompts (chat message lists), one per completion. completions: N strings.
+    columns: N dicts of dataset columns (each includes "answer").
+    completion_ids: N token-id lists (or a "completion_ids" column); functions also get their
+        lengths as `completion_lengths`.
+    """
+    n = len(completions)
+    if len(prompts) != n or len(columns) != n:
+        raise ValueError(f"score: {n} completions, {len(prompts)} prompts, {len(columns)} column rows")
+    keys = sorted({k for row in columns for k in row} - {"prompts", "completions"})
+    kwargs: dict[str, list] = {k: [row.get(k) for row in columns] for k in keys}
+    if completion_ids is not None:
+        kwargs["completion_ids"] = [list(ids) for ids in completion_ids]
+    if "completion_ids" in kwargs and "completion_lengths" not in kwargs:
+        kwargs["completion_lengths"] = [len(ids) for ids in kwargs["completion_ids"]]
+    per_fn = {name: _call(name, fn, list(prompts), list(completions), kwargs)
+              for name, (fn, _) in reward_fns.items()}
+    total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
+             for i in range(n)]
+    return [float(t) for t in total], per_fn
