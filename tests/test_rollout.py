@@ -1,0 +1,182 @@
+"""The transformers rollout engine, checked against hand-written decoding and a forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import make_tiny
+
+from groupo.config import LoraConfig
+from groupo.models.logprobs import pack, token_logprobs
+from groupo.models.policy import load_policy_from
+from groupo.rollout import make_engine
+from groupo.rollout.hf import HFEngine
+from groupo.types import Completion, SamplingParams
+
+
+def prompts_for(tok):
+    """Prompts of different lengths, so batches are left-padded."""
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}],
+                                   add_generation_prompt=True, return_dict=False)
+    return [chat, [1, *tok.encode("What is")], [1, 40]]
+
+
+def hand_greedy(model, prompt, steps):
+    """Argmax decoding one token at a time, unbatched, no cache."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def eos_biased_tiny(bias):
+    """The tiny model with `bias` added to the EOS logit, so sampled sequences end at varied lengths."""
+    model, tok = make_tiny()
+    head = torch.nn.Linear(64, len(tok), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = bias
+    model.lm_head = head
+    return model, tok
+
+
+def test_shapes_types_and_order():
+    model, tok = make_tiny()
+    prompts = prompts_for(tok)
+    out = HFEngine(model, tok, batch_size=4, autocast="none").generate(
+        prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=0))
+    assert len(out) == 3 and all(len(group) == 3 for group in out)
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            assert isinstance(c, Completion) and c.prompt_ids == prompt
+            assert len(c.token_ids) == len(c.logprobs) <= 5
+            assert all(isinstance(t, int) for t in c.token_ids)
+            assert all(lp <= 0 for lp in c.logprobs)
+            assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
+
+
+def test_greedy_equals_hand_written_loop_in_any_batch_size():
+    model, tok = make_tiny()
+    prompts = prompts_for(tok)
+    expected = [hand_greedy(model, p, 8) for p in prompts]
+    for batch_size in (1, 2, 64):
+        out = HFEngine(model, tok, batch_size=batch_size, autocast="none").generate(
+            prompts, SamplingParams(n=2, temperature=0, max_new_tokens=8))
+        for exp, group in zip(expected, out, strict=True):
+            assert [c.token_ids for c in group] == [exp, exp]
+            assert all(c.finish_reason == "length" for c in group)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_a_forward_pass_at_the_same_temperature(temperature):
+    model, tok = eos_biased_tiny(bias=3.0)
+    prompts = prompts_for(tok)
+    out = HFEngine(model, tok, batch_size=4, autocast="none").generate(
+        prompts, SamplingParams(n=4, temperature=temperature, max_new_tokens=12, seed=3))
+    flat = [c for group in out for c in group]
+    packed = pack([c.prompt_ids for c in flat], [c.token_ids for c in flat], tok.pad_token_id)
+    with torch.no_grad():
+        logp_BT, _ = token_logprobs(model, packed, temperature)
+    for b, c in enumerate(flat):
+        torch.testing.assert_close(torch.tensor(c.logprobs), logp_BT[b, :len(c.token_ids)],
+                                   atol=1e-4, rtol=0)
+
+
+def test_top_k_logprobs_are_renormalised_over_the_k_kept_tokens():
+    model, tok = make_tiny()
+    prompt = prompts_for(tok)[1]
+    (c,) = HFEngine(model, tok, autocast="none").generate(
+        [prompt], SamplingParams(n=1, temperature=0.5, top_k=3, max_new_tokens=6, seed=0))[0]
+    ids = torch.tensor([prompt + c.token_ids])
+    with torch.no_grad():
+        z_LV = model(input_ids=ids).logits[0].float() / 0.5
+    for t, (tok_id, lp) in enumerate(zip(c.token_ids, c.logprobs, strict=True)):
+        z = z_LV[len(prompt) - 1 + t]
+        top3 = z.topk(3).values
+        assert z[tok_id] >= top3[-1]  # sampled from the top 3
+        assert lp == pytest.approx(float(z[tok_id] - torch.logsumexp(top3, 0)), abs=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone():
+    model, tok = make_tiny()
+    engine = HFEngine(model, tok, batch_size=5, autocast="none")
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=6, seed=11)
+    state = torch.get_rng_state()
+    a = engine.generate(prompts_for(tok), params)
+    b = engine.generate(prompts_for(tok), params)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+    other = engine.generate(prompts_for(tok), SamplingParams(n=4, temperature=1.0, max_new_tokens=6, seed=12))
+    assert [[c.token_ids for c in g] for g in a] != [[c.token_ids for c in g] for g in other]
+
+
+def test_eos_stops_and_is_kept_length_truncates():
+    model, tok = eos_biased_tiny(bias=4.0)
+    eos = tok.eos_token_id
+    out = HFEngine(model, tok, batch_size=8, autocast="none").generate(
+        prompts_for(tok), SamplingParams(n=8, temperature=1.0, max_new_tokens=10, seed=0))
+    flat = [c for g in out for c in g]
+    stopped = [c for c in flat if c.finish_reason == "stop"]
+    truncated = [c for c in flat if c.finish_reason == "length"]
+    assert stopped and truncated  # the seed gives both kinds
+    for c in stopped:
+        assert c.token_ids[-1] == eos and eos not in c.token_ids[:-1]
+        assert "<|im_end|>" not in c.text
+    for c in truncated:
+        assert len(c.token_ids) == 10 and eos not in c.token_ids
+    assert len({len(c.token_ids) for c in stopped}) > 1  # padding after early stops was trimmed
+
+
+@pytest.mark.parametrize(("stop", "n_tokens"), [(" is", 1), ("s i", 2), ("s is is", 3)])
+def test_stop_string_trims_after_the_token_that_completes_it(stop, n_tokens):
+    model, tok = make_tiny()
+    prompt = [1, *tok.encode("What is")]
+    greedy = hand_greedy(model, prompt, 8)
+    assert [tok.decode([t]) for t in greedy[:4]] == [" is"] * 4  # " is is is is ..."
+    # The prompt ends in "is" too, but only generated text counts. " is" is token 1; "s i" straddles
+    # tokens 1-2 (token 2 runs past its end); "s is is" ends with token 3 (" is is is").
+    (c,) = HFEngine(model, tok, autocast="none").generate(
+        [prompt], SamplingParams(n=1, temperature=0, max_new_tokens=8, stop=(stop,)))[0]
+    assert c.token_ids == greedy[:n_tokens]
+    assert c.text == " is" * n_tokens and c.finish_reason == "stop"
+
+
+def test_engine_samples_current_lora_weights_and_restores_state():
+    base, _ = make_tiny()
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4), beta=0.0)
+    engine = make_engine("hf", policy.model, tok, autocast="none")
+    prompt = prompts_for(tok)[0]
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=6)
+    gen_config = policy.model.generation_config
+    policy.model.train()
+    assert engine.generate([prompt], params)[0][0].token_ids == hand_greedy(base, prompt, 6)
+    assert policy.model.training and policy.model.generation_config is gen_config
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+    engine.sync_weights()
+    policy.model.eval()
+    after = engine.generate([prompt], params)[0][0].token_ids
+    assert after == hand_greedy(policy.model, prompt, 6) != hand_greedy(base, prompt, 6)
+
+
+def test_bf16_autocast_generates():
+    model, tok = make_tiny()
+    out = HFEngine(model, tok, autocast="bf16").generate(
+        prompts_for(tok), SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=0))
+    assert all(len(c.token_ids) == 4 for g in out for c in g)
+
+
+def test_engine_registry_errors():
+    model, tok = make_tiny()
+    with pytest.raises(ValueError, match="valid: hf, vllm"):
+        make_engine("nope", model, tok)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install"):
+            make_engine("vllm", model, tok)
