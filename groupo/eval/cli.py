@@ -1,0 +1,135 @@
+"""`groupo eval`: evaluate a model, an adapter, or a training run on a task.
+
+    groupo eval --model NAME_OR_PATH [--adapter RUN_DIR/final] --task gsm8k --path DATA [--split test]
+                [--limit N] [--samples K] [--out FILE.jsonl]
+    groupo eval --run RUN_DIR [--task TASK] [--base]
+
+With --run, the run's saved config.yaml supplies the model, the task, the prompt style and the
+answer parsing, so the evaluation asks and grades exactly as training did; --base evaluates the
+untrained base model under the same settings. Prints greedy accuracy, pass@k and maj@k; --out
+writes one JSON line per sample and the summary next to it (FILE.summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from groupo.config import Config, ConfigError, from_dict, parse_override, read_yaml, set_key
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to evaluate")
+    src.add_argument("--model", help="built-in name, local folder, .gguf file or hub id")
+    src.add_argument("--adapter", help="a trained policy folder (RUN_DIR/final) to load onto --model")
+    src.add_argument("--run", metavar="RUN_DIR", help="a training run: its final weights and its config")
+    src.add_argument("--base", action="store_true", help="with --run: evaluate the untrained base model")
+    task = p.add_argument_group("task")
+    task.add_argument("--task", help="task name or .jsonl path (default: the run's task, else arithmetic)")
+    task.add_argument("--path", help="data file or folder for file tasks (task.path)")
+    task.add_argument("--split", help="split to evaluate (default: the task's eval split, test)")
+    task.add_argument("--limit", type=int, help="evaluate the first N problems (0 = all; default all, "
+                      "or the run's task.eval_size)")
+    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed"])
+    task.add_argument("--few-shot", type=int)
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--samples", type=int, default=1, help="completions per problem (k for pass@k, maj@k)")
+    gen.add_argument("--temperature", type=float,
+                     help="sampling temperature (default 0 = greedy for --samples 1, else 1.0)")
+    gen.add_argument("--max-new-tokens", type=int, help="default: the run's, else 256")
+    gen.add_argument("--batch-size", type=int, help="sequences per generation batch")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    gen.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write per-sample records (JSONL) here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config override, e.g. --set rewards.extract_order=[answer_tag]")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if args.run:
+        path = Path(args.run) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"--run {args.run}: no config.yaml there (is it a groupo run directory?)")
+        cfg = from_dict(read_yaml(path))
+        if args.limit is None:
+            args.limit = cfg.task.eval_size
+    else:
+        if not args.model:
+            raise ConfigError("groupo eval needs --model NAME_OR_PATH or --run RUN_DIR")
+        cfg = Config()
+        cfg.model.name = args.model
+        cfg.rollout.max_new_tokens = 256
+    settings = {"task.name": args.task, "task.path": args.path, "task.eval_split": args.split,
+                "task.eval_size": 0 if args.limit is None else args.limit,
+                "task.prompt_style": args.prompt_style, "task.few_shot": args.few_shot,
+                "rollout.max_new_tokens": args.max_new_tokens, "rollout.batch_size": args.batch_size}
+    for key, value in settings.items():
+        if value is not None:
+            set_key(cfg, key, value, source="command line")
+    for text in args.overrides:
+        set_key(cfg, *parse_override(text), source="command line")
+    return cfg
+
+
+def _load(args: argparse.Namespace, cfg: Config, device: str):
+    from groupo.models import load_model, load_trained
+
+    if args.run and not args.base:
+        return load_trained(args.run, dtype=cfg.model.dtype, device=device)
+    if args.adapter:
+        return load_trained(args.adapter, base_name=cfg.model.name, dtype=cfg.model.dtype, device=device)
+    return load_model(cfg.model.name, cfg.model.revision, cfg.model.dtype, device)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from groupo.data import load_task
+    from groupo.eval.evaluate import evaluate
+    from groupo.rewards import resolve_rewards
+    from groupo.rollout import make_engine
+
+    if args.base and not args.run:
+        raise ConfigError("--base needs --run RUN_DIR")
+    if args.samples < 1:
+        raise ConfigError("--samples must be >= 1")
+    cfg = _config(args)
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    task = load_task(cfg.task)
+    problems = task.test
+    reward_fns = resolve_rewards(cfg.rewards, task, cfg.rollout.max_new_tokens)
+    t0 = time.monotonic()
+    model, tokenizer = _load(args, cfg, device)
+    load_s = time.monotonic() - t0
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size,
+                         autocast=cfg.model.autocast)
+    what = f"{args.run} ({'base' if args.base else 'final'})" if args.run else cfg.model.name
+    print(f"evaluating {what} on {task.name} [{cfg.task.eval_split}]: {len(problems)} problems, "
+          f"samples={args.samples}, temperature={temperature}, max_new_tokens={cfg.rollout.max_new_tokens}",
+          file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        print(f"  {done}/{total} prompts ({time.monotonic() - t1:.0f}s)", file=sys.stderr)
+
+    t1 = time.monotonic()
+    res = evaluate(engine, tokenizer, task, problems, samples=args.samples,
+                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=temperature,
+                   top_p=cfg.rollout.top_p, batch_size=cfg.rollout.batch_size, reward_fns=reward_fns,
+                   seed=args.seed, progress=progress)
+    summary = {"model": what, "task": task.name, "split": cfg.task.eval_split, **res.summary(),
+               "samples": args.samples, "temperature": temperature,
+               "max_new_tokens": cfg.rollout.max_new_tokens, "load_s": round(load_s, 1),
+               "eval_s": round(time.monotonic() - t1, 1)}
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as fh:
+            for r in res.records:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+    return 0

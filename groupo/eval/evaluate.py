@@ -1,0 +1,152 @@
+"""Held-out evaluation: greedy accuracy, pass@k and maj@k over a task's problems.
+
+The trainer calls `evaluate` before, during and after training; `groupo eval` calls it on a base
+model or a trained run. Correctness is the task's `eval_reward` (e.g. "accuracy") equal to 1.0.
+
+pass@k uses the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374): with n samples of
+which c are correct, pass@k = 1 - C(n-c, k) / C(n, k), computed as the stable product
+1 - prod_{i=n-c+1}^{n} (1 - k / i). maj@k (self-consistency, Wang et al. 2022) is the share of
+problems whose most frequent extracted answer among the k = `samples` answers (normalised, so
+"1,000" and "1000.0" agree; ties go to the answer seen first) is correct.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from groupo.data.prompts import encode_prompt
+from groupo.data.task import Task
+from groupo.rewards.combine import score
+from groupo.rewards.countdown import find_expression
+from groupo.rewards.extract import DEFAULT_ORDER, extract_answer
+from groupo.rewards.math import answer_key
+from groupo.rewards.registry import REWARDS, resolve_rewards
+from groupo.rollout.base import RolloutEngine
+from groupo.types import Problem, SamplingParams
+
+
+@dataclass
+class EvalResult:
+    """accuracy: greedy accuracy (None if no greedy pass ran); pass_at_k: {k: value} for k = 1, 2,
+    4, ... up to `samples`; maj_at_k: maj@samples (None for samples = 1 or tasks without
+    answer-style rewards); n: problems; records: one dict per generated sample."""
+
+    accuracy: float | None
+    pass_at_k: dict[int, float]
+    maj_at_k: float | None
+    n: int
+    records: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"n": self.n, "accuracy": self.accuracy, "pass_at_k": self.pass_at_k, "maj_at_k": self.maj_at_k}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021), numerically stable."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def majority_correct(keys: list[str | None], correct: list[bool]) -> bool:
+    """Whether the most frequent non-None key (ties: first seen) belongs to a correct sample."""
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return False
+    top = max(counts.values())
+    winner = next(k for k in keys if k is not None and counts[k] == top)
+    return any(ok for k, ok in zip(keys, correct, strict=True) if k == winner)
+
+
+def _extract_order(reward_fns: dict, eval_reward: str) -> tuple[str, ...]:
+    fn = reward_fns.get(eval_reward, (None,))[0]
+    return tuple(fn.keywords.get("extract_order", DEFAULT_ORDER)) if isinstance(fn, functools.partial) \
+        else DEFAULT_ORDER
+
+
+def _generate(engine: RolloutEngine, prompt_ids: list[list[int]], params: SamplingParams,
+              batch_size: int, progress: Callable[[int, int], None] | None) -> list[list]:
+    """Completions for every prompt, `batch_size` sequences per engine call."""
+    per_call = max(1, batch_size // params.n)
+    out: list[list] = []
+    for start in range(0, len(prompt_ids), per_call):
+        out += engine.generate(prompt_ids[start:start + per_call], params)
+        if progress is not None:
+            progress(len(out), len(prompt_ids))
+    return out
+
+
+def _run(engine, tokenizer, task: Task, problems: list[Problem], prompt_ids, params: SamplingParams,
+         batch_size: int, reward_fns: dict, progress, greedy: bool) -> list[dict]:
+    groups = _generate(engine, prompt_ids, params, batch_size, progress)
+    flat = [(p, j, c) for p, g in zip(problems, groups, strict=True) for j, c in enumerate(g)]
+    total, per_fn = score(reward_fns, [p.messages for p, _, _ in flat], [c.text for _, _, c in flat],
+                          [p.columns for p, _, _ in flat], completion_ids=[c.token_ids for _, _, c in flat])
+    order = _extract_order(reward_fns, task.eval_reward)
+    records = []
+    for i, (p, j, c) in enumerate(flat):
+        extracted = find_expression(c.text) if task.eval_reward == "countdown" else extract_answer(c.text, order)
+        records.append({
+            "id": p.id, "sample": j, "greedy": greedy, "question": p.columns.get("question", p.question),
+            "answer": p.answer, "completion": c.text, "extracted": extracted,
+            "correct": per_fn[task.eval_reward][i] == 1.0, "reward": total[i],
+            "rewards": {name: values[i] for name, values in per_fn.items()},
+            "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+        })
+    return records
+
+
+def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Problem], *, samples: int = 1,
+             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+             batch_size: int = 64, reward_fns: dict | None = None, seed: int = 0, greedy: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Evaluate `problems` of `task` with the model behind `engine`.
+
+    samples: completions per problem (k). With samples = 1 and temperature = 0 this is one greedy
+        pass. With samples > 1 they are drawn at `temperature` (must be > 0) for pass@k and maj@k,
+        and, if `greedy`, one extra greedy pass gives `accuracy`.
+    reward_fns: name -> (fn, weight), as from `resolve_rewards` (default: the task's rewards); the
+        task's `eval_reward` is added from the registry if missing.
+    progress: called with (prompts done, prompts total) after each generation batch.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if samples > 1 and temperature <= 0:
+        raise ValueError("samples > 1 needs temperature > 0 (greedy samples would all be equal)")
+    fns = dict(reward_fns) if reward_fns is not None else resolve_rewards({}, task)
+    if task.eval_reward not in fns:
+        fns[task.eval_reward] = (REWARDS[task.eval_reward], 0.0)
+    prompt_ids = [encode_prompt(tokenizer, p.messages) for p in problems]
+    n = len(problems)
+    records: list[dict] = []
+    accuracy = None
+    if greedy and (samples > 1 or temperature == 0):
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
+        greedy_recs = _run(engine, tokenizer, task, problems, prompt_ids, params, batch_size, fns, progress, True)
+        accuracy = sum(r["correct"] for r in greedy_recs) / n if n else 0.0
+        records += greedy_recs
+    sampled = records if samples == 1 and temperature == 0 else []
+    if not sampled:
+        params = SamplingParams(n=samples, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, seed=seed)
+        sampled = _run(engine, tokenizer, task, problems, prompt_ids, params, batch_size, fns, progress, False)
+        records += sampled
+    by_problem: dict[int, list[dict]] = {}
+    for i, r in enumerate(sampled):
+        by_problem.setdefault(i // samples, []).append(r)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= samples} | {samples})
+    passk = {k: sum(pass_at_k(samples, sum(r["correct"] for r in rs), k) for rs in by_problem.values()) / n
+             for k in ks} if n else {}
+    maj = None
+    if samples > 1 and n and task.eval_reward == "accuracy":
+        maj = sum(majority_correct([answer_key(r["extracted"]) for r in rs], [r["correct"] for r in rs])
+                  for rs in by_problem.values()) / n
+    return EvalResult(accuracy=accuracy, pass_at_k=passk, maj_at_k=maj, n=n, records=records)
