@@ -9,7 +9,7 @@ from tiny import make_tokenizer
 from groupo.config import TaskConfig
 from groupo.data import TASKS, DataError, arithmetic, countdown, load_task
 from groupo.data.prompts import R1_SYSTEM_PROMPT, STYLES, Example, build_messages, encode_prompt, render_plain
-from groupo.rewards import accuracy_reward, countdown_reward
+from groupo.rewards import REWARDS, accuracy_reward, countdown_reward
 from groupo.rewards.countdown import evaluate_expression
 
 
@@ -186,3 +186,18 @@ def test_bad_rows_named_or_skipped(tmp_path):
 def test_file_task_without_path_is_a_clear_error():
     with pytest.raises(DataError, match=r"set task\.path"):
         load_task(TaskConfig(name="gsm8k"))
+
+
+# --- recipe configs -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gsm8k", "math", "countdown"])
+def test_recipe_configs_load(name):
+    from pathlib import Path
+
+    from groupo.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.task.name == name
+    assert set(cfg.rewards.funcs) <= set(REWARDS)
+    if name == "countdown":                                             # needs no files: builds
+        task = load_task(cfg.task)
+        assert task.eval_reward == "countdown" and len(task.test) == cfg.task.eval_size

@@ -42,6 +42,8 @@ EXTRACT_CASES = [
     ("16 - 3 - 4 = 9\n#### 1,000", "1,000"),
     ("The answer is 18 dollars. Then 20.", "18 dollars"),
     ("答案是１８。", "18"),
+    ("所以她赚了１８美元。答案是：１８", "18"),                                  # full-width colon
+    ("答案为 ２，５００ 元", "2,500 元"),                                      # full-width comma (2500)
     ("Final answer: $1,234.", "$1,234"),
     ("I think 16-3 = 13", "13"),                                               # binary minus, not -3
     ("temperature drops to -5", "-5"),

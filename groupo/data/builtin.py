@@ -3,8 +3,9 @@
 Synthetic tasks (arithmetic, countdown) need no files. File tasks read `task.path`:
 
 * a folder with one file per split (`train.jsonl`, `test.jsonl`, ...) gives the split by name;
-* a benchmark file that is itself one test set (MATH, MATH-500, SVAMP, MGSM, CMATH) is its
-  "test" split (also "all"); asking it for "train" explains how to train on it anyway;
+* a benchmark file that is itself one test set (MATH, MATH-500, SVAMP, MGSM, CMATH; in a folder,
+  its usual file name) is its "test" split (also "all"); asking it for "train" explains how to
+  train on it anyway;
 * any other single file is split with a seeded shuffle: `task.test_fraction` of it is "test", the
   rest "train", and "all" is every row.
 
@@ -129,14 +130,14 @@ def _path(name: str, cfg) -> Path:
 def _split_rows(name: str, cfg, split: str, read: Callable[[Path], list[dict]],
                 default_file: str | None, test_only: bool) -> list[dict] | NoSplit:
     path = _path(name, cfg)
-    if path.is_dir() and default_file and (path / default_file).is_file():
-        path = path / default_file
-    elif path.is_dir():
+    if path.is_dir():
         files = [f for f in sorted(path.iterdir()) if f.stem == split and f.suffix in SUPPORTED]
-        if not files:
+        if files:
+            return read(files[0])
+        if not default_file or not (path / default_file).is_file():
             have = ", ".join(f.name for f in sorted(path.iterdir()) if f.suffix in SUPPORTED) or "none"
             raise DataError(f"task {name!r}: no {split}.* file in {path} (data files there: {have})")
-        return read(files[0])
+        path = path / default_file
     elif not path.exists():
         raise DataError(f"task {name!r}: data path not found: {path}")
     if test_only:

@@ -39,7 +39,7 @@ def normalize_text(text: str) -> str:
 
 _TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _ANSWER_IS_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?|答案(?:是|为|:)|答\s*:", re.IGNORECASE)
+    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?|答案\s*(?:是|为|:)\s*:?|答\s*:", re.IGNORECASE)
 # A number: optional sign (not a binary minus: no digit or bracket just before), digits with
 # optional thousands groups and decimals, or a fraction a/b.
 _NUM = r"(?:(?<![\w)\]}])-)?(?:\d+\s*/\s*\d+|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
