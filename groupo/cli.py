@@ -63,6 +63,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input or machine (config, data, model path, a reward function):
+    printed as one clear message, without a traceback."""
+    from groupo.models.builtin import FetchError
+    from groupo.models.load import ModelNotFoundError
+    from groupo.rewards.base import RewardError
+
+    return ConfigError, FetchError, ModelNotFoundError, RewardError
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="groupo", description="Group-relative RL fine-tuning (GRPO, Dr.GRPO, DAPO, GSPO, CISPO).",
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except ConfigError as e:
+    except _user_errors() as e:
         print(f"groupo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ class MetricsWriter:
 
     def __init__(self, path: Path, tensorboard_dir: Path | None = None):
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close(); open for the run)
         self._tb = None
         if tensorboard_dir is not None:
             try:

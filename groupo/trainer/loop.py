@@ -58,7 +58,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
 
     # --- task, rewards, model, engine, optimizer
     task = load_task(cfg.task)
-    reward_fns = resolve_rewards(cfg.rewards, task)
+    reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens)
     policy = policy if policy is not None else load_policy(cfg.model, cfg.lora, settings.beta)
     model, tokenizer = policy.model, policy.tokenizer
     engine = make_engine(R.engine, model, tokenizer, batch_size=R.batch_size, autocast=cfg.model.autocast)
@@ -123,7 +123,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                 flat = [c for g in groups for c in g]
                 rep = [p for p in batch_problems for _ in range(R.group_size)]
                 total, scores = score(reward_fns, [p.messages for p in rep], [c.text for c in flat],
-                                      [{**p.columns, "completion_ids": c.token_ids} for p, c in zip(rep, flat)])
+                                      [p.columns for p in rep], completion_ids=[c.token_ids for c in flat])
                 r_PG = torch.tensor(total, dtype=torch.float32).view(len(batch_problems), R.group_size)
                 zero_var = zero_variance_groups(r_PG)
                 n_zero_var, n_groups = n_zero_var + int(zero_var.sum()), n_groups + len(batch_problems)
