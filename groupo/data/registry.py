@@ -19,3 +19,9 @@ def load_task(cfg) -> Task:
         raise DataError(f"task {cfg.name!r} is unknown; valid: {', '.join(TASKS)}, "
                         f"or a path to a {'/'.join(SUPPORTED)} file")
     return TASKS[cfg.name](cfg)
+
+
+# Tasks answered with code (math solved by a Python program; MBPP; HumanEval).
+from groupo.data.code_tasks import CODE_TASKS  # noqa: E402
+
+TASKS.update(CODE_TASKS)

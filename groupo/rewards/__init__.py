@@ -15,3 +15,21 @@ __all__ = [
     "countdown_reward", "extract_answer", "format_reward", "is_equivalent", "overlong_reward",
     "parse_number", "resolve_rewards", "score", "soft_format_reward", "tag_count_reward",
 ]
+
+from groupo.rewards.code import (
+    code_format_reward,
+    code_tags_reward,
+    compiles_reward,
+    lint_clean_reward,
+    python_number_reward,
+    python_output_reward,
+    python_runs_reward,
+    tests_all_pass_reward,
+    tests_pass_reward,
+)
+
+__all__ += [
+    "code_format_reward", "code_tags_reward", "compiles_reward", "lint_clean_reward",
+    "python_number_reward", "python_output_reward", "python_runs_reward", "tests_all_pass_reward",
+    "tests_pass_reward",
+]

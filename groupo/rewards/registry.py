@@ -114,3 +114,9 @@ def resolve_rewards(rewards: Any, defaults: Any,
         else:
             out[name] = (load_user_fn(name), float(weight))
     return out
+
+
+# Rewards that run or check code (groupo.rewards.code; programs run in groupo.rewards.sandbox).
+from groupo.rewards.code import CODE_REWARDS  # noqa: E402
+
+REWARDS.update(CODE_REWARDS)
