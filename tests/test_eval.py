@@ -124,3 +124,37 @@ def test_eval_cli_on_tiny_model(tmp_path):
     fresh = accuracy_reward([r["completion"] for r in records], [r["answer"] for r in records])
     assert [float(r["correct"]) for r in records] == fresh
     assert summary["accuracy"] == pytest.approx(sum(fresh) / 4)
+
+
+@pytest.mark.skipif(not _hf_engine_available(), reason="needs the HF rollout engine")
+def test_eval_cli_run_dir_uses_the_runs_settings(tmp_path):
+    """--run reads the run's config.yaml: its model, task, prompt style and eval size; --base
+    evaluates the base model, without it the run's final/ weights."""
+    from groupo.config import Config, LoraConfig, dump_yaml
+    from groupo.eval.cli import add_arguments, run
+    from groupo.models import load_model, load_policy_from, save_policy
+
+    model_dir = save_tiny(tmp_path / "tiny")
+    cfg = Config()
+    cfg.model.name, cfg.model.autocast = str(model_dir), "none"
+    cfg.task.prompt_style, cfg.task.eval_size, cfg.task.difficulty = "plain", 3, 1
+    cfg.rollout.max_new_tokens = 4
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    model, tok = load_model(str(model_dir))
+    save_policy(load_policy_from(model, tok, LoraConfig(rank=2, alpha=4.0), beta=0.0,
+                                 base_name=str(model_dir)), run_dir / "final")
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    expected_prompts = [p.messages[-1]["content"] for p in load_task(cfg.task).test]
+    assert expected_prompts[0] == load_task(cfg.task).test[0].columns["question"]   # plain: no instruction
+    for extra in (["--base"], []):
+        out = tmp_path / f"eval{len(extra)}.jsonl"
+        assert run(parser.parse_args(["--run", str(run_dir), "--device", "cpu", "--out", str(out), *extra])) == 0
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["prompt"] for r in records] == expected_prompts
+        assert all(r["tokens"] <= 4 for r in records)
+        summary = json.loads(out.with_suffix(".summary.json").read_text())
+        assert summary["n"] == 3 and summary["model"].endswith("(base)" if extra else "(final)")

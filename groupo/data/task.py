@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from groupo.config import ConfigError
@@ -29,7 +29,6 @@ class Task:
     """train: training problems (may be a lazy sequence); test: the held-out problems.
     rewards: default reward name -> weight (used when `rewards.funcs` is empty).
     eval_reward: the reward whose value 1.0 means "correct" in evaluation.
-    skipped: rows dropped at load time because of `task.skip_bad_rows`.
     """
 
     name: str
@@ -37,8 +36,6 @@ class Task:
     test: list[Problem]
     rewards: dict[str, float]
     eval_reward: str = "accuracy"
-    skipped: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def default_rewards(prompt_style: str) -> dict[str, float]:

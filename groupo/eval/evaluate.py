@@ -96,6 +96,7 @@ def _run(engine, tokenizer, task: Task, problems: list[Problem], prompt_ids, par
         extracted = find_expression(c.text) if task.eval_reward == "countdown" else extract_answer(c.text, order)
         records.append({
             "id": p.id, "sample": j, "greedy": greedy, "question": p.columns.get("question", p.question),
+            "prompt": p.messages[-1]["content"],
             "answer": p.answer, "completion": c.text, "extracted": extracted,
             "correct": per_fn[task.eval_reward][i] == 1.0, "reward": total[i],
             "rewards": {name: values[i] for name, values in per_fn.items()},
