@@ -42,3 +42,23 @@ def test_pathological_check_is_cut_off_in_a_thread():
     t.start()
     t.join(10)
     assert result["reward"] == [0.0] and result["seconds"] < 1.0
+
+
+def _check_in_child(_):
+    ok = accuracy_reward(["\\boxed{\\sqrt{4}}"], ["2"])
+    t0 = time.monotonic()
+    cut = symbolic_equal(PATHOLOGICAL, "1", timeout_s=0.5)
+    return ok, cut, time.monotonic() - t0
+
+
+def test_checks_work_in_forked_worker_processes():
+    """A process forked after the parent started its worker gets its own worker (pipes and the
+    reader thread do not survive fork), and its time limit holds there too."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    symbolic_equal("1", "1")
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+        ok, cut, seconds = pool.submit(_check_in_child, 0).result(timeout=60)
+    assert ok == [1.0] and cut is None and seconds < 1.0
+    assert symbolic_equal("\\sqrt{9}", "3") is True                    # the parent's worker still works
