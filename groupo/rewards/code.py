@@ -90,12 +90,13 @@ _CACHE_SIZE = 4096
 _cache_lock = threading.Lock()
 
 
-def run_programs(codes: Sequence[str | None], limits: Limits) -> list[Result | None]:
-    """Each program's `Result` (None where there is no program), running each distinct one once."""
+def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0) -> list[Result | None]:
+    """Each program's `Result` (None where there is no program), running each distinct one once
+    (`workers` at a time; 0 = one per CPU)."""
     with _cache_lock:
         todo = list(dict.fromkeys(c for c in codes if c is not None and (c, limits) not in _CACHE))
     if todo:
-        fresh = shared_sandbox().run_many(todo, limits=limits)
+        fresh = shared_sandbox(workers).run_many(todo, limits=limits)
         with _cache_lock:
             for code, result in zip(todo, fresh, strict=True):
                 _CACHE[(code, limits)] = result
@@ -118,9 +119,10 @@ def last_line(result: Result | None) -> str | None:
     return lines[-1] if lines else None
 
 
-def _results(completions: list, timeout_s: float, sandbox_memory_mb: int) -> list[Result | None]:
+def _results(completions: list, timeout_s: float, sandbox_memory_mb: int,
+             sandbox_workers: int) -> list[Result | None]:
     codes = [extract_code(completion_text(c)) for c in completions]
-    return run_programs(codes, _limits(timeout_s, sandbox_memory_mb))
+    return run_programs(codes, _limits(timeout_s, sandbox_memory_mb), sandbox_workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,31 +130,35 @@ def _results(completions: list, timeout_s: float, sandbox_memory_mb: int) -> lis
 
 
 def python_output_reward(completions: list, answer: list, prompts: list | None = None, *,
-                         timeout_s: float = 5.0, sandbox_memory_mb: int = 1024, **kwargs: Any) -> list[float]:
+                         timeout_s: float = 5.0, sandbox_memory_mb: int = 1024, sandbox_workers: int = 0,
+                         **kwargs: Any) -> list[float]:
     """1.0 where the program's last printed line equals the reference `answer`, else 0.0.
 
     TRL-compatible: `python_output_reward(completions=["```python\\nprint(6*7)\\n```"], answer=["42"])`.
-    timeout_s: wall-clock and CPU limit per program; sandbox_memory_mb: its address-space limit.
+    timeout_s: wall-clock and CPU limit per program; sandbox_memory_mb: its address-space limit;
+    sandbox_workers: programs run in parallel (0 = one per CPU).
     """
     if len(answer) != len(completions):
         raise RewardError(f"python_output_reward: {len(completions)} completions but {len(answer)} answers")
     refs = [check_reference(a, i, "python_output_reward") for i, a in enumerate(answer)]
+    results = _results(completions, timeout_s, sandbox_memory_mb, sandbox_workers)
     out = []
-    for result, ref in zip(_results(completions, timeout_s, sandbox_memory_mb), refs, strict=True):
+    for result, ref in zip(results, refs, strict=True):
         printed = last_line(result)
         out.append(1.0 if printed is not None and is_equivalent(printed, ref, symbolic=False) else 0.0)
     return out
 
 
 def python_runs_reward(completions: list, prompts: list | None = None, *, timeout_s: float = 5.0,
-                       sandbox_memory_mb: int = 1024, **kwargs: Any) -> list[float]:
-    return [1.0 if r is not None and r.ok else 0.0 for r in _results(completions, timeout_s, sandbox_memory_mb)]
+                       sandbox_memory_mb: int = 1024, sandbox_workers: int = 0, **kwargs: Any) -> list[float]:
+    results = _results(completions, timeout_s, sandbox_memory_mb, sandbox_workers)
+    return [1.0 if r is not None and r.ok else 0.0 for r in results]
 
 
 def python_number_reward(completions: list, prompts: list | None = None, *, timeout_s: float = 5.0,
-                         sandbox_memory_mb: int = 1024, **kwargs: Any) -> list[float]:
+                         sandbox_memory_mb: int = 1024, sandbox_workers: int = 0, **kwargs: Any) -> list[float]:
     out = []
-    for result in _results(completions, timeout_s, sandbox_memory_mb):
+    for result in _results(completions, timeout_s, sandbox_memory_mb, sandbox_workers):
         printed = last_line(result)
         out.append(1.0 if printed is not None and parse_number(printed) is not None else 0.0)
     return out
@@ -254,7 +260,8 @@ def _with_prefix(code: str, entry_point: str | None, prefix: str | None) -> str:
 def tests_pass_reward(completions: list, tests: list, prompts: list | None = None, *,
                       test_setup: list | None = None, entry_point: list | None = None,
                       code_prefix: list | None = None, all_or_nothing: bool = False,
-                      timeout_s: float = 5.0, sandbox_memory_mb: int = 1024, **kwargs: Any) -> list[float]:
+                      timeout_s: float = 5.0, sandbox_memory_mb: int = 1024, sandbox_workers: int = 0,
+                      **kwargs: Any) -> list[float]:
     """The fraction of each sample's `tests` (code snippets, e.g. MBPP asserts or HumanEval's
     `check(f)`) that pass after the completion's code; with `all_or_nothing`, 1.0 only if all pass.
 
@@ -280,7 +287,8 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
         programs.append(code)
         counts.append(len(sample_tests))
     out = []
-    for result, total in zip(run_programs(programs, _limits(timeout_s, sandbox_memory_mb)), counts, strict=True):
+    results = run_programs(programs, _limits(timeout_s, sandbox_memory_mb), sandbox_workers)
+    for result, total in zip(results, counts, strict=True):
         lines = set(result.stdout.splitlines()) if result is not None else set()
         passed = sum(f"{marker} {j}" in lines for j in range(total))
         out.append(float(passed == total) if all_or_nothing else passed / total)

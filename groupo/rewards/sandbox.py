@@ -308,14 +308,14 @@ class Sandbox:
         self._pool.shutdown(wait=True)
 
 
-_shared: Sandbox | None = None
+_shared: dict[int, Sandbox] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_sandbox() -> Sandbox:
-    """The process-wide sandbox the code rewards use (created, probed and logged on first use)."""
-    global _shared
+def shared_sandbox(workers: int = 0) -> Sandbox:
+    """The process-wide sandbox the code rewards use, with `workers` parallel runs (0 = one per
+    CPU); created, probed and logged on first use."""
     with _shared_lock:
-        if _shared is None:
-            _shared = Sandbox()
-        return _shared
+        if workers not in _shared:
+            _shared[workers] = Sandbox(workers=workers or None)
+        return _shared[workers]
