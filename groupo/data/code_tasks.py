@@ -66,8 +66,8 @@ def _as_code_task(name: str, task: Task, cfg, language: str) -> Task:
         return replace(p, messages=messages(p.columns["question"], instruction, cfg.system_prompt))
 
     train = task.train if isinstance(task.train, NoSplit) else [convert(p) for p in task.train]
-    return Task(name, train, [convert(p) for p in task.test], dict(MATH_REWARDS), "python_output",
-                task.skipped, {**task.info, "language": language})
+    return replace(task, name=name, train=train, test=[convert(p) for p in task.test],
+                   rewards=dict(MATH_REWARDS), eval_reward="python_output")
 
 
 def gsm8k_code_task(cfg) -> Task:

@@ -13,7 +13,8 @@ softer partial rewards), where the program is the completion's last ```python bl
 Code as the answer (the last fenced block, or the whole completion when it has none):
 
     compiles         1.0 iff the code compiles (a syntax check in-process: nothing is executed)
-    lint_clean       1.0 iff ruff finds nothing (ruff's default rules, project settings ignored)
+    lint_clean       1.0 iff ruff finds nothing with rules E4, E7, E9, F (pyflakes and pycodestyle
+                     errors, ruff's classic default; project settings ignored)
     tests_pass       the fraction of the sample's `tests` that pass (MBPP asserts, HumanEval check)
     tests_all_pass   1.0 iff every test passes
 
@@ -48,7 +49,8 @@ from groupo.rewards.sandbox import Limits, Result, shared_sandbox
 
 PYTHON_TAGS = ("python", "py", "python3", "")
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[ \t]*$")
-_STRICT = re.compile(r"\s*<think>(?:(?!</?think>).)+</think>\s*```python[ \t]*\n(?:(?!```).)+```\s*", re.DOTALL)
+_STRICT = re.compile(r"\s*<think>(?:(?!</?think>).)+</think>[ \t]*\n\s*```python[ \t]*\n(?:(?!```).)+\n[ \t]*```\s*",
+                     re.DOTALL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,17 +214,21 @@ def ruff_command() -> list[str]:
     return [sys.executable, "-m", "ruff"]
 
 
+LINT_RULES = ("E4", "E7", "E9", "F")
+
+
 def lint_clean_reward(completions: list, prompts: list | None = None, *, timeout_s: float = 5.0,
-                      **kwargs: Any) -> list[float]:
-    """1.0 where ruff reports no finding. One ruff run checks the whole batch (ruff only parses
-    the files, so it runs outside the sandbox)."""
+                      lint_rules: Sequence[str] = LINT_RULES, **kwargs: Any) -> list[float]:
+    """1.0 where ruff reports no finding for `lint_rules` (ruff rule codes or prefixes; explicit,
+    because ruff's own default set changes between versions). One ruff run checks the whole
+    batch (ruff only parses the files, so it runs outside the sandbox)."""
     codes = [extract_code(completion_text(c), fallback_to_text=True) for c in completions]
     with tempfile.TemporaryDirectory(prefix="groupo-ruff-") as tmp:
         for i, code in enumerate(codes):
             if code is not None:
                 Path(tmp, f"c{i}.py").write_text(code, encoding="utf-8")
-        cmd = [*ruff_command(), "check", "--isolated", "--no-cache", "--exit-zero",
-               "--output-format", "json", "."]
+        cmd = [*ruff_command(), "check", "--isolated", "--no-cache", "--exit-zero", "--output-format",
+               "json", "--select", ",".join(lint_rules), "."]
         try:
             proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True,
                                   timeout=max(30.0, timeout_s * len(codes)))
@@ -233,7 +239,7 @@ def lint_clean_reward(completions: list, prompts: list | None = None, *, timeout
     return [1.0 if code is not None and f"c{i}.py" not in dirty else 0.0 for i, code in enumerate(codes)]
 
 
-def test_program(code: str, tests: Sequence[str], setup: str, marker: str) -> str:
+def harness_program(code: str, tests: Sequence[str], setup: str, marker: str) -> str:
     """The harness: setup, the candidate, then each test; after each test that passes it writes
     "<marker> <index>" with a reference to os.write taken before the candidate ran."""
     return (f"import os as _os\n_write, _exec, _compile, _Exc = _os.write, exec, compile, BaseException\n"
@@ -283,7 +289,7 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
             code = _with_prefix(code, entry_point[i] if entry_point else None,
                                 code_prefix[i] if code_prefix else None)
             setup = test_setup[i] if test_setup and test_setup[i] else ""
-            code = test_program(code, sample_tests, setup, marker)
+            code = harness_program(code, sample_tests, setup, marker)
         programs.append(code)
         counts.append(len(sample_tests))
     out = []
@@ -299,6 +305,9 @@ def tests_all_pass_reward(completions: list, tests: list, prompts: list | None =
                           **kwargs: Any) -> list[float]:
     return tests_pass_reward(completions, tests, prompts, **{**kwargs, "all_or_nothing": True})
 
+
+# pytest would collect these as tests wherever they are imported (their names start with "test")
+tests_pass_reward.__test__ = tests_all_pass_reward.__test__ = False
 
 CODE_REWARDS = {
     "python_output": python_output_reward,
