@@ -87,6 +87,9 @@ class RewardsConfig:
     extract_order: list[str] = _f(
         ["answer_tag", "boxed", "gsm8k", "answer_is", "last_number"],
         "where the final answer is looked for, in order (see groupo.rewards.extract)")
+    sandbox_memory_mb: int = _f(1024, "address-space limit of each program a code reward runs, MiB "
+                                "(groupo.rewards.sandbox)", min=128)
+    sandbox_workers: int = _f(0, "programs the code rewards run in parallel (0 = one per CPU)", min=0)
 
 
 @dataclass

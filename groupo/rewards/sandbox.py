@@ -146,16 +146,21 @@ class Protections:
 # Starting the launcher
 
 
+def _private(path: str, flags: int) -> int:
+    """Open mode 0600: the program, whose workdir may sit next to these files, cannot read them."""
+    return os.open(path, flags, 0o600)
+
+
 def _launch(job: dict, staging: str, env: dict[str, str], timeout_s: float) -> tuple[dict, bytes, bytes]:
     """Run the launcher on `job` in `staging`; (its report, stdout bytes, stderr bytes)."""
     read_fd, write_fd = os.pipe()
     job = {**job, "status_fd": write_fd}
     job_path = os.path.join(staging, "job")
-    with open(job_path, "wb") as f:
+    with open(job_path, "wb", opener=_private) as f:
         marshal.dump(job, f)
     out_path, err_path = os.path.join(staging, "stdout"), os.path.join(staging, "stderr")
     try:
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        with open(out_path, "wb", opener=_private) as out, open(err_path, "wb", opener=_private) as err:
             proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", CHILD, job_path],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                     cwd=staging, start_new_session=True, pass_fds=(write_fd,))
@@ -219,6 +224,9 @@ def _ids(uid_base: int, slot: int) -> tuple[int, int]:
 def probe(disable: frozenset[str] = frozenset(), uid_base: int = UID_BASE) -> Protections:
     """Which isolation mechanisms this machine allows (each tried in a throw-away child), minus
     `disable`. Cached per process; logged once."""
+    if sys.platform != "linux":
+        raise SandboxError(f"running model-written code needs Linux (namespaces, rlimits, pidfd); "
+                           f"this is {sys.platform}")
     unknown = set(disable) - set(MECHANISMS)
     if unknown:
         raise ValueError(f"unknown sandbox mechanism(s) {sorted(unknown)}; valid: {', '.join(MECHANISMS)}")

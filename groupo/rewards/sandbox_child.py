@@ -202,8 +202,11 @@ def run_program(job: dict, sys_path: list[str], aliases: dict[str, str]) -> None
     except SystemExit:
         raise
     except BaseException as e:
+        import linecache
         import traceback
 
+        source = job["files"][name]  # the program is not on disk: give tracebacks its lines
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
         traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # without the launcher's frame
         raise SystemExit(1) from None
 
@@ -286,6 +289,8 @@ def execute(job: dict) -> dict:
     else:
         os.chdir(job["workdir"])
     for name, text in job["files"].items():
+        if name == job["main"]:
+            continue  # runs from memory: a program cannot read a test harness around it from disk
         with open(name, "w", encoding="utf-8") as f:
             f.write(text)
         if "setuid" in features:
