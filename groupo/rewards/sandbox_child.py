@@ -307,6 +307,8 @@ def execute(job: dict) -> dict:
         os.close(job["status_fd"])
         run_program(job, sys_path, aliases)
         return {}
+    if "pidns" not in features:
+        os.setpgid(pid, pid)  # also here, so a kill right after the fork cannot miss the group
     return supervise(pid, job)
 
 
