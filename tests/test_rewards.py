@@ -225,3 +225,16 @@ def test_resolve_errors(name, message):
 def test_registry_names():
     assert {"accuracy", "format", "soft_format", "tag_count", "answer_format", "overlong", "cosine",
             "countdown"} <= set(REWARDS)
+
+
+def test_adversarial_completions_stay_linear():
+    """Repeated tags and long runs once made backtracking regexes take seconds to minutes; a
+    generous bound catches such a regression without timing anything fine-grained."""
+    import time
+
+    nasty = ["<think>" * 3000, "<think></think>" * 1500 + "<answer>" * 1500, "<answer>" * 4000,
+             "1" + " a" * 3000 + "!", "(" * 5000, "\\boxed{" * 3000, "the answer is " * 2000, "(1+" * 3000]
+    t0 = time.monotonic()
+    for fn in (accuracy_reward, format_reward, soft_format_reward, tag_count_reward, answer_format_reward):
+        assert fn(completions=nasty, answer=["5"] * len(nasty)) == [0.0] * len(nasty)
+    assert time.monotonic() - t0 < 5.0

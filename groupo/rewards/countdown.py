@@ -19,6 +19,7 @@ from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.extract import answer_tag, boxed, normalize_text
 
 MAX_EXPR_CHARS = 200
+MAX_SCAN_CHARS = 2000
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
         ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
 _RUN = re.compile(r"[\d(][\d+\-*/×÷() .]*[\d)]")
@@ -55,7 +56,9 @@ def find_expression(text: str) -> str | None:
     for hit in (answer_tag(text), boxed(text)):
         if hit:
             return hit
-    runs = [r for r in _RUN.findall(normalize_text(text)) if re.search(r"[+\-*/×÷]", r)]
+    # the expression sits near the end; a bounded tail keeps the scan cheap on adversarial text
+    tail = normalize_text(text)[-MAX_SCAN_CHARS:]
+    runs = [r for r in _RUN.findall(tail) if re.search(r"[+\-*/×÷]", r)]
     return runs[-1] if runs else None
 
 
