@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -61,6 +62,8 @@ class _Worker:
     with a reader thread, so waiting for an answer can time out from any thread on any OS."""
 
     def __init__(self) -> None:
+        if importlib.util.find_spec("math_verify") is None:
+            raise ImportError("checking LaTeX/symbolic answers needs math-verify: pip install math-verify")
         self.owner = os.getpid()  # a forked child must not share its parent's worker or pipes
         code = "from groupo.rewards.symbolic import _worker_main; _worker_main()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
