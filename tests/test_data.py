@@ -201,3 +201,22 @@ def test_recipe_configs_load(name):
     if name == "countdown":                                             # needs no files: builds
         task = load_task(cfg.task)
         assert task.eval_reward == "countdown" and len(task.test) == cfg.task.eval_size
+
+
+def test_hub_dataset_id_with_field_mapping(monkeypatch):
+    """A hub id goes through `datasets.load_dataset(id, split=...)` (stubbed: no network here)."""
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return [{"problem": f"{split} {i}?", "solution": f"... #### {i},000"} for i in range(3)]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    task = load_task(TaskConfig(name="generic", path="someone/some-math", question_field="problem",
+                                answer_field="solution"))
+    assert calls == [("someone/some-math", "train"), ("someone/some-math", "test")]
+    assert [p.answer for p in task.test] == ["0", "1000", "2000"]
+    assert sorted(p.columns["question"] for p in task.train) == ["train 0?", "train 1?", "train 2?"]
