@@ -59,8 +59,7 @@ def _examples(rows: Sequence[dict], n: int) -> list[Example]:
 
 
 def _finish(name: str, cfg, train_rows: Sequence[dict] | NoSplit, test_rows: list[dict],
-            examples: list[Example], rewards: dict[str, float] | None = None,
-            eval_reward: str = "accuracy") -> Task:
+            examples: list[Example]) -> Task:
     if isinstance(train_rows, NoSplit):
         train: Sequence = train_rows
     else:
@@ -68,7 +67,7 @@ def _finish(name: str, cfg, train_rows: Sequence[dict] | NoSplit, test_rows: lis
         train = [to_problem(r, cfg, examples, f"{name}-train-{i}") for i, r in enumerate(rows)]
     test_rows = test_rows[: cfg.eval_size or None]
     test = [to_problem(r, cfg, examples, f"{name}-test-{i}") for i, r in enumerate(test_rows)]
-    return Task(name, train, test, rewards or default_rewards(cfg.prompt_style), eval_reward)
+    return Task(name, train, test, default_rewards(cfg.prompt_style), "accuracy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +162,7 @@ def file_task(name: str, cfg, reader: Reader, default_file: str | None = None,
     train_rows = _split_rows(name, cfg, cfg.split, read, default_file, test_only)
     test_rows = _split_rows(name, cfg, cfg.eval_split, read, default_file, test_only)
     if isinstance(test_rows, NoSplit):
-        len(test_rows)  # raises its explanation
+        raise DataError(test_rows.message)
     if isinstance(train_rows, NoSplit) and cfg.few_shot:
         examples = _examples(test_rows[-cfg.few_shot:], cfg.few_shot)
         test_rows = test_rows[: -cfg.few_shot]
