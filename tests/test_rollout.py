@@ -164,6 +164,7 @@ def test_engine_samples_current_lora_weights_and_restores_state():
     assert after == hand_greedy(policy.model, prompt, 6) != hand_greedy(base, prompt, 6)
 
 
+@pytest.mark.filterwarnings("ignore:autocast=bf16 on a CPU")
 def test_bf16_autocast_generates():
     model, tok = make_tiny()
     out = HFEngine(model, tok, autocast="bf16").generate(

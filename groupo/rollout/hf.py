@@ -15,6 +15,7 @@ decoding (temperature 0) records log-probs under the unscaled softmax.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -34,6 +35,11 @@ class HFEngine:
                              "or call groupo.models.prepare_tokenizer")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.autocast = batch_size, autocast
+        device = next(model.parameters()).device
+        if autocast != "none" and device.type == "cpu" and not _cpu_has_native_half(autocast):
+            warnings.warn(f"autocast={autocast} on a CPU without native {autocast} support: generation is "
+                          "several times slower than float32 (measured 6x on an AVX2 CPU with "
+                          "benchmarks/generation.py); set model.autocast=none", stacklevel=2)
 
     def sync_weights(self) -> None:
         """Nothing to do: generation runs on the trained module itself."""
@@ -180,6 +186,15 @@ class _LogprobRecorder:
             return torch.zeros(tokens_BS.shape, dtype=torch.float32)
         last = self._prev_BV.gather(-1, tokens_BS[:, -1:]).squeeze(-1)
         return torch.stack([*self.steps, last], dim=1).cpu()
+
+
+def _cpu_has_native_half(autocast: str) -> bool:
+    """Whether oneDNN has native bf16/fp16 kernels on this CPU (AVX512-BF16, AMX ...)."""
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[autocast]
+    try:  # a private torch probe; without it, assume the CPU is fine rather than warn wrongly
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 @contextlib.contextmanager
