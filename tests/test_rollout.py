@@ -129,6 +129,15 @@ def test_eos_stops_and_is_kept_length_truncates():
     assert len({len(c.token_ids) for c in stopped}) > 1  # padding after early stops was trimmed
 
 
+def test_extra_eos_ids_from_the_generation_config_stop():
+    model, tok = make_tiny()
+    model.generation_config.eos_token_id = [tok.eos_token_id, 40]  # e.g. an end-of-turn token
+    assert hand_greedy(model, [1, 40], 3) == [40, 40, 40]
+    (c,) = HFEngine(model, tok, autocast="none").generate(
+        [[1, 40]], SamplingParams(n=1, temperature=0, max_new_tokens=5))[0]
+    assert c.token_ids == [40] and c.finish_reason == "stop"
+
+
 @pytest.mark.parametrize(("stop", "n_tokens"), [(" is", 1), ("s i", 2), ("s is is", 3)])
 def test_stop_string_trims_after_the_token_that_completes_it(stop, n_tokens):
     model, tok = make_tiny()

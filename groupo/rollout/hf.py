@@ -48,13 +48,14 @@ class HFEngine:
         """`params.n` completions for each prompt (P lists of n, in prompt order)."""
         seqs = [p for p in prompts for _ in range(params.n)]
         device = next(self.model.parameters()).device
+        eos = self._eos_ids()  # read before _generation_mode blanks the model's generation config
         flat: list[Completion] = []
         with self._generation_mode(), _seeded(params.seed, device):
             for i in range(0, len(seqs), self.batch_size):
-                flat += self._generate_chunk(seqs[i:i + self.batch_size], params, device)
+                flat += self._generate_chunk(seqs[i:i + self.batch_size], params, eos, device)
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams,
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, eos: set[int],
                         device: torch.device) -> list[Completion]:
         from transformers import (
             GenerationConfig,
@@ -83,7 +84,7 @@ class HFEngine:
         neutral = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens, do_sample=not greedy, **neutral,
-            eos_token_id=sorted(self._eos_ids()),
+            eos_token_id=sorted(eos),
             pad_token_id=self.tokenizer.pad_token_id, use_cache=True, return_dict_in_generate=True)
         P = batch.input_ids_BL.shape[1]
         criteria = StoppingCriteriaList([_StopOnText(self.tokenizer, params.stop, P)] if params.stop else [])
@@ -97,21 +98,21 @@ class HFEngine:
         completions = []
         for b, prompt in enumerate(prompts):
             tokens = tokens_BS[b].tolist()
-            cut, reason = self._finish(tokens, params.stop)
+            cut, reason = self._finish(tokens, params.stop, eos)
             completions.append(Completion(
                 prompt_ids=list(prompt), token_ids=tokens[:cut], logprobs=logp_BS[b, :cut].tolist(),
                 text=self.tokenizer.decode(tokens[:cut], skip_special_tokens=True), finish_reason=reason))
         return completions
 
     def _eos_ids(self) -> set[int]:
+        """The tokenizer's EOS and any the checkpoint's generation config adds (e.g. end-of-turn)."""
         ids = {self.tokenizer.eos_token_id}
         cfg_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids |= set(cfg_eos) if isinstance(cfg_eos, list) else {cfg_eos}
         return {i for i in ids if i is not None}
 
-    def _finish(self, tokens: list[int], stops: tuple[str, ...]) -> tuple[int, str]:
+    def _finish(self, tokens: list[int], stops: tuple[str, ...], eos: set[int]) -> tuple[int, str]:
         """(number of real generated tokens, finish reason); generate pads after a stop."""
-        eos = self._eos_ids()
         cut = next((k + 1 for k, t in enumerate(tokens) if t in eos), None)
         text = lambda n: self.tokenizer.decode(tokens[:n], skip_special_tokens=False)
         end = cut or len(tokens)
