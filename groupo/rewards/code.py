@@ -39,6 +39,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,25 +89,33 @@ def extract_code(text: str, fallback_to_text: bool = False) -> str | None:
 # Running programs (cached, so that several rewards share one execution)
 
 _CACHE: OrderedDict[tuple[str, Limits], Result] = OrderedDict()
-_CACHE_SIZE = 4096
+_CACHE_SIZE = 1024
+KEEP_CHARS = 4096  # of each stream in cached results (the rewards read the last line): <= 8 MB in all
 _cache_lock = threading.Lock()
 
 
-def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0) -> list[Result | None]:
-    """Each program's `Result` (None where there is no program), running each distinct one once
-    (`workers` at a time; 0 = one per CPU)."""
-    with _cache_lock:
-        todo = list(dict.fromkeys(c for c in codes if c is not None and (c, limits) not in _CACHE))
+def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0, *,
+                 cache: bool = True) -> list[Result | None]:
+    """Each program's `Result` (None where there is no program), `workers` at a time (0 = one per
+    CPU). With `cache`, a program already run with these limits is not run again (python_output,
+    python_runs and python_number on one batch share runs); its result keeps the last KEEP_CHARS
+    characters of stdout and stderr."""
+    found: dict[str, Result] = {}
+    if cache:
+        with _cache_lock:
+            found = {c: _CACHE[(c, limits)] for c in codes if c is not None and (c, limits) in _CACHE}
+    todo = list(dict.fromkeys(c for c in codes if c is not None and c not in found))
     if todo:
         fresh = shared_sandbox(workers).run_many(todo, limits=limits)
-        with _cache_lock:
-            for code, result in zip(todo, fresh, strict=True):
-                _CACHE[(code, limits)] = result
-                _CACHE.move_to_end((code, limits))
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    with _cache_lock:
-        return [None if c is None else _CACHE[(c, limits)] for c in codes]
+        if cache:
+            fresh = [replace(r, stdout=r.stdout[-KEEP_CHARS:], stderr=r.stderr[-KEEP_CHARS:]) for r in fresh]
+            with _cache_lock:
+                for code, result in zip(todo, fresh, strict=True):
+                    _CACHE[(code, limits)] = result
+                while len(_CACHE) > _CACHE_SIZE:
+                    _CACHE.popitem(last=False)
+        found.update(zip(todo, fresh, strict=True))
+    return [None if c is None else found[c] for c in codes]
 
 
 def _limits(timeout_s: float, sandbox_memory_mb: int) -> Limits:
@@ -293,7 +302,8 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
         programs.append(code)
         counts.append(len(sample_tests))
     out = []
-    results = run_programs(programs, _limits(timeout_s, sandbox_memory_mb), sandbox_workers)
+    # each call has its own marker, so nothing to share: no cache (markers may be anywhere in stdout)
+    results = run_programs(programs, _limits(timeout_s, sandbox_memory_mb), sandbox_workers, cache=False)
     for result, total in zip(results, counts, strict=True):
         lines = set(result.stdout.splitlines()) if result is not None else set()
         passed = sum(f"{marker} {j}" in lines for j in range(total))
