@@ -38,8 +38,9 @@ class ModelConfig:
                    "built-in name, local Hugging Face folder, .gguf file, or hub id")
     dtype: Literal["float32", "bfloat16", "float16"] = _f(
         "float32", "dtype the weights are kept in (trainable LoRA weights stay float32)")
-    autocast: Literal["none", "bf16", "fp16"] = _f(
-        "bf16", "mixed precision for forward passes (bf16 works on CPU and GPU)")
+    autocast: Literal["auto", "none", "bf16", "fp16"] = _f(
+        "auto", "mixed precision for forward passes; auto = bf16 where the hardware has native bf16 "
+        "(most GPUs, AVX512-BF16/AMX CPUs), else none (emulated bf16 is slower than float32)")
     gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
     revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
 

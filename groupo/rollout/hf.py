@@ -21,22 +21,19 @@ from collections.abc import Iterator
 import torch
 
 from groupo.models.logprobs import pack
+from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
 from groupo.types import Completion, SamplingParams
-
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 class HFEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "bf16"):
-        if autocast not in AUTOCAST:
-            raise ValueError(f"unknown autocast {autocast!r}; valid: {', '.join(AUTOCAST)}")
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto"):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; load it with groupo.models.load_model "
                              "or call groupo.models.prepare_tokenizer")
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.autocast = batch_size, autocast
         device = next(model.parameters()).device
-        if autocast != "none" and device.type == "cpu" and not _cpu_has_native_half(autocast):
+        self.batch_size, self.autocast = batch_size, resolve_autocast(autocast, device)
+        if self.autocast != "none" and device.type == "cpu" and not native_half(self.autocast):
             warnings.warn(f"autocast={autocast} on a CPU without native {autocast} support: generation is "
                           "several times slower than float32 (measured 6x on an AVX2 CPU with "
                           "benchmarks/generation.py); set model.autocast=none", stacklevel=2)
@@ -88,7 +85,7 @@ class HFEngine:
             pad_token_id=self.tokenizer.pad_token_id, use_cache=True, return_dict_in_generate=True)
         P = batch.input_ids_BL.shape[1]
         criteria = StoppingCriteriaList([_StopOnText(self.tokenizer, params.stop, P)] if params.stop else [])
-        amp = AUTOCAST[self.autocast]
+        amp = AUTOCAST_DTYPES[self.autocast]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = self.model.generate(input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL,
                                       generation_config=config, logits_processor=processors,
@@ -188,14 +185,6 @@ class _LogprobRecorder:
         last = self._prev_BV.gather(-1, tokens_BS[:, -1:]).squeeze(-1)
         return torch.stack([*self.steps, last], dim=1).cpu()
 
-
-def _cpu_has_native_half(autocast: str) -> bool:
-    """Whether oneDNN has native bf16/fp16 kernels on this CPU (AVX512-BF16, AMX ...)."""
-    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[autocast]
-    try:  # a private torch probe; without it, assume the CPU is fine rather than warn wrongly
-        return bool(getattr(torch.ops.mkldnn, check)())
-    except (AttributeError, RuntimeError):
-        return True
 
 
 @contextlib.contextmanager

@@ -24,13 +24,19 @@ from groupo.data.prompts import encode_prompt
 from groupo.eval.evaluate import evaluate
 from groupo.models import load_policy, save_policy
 from groupo.models.logprobs import pack
+from groupo.models.precision import resolve_autocast
 from groupo.report.html import write_report
 from groupo.report.metrics import MetricsWriter, read_jsonl, truncate_after
 from groupo.report.progress import TrainProgress
 from groupo.rewards import resolve_rewards, score
 from groupo.rollout import make_engine
 from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
-from groupo.trainer.step import UpdateBatch, accumulate_gradients, batched_logprobs, build_optimizer
+from groupo.trainer.step import (
+    UpdateBatch,
+    accumulate_gradients,
+    batched_logprobs,
+    build_optimizer,
+)
 from groupo.types import SamplingParams
 
 MAX_DRAWS = 3  # dynamic sampling: at most this many rounds of prompts to fill a batch
@@ -54,6 +60,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     settings = loss_settings(cfg)
     R, A, T = cfg.rollout, cfg.algorithm, cfg.train
+    amp = resolve_autocast(cfg.model.autocast)
     torch.manual_seed(T.seed)
 
     # --- task, rewards, model, engine, optimizer
@@ -61,7 +68,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens)
     policy = policy if policy is not None else load_policy(cfg.model, cfg.lora, settings.beta)
     model, tokenizer = policy.model, policy.tokenizer
-    engine = make_engine(R.engine, model, tokenizer, batch_size=R.batch_size, autocast=cfg.model.autocast)
+    engine = make_engine(R.engine, model, tokenizer, batch_size=R.batch_size, autocast=amp)
     optimizer, scheduler = build_optimizer(model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
                                            T.steps * A.num_iterations, T.lr_schedule)
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
@@ -155,11 +162,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     mask_BT = mask_BT * (~truncated_B).float()[:, None]
                 old = ref = None
                 if A.num_iterations > 1:  # mu > 1: the sampling policy's log-probs, fixed for all updates
-                    old = batched_logprobs(model, packed, R.temperature, T.micro_batch_size, cfg.model.autocast)
+                    old = batched_logprobs(model, packed, R.temperature, T.micro_batch_size, amp)
                 if settings.beta > 0:
                     with policy.reference() as ref_model:
                         ref = batched_logprobs(ref_model, packed, R.temperature, T.micro_batch_size,
-                                               cfg.model.autocast)
+                                               amp)
                 batch = UpdateBatch(packed, adv_PG.flatten(), mask_BT, old, ref)
 
                 # --- 3. mu optimizer updates on this batch
@@ -169,7 +176,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     optimizer.zero_grad(set_to_none=True)
                     metrics = accumulate_gradients(model, batch, settings, preset=A.preset, beta=settings.beta,
                                                    temperature=R.temperature, micro_batch_size=T.micro_batch_size,
-                                                   max_len=R.max_new_tokens, amp=cfg.model.autocast)
+                                                   max_len=R.max_new_tokens, amp=amp)
                     params_ = [p for p in model.parameters() if p.requires_grad]
                     norm = torch.nn.utils.clip_grad_norm_(params_, T.max_grad_norm or float("inf"))
                     metrics["grad_norm"] = norm.item()
