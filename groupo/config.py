@@ -363,8 +363,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 # defaults so that a user's `algorithm.preset: grpo` still means DeepSeekMath's beta.
 QUICKSTART: dict[str, Any] = {
     "algorithm.beta": 0.0,      # no reference pass on a 2-core CPU; LoRA stays close to the base
+    "task.difficulty": 1,       # one-digit + and -: the 135M model gets ~30% right, so groups have signal
+    "task.prompt_style": "plain",  # the 135M model never writes answer tags unprompted
     "train.max_minutes": 15.0,  # the quickstart's time budget for training
     "run.name": "quickstart",
+    "train.steps": 120,         # an upper bound: on a 2-core CPU the time budget ends training first
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -284,3 +285,20 @@ def test_builtin_cache_loads_fast_and_matches_gguf(tmp_path):
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "5" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert os.path.isfile(builtin.cached_path(name) / "chat_template.jinja")
+
+
+def test_trim_drops_all_pad_columns_and_keeps_logprobs():
+    from groupo.models.logprobs import trim
+
+    model, tok = make_tiny()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    comps = [[20, 21], [22, 23, 24, 25, 26], [27]]
+    full = pack(prompts, comps, tok.pad_token_id)
+    sub = dataclasses.replace(full, **{f.name: getattr(full, f.name)[1:] for f in dataclasses.fields(full)})
+    small = trim(sub)
+    # rows 1-2: longest prompt 3 tokens, longest completion 5 -> 3 + 5 columns instead of 6 + 5
+    assert small.input_ids_BL.shape == (2, 8) and small.completion_ids_BT.shape == (2, 5)
+    with torch.no_grad():
+        a, _ = token_logprobs(model, sub)
+        b, _ = token_logprobs(model, small)
+    torch.testing.assert_close(a[:, :5], b, rtol=1e-5, atol=1e-6)

@@ -58,6 +58,19 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
                   input_ids_BL[:, P:].clone())
 
 
+def trim(packed: Packed) -> Packed:
+    """Drop the columns that are padding in every row: left of the longest prompt and right of
+    the longest completion. A micro-batch sliced from a big batch then costs only its own
+    lengths; log-probs of real tokens are unchanged (positions come from `position_ids_BL`)."""
+    P, T = packed.prompt_len, packed.completion_ids_BT.shape[1]
+    t = int(packed.completion_mask_BT.sum(-1).max().item()) if T else 0
+    start = P - int(packed.attention_mask_BL[:, :P].sum(-1).max().item())
+    cols = slice(start, P + t)
+    return Packed(packed.input_ids_BL[:, cols], packed.attention_mask_BL[:, cols],
+                  packed.position_ids_BL[:, cols], packed.completion_mask_BT[:, :t],
+                  packed.completion_ids_BT[:, :t])
+
+
 def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 1.0,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each completion token under softmax(logits / temperature).

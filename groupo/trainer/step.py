@@ -15,23 +15,24 @@ import torch
 
 from groupo.algorithms import loss_denominator, masked_mean, policy_loss
 from groupo.algorithms.presets import LossSettings
-from groupo.models.logprobs import token_logprobs
+from groupo.models.logprobs import token_logprobs, trim
 
 
 @dataclass
 class UpdateBatch:
     packed: object                        # groupo.models.logprobs.Packed: B rows
-    adv_B: torch.Tensor                   # (B,) one advantage per completion
+    adv_B: torch.Tensor                   # (B,) one advantage per completion, or (B, T) per token
     mask_BT: torch.Tensor                 # (B, T) tokens that count in the loss
     old_logp_BT: torch.Tensor | None      # None when mu == 1: the current log-probs, detached
     ref_logp_BT: torch.Tensor | None      # None when beta == 0
 
 
 def rows(packed, sl: slice):
-    """The rows `sl` of a Packed batch (every tensor field is batch-first)."""
-    return dataclasses.replace(packed, **{
+    """The rows `sl` of a Packed batch, without the columns that are padding in all of them
+    (so a micro-batch of short sequences is not charged for the batch's longest one)."""
+    return trim(dataclasses.replace(packed, **{
         f.name: getattr(packed, f.name)[sl] for f in dataclasses.fields(packed)
-        if isinstance(getattr(packed, f.name), torch.Tensor)})
+        if isinstance(getattr(packed, f.name), torch.Tensor)}))
 
 
 def autocast(kind: str):
@@ -46,11 +47,11 @@ def autocast(kind: str):
 def batched_logprobs(model, packed, temperature: float, micro_batch_size: int, amp: str) -> torch.Tensor:
     """(B, T) log-probs under `model` without gradients, in micro-batches (old / reference policy)."""
     out = []
-    B = packed.completion_mask_BT.shape[0]
+    B, T = packed.completion_mask_BT.shape
     for i in range(0, B, micro_batch_size):
         with autocast(amp):
             logp, _ = token_logprobs(model, rows(packed, slice(i, i + micro_batch_size)), temperature)
-        out.append(logp.float())
+        out.append(torch.nn.functional.pad(logp.float(), (0, T - logp.shape[1])))  # back to width T
     return torch.cat(out)
 
 
@@ -71,13 +72,15 @@ def accumulate_gradients(model, batch: UpdateBatch, settings: LossSettings, *, p
     loss_total = 0.0
     for i in range(0, B, micro_batch_size):
         sl = slice(i, i + micro_batch_size)
-        mask = batch.mask_BT[sl]
         with autocast(amp):
             logp, entropy = token_logprobs(model, rows(batch.packed, sl), temperature, with_entropy=True)
         logp = logp.float()
-        old = batch.old_logp_BT[sl] if batch.old_logp_BT is not None else logp.detach()
-        ref = batch.ref_logp_BT[sl] if batch.ref_logp_BT is not None else None
-        out = policy_loss(logp, old, batch.adv_B[sl], mask, preset, ref_logp_BT=ref, beta=beta,
+        t = logp.shape[1]  # trimmed width; the columns past it are padding in every row
+        mask = batch.mask_BT[sl, :t]
+        old = batch.old_logp_BT[sl, :t] if batch.old_logp_BT is not None else logp.detach()
+        ref = batch.ref_logp_BT[sl, :t] if batch.ref_logp_BT is not None else None
+        adv = batch.adv_B[sl] if batch.adv_B.ndim == 1 else batch.adv_B[sl, :t]
+        out = policy_loss(logp, old, adv, mask, preset, ref_logp_BT=ref, beta=beta,
                           max_len=max_len, denominator=denom, **overrides)
         out.loss.backward()
         loss_total += out.loss.item()
