@@ -177,10 +177,10 @@ def test_tests_pass_setup_and_humaneval_prefix():
     got = tests_pass_reward(completions=completions, tests=[[check]] * 3, entry_point=["total"] * 3,
                             code_prefix=[prefix] * 3)
     assert got == [1.0, 1.0, 0.0]
-    # test_setup runs before the candidate: the tests may use what it defines
-    got = tests_pass_reward(completions=[py("def area(r):\n    return PI * r * r")],
-                            tests=[["assert area(2) == 12"]], test_setup=["PI = 3"])
-    assert got == [1.0]  # 3 * 2 * 2 = 12
+    # test_setup runs between the candidate and the tests: it may use the candidate's names
+    got = tests_pass_reward(completions=[py("class Box:\n    def __init__(self, n):\n        self.n = n")],
+                            tests=[["assert doubled.n == 12"]], test_setup=["doubled = Box(2 * 6)"])
+    assert got == [1.0]  # Box(12).n == 12
     with pytest.raises(RewardError, match="sample 0 needs a non-empty list"):
         tests_pass_reward(completions=["x"], tests=[[]])
 
@@ -233,7 +233,9 @@ def test_mbpp_task_and_its_reference_solutions_pass():
     first = mbpp.test[0]
     assert first.id == "mbpp-11" and len(first.columns["tests"]) == 3
     assert all(t in first.messages[-1]["content"] for t in first.columns["tests"])
-    sample = mbpp.test[:12]
+    # the first 12, and task 367, whose test setup builds trees from the candidate's Node class
+    sample = mbpp.test[:12] + [p for p in mbpp.test if p.id == "mbpp-367"]
+    assert len(sample) == 13
     got = tests_pass_reward(completions=[py(p.answer) for p in sample],
                             tests=[p.columns["tests"] for p in sample],
                             test_setup=[p.columns["test_setup"] for p in sample])

@@ -249,12 +249,13 @@ def lint_clean_reward(completions: list, prompts: list | None = None, *, timeout
 
 
 def harness_program(code: str, tests: Sequence[str], setup: str, marker: str) -> str:
-    """The harness: setup, the candidate, then each test; after each test that passes it writes
+    """The harness: the candidate, the tests' setup (MBPP's may use the candidate's classes, e.g.
+    a tree Node), then each test; after each test that passes it writes
     "<marker> <index>" with a reference to os.write taken before the candidate ran."""
     return (f"import os as _os\n_write, _exec, _compile, _Exc = _os.write, exec, compile, BaseException\n"
             f"_g = {{'__name__': '__main__'}}\n"
-            f"_exec(_compile({setup!r}, 'setup.py', 'exec'), _g)\n"
             f"_exec(_compile({code!r}, 'solution.py', 'exec'), _g)\n"
+            f"_exec(_compile({setup!r}, 'setup.py', 'exec'), _g)\n"
             f"for _i, _t in enumerate({list(tests)!r}):\n"
             f"    try:\n        _exec(_compile(_t, 'test.py', 'exec'), _g)\n"
             f"    except _Exc:\n        continue\n"
@@ -280,7 +281,8 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
     """The fraction of each sample's `tests` (code snippets, e.g. MBPP asserts or HumanEval's
     `check(f)`) that pass after the completion's code; with `all_or_nothing`, 1.0 only if all pass.
 
-    Columns: tests (list of snippets per sample), optional test_setup (code run first),
+    Columns: tests (list of snippets per sample), optional test_setup (run after the candidate,
+    before the tests),
     entry_point and code_prefix (HumanEval: the function name and the prompt).
     """
     n = len(completions)
