@@ -22,8 +22,9 @@ def _fmt(stats: dict[str, float]) -> str:
 class TrainProgress:
     """`advance(stats)` after each step; `log(msg)` for events (evaluations, checkpoints)."""
 
-    def __init__(self, total: int, start: int = 0, mode: str = "auto"):
+    def __init__(self, total: int, start: int = 0, mode: str = "auto", budget_s: float = 0.0):
         self.total, self.done = total, start
+        self.budget_s = budget_s  # a time budget (train.max_minutes) caps the ETA; 0 = none
         self.console = Console(stderr=False)
         interactive = self.console.is_terminal if mode == "auto" else mode == "rich"
         self._t0 = time.monotonic()
@@ -38,12 +39,17 @@ class TrainProgress:
 
     def advance(self, stats: dict[str, float]) -> None:
         self.done += 1
+        elapsed = time.monotonic() - self._t0
+        eta = elapsed / max(1, self.done - self._start) * (self.total - self.done)
+        capped = bool(self.budget_s) and self.budget_s - elapsed < eta
+        if capped:
+            eta = max(0.0, self.budget_s - elapsed)
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, stats=_fmt(stats))
+            budget = f"  budget left {eta / 60:.1f} min" if capped else ""
+            self._bar.update(self._task, completed=self.done, stats=_fmt(stats) + budget)
             return
-        per_step = (time.monotonic() - self._t0) / max(1, self.done - self._start)
-        eta = per_step * (self.total - self.done)
-        print(f"step {self.done}/{self.total}  {_fmt(stats)}  eta {eta / 60:.1f} min", flush=True)
+        label = "time budget left" if capped else "eta"
+        print(f"step {self.done}/{self.total}  {_fmt(stats)}  {label} {eta / 60:.1f} min", flush=True)
 
     def log(self, message: str) -> None:
         if self._bar is not None:

@@ -80,7 +80,8 @@ def reward_options(rewards: Any, max_completion_length: int | None) -> dict[str,
     except ValueError as e:
         raise ConfigError(f"rewards.extract_order: {e}") from None
     options = {"extract_order": order, "timeout_s": rewards.timeout_s,
-               "overlong_buffer": rewards.overlong_buffer}
+               "overlong_buffer": rewards.overlong_buffer,
+               **{k: v for k, v in vars(rewards).items() if k.startswith("sandbox_")}}
     if max_completion_length is not None:
         options["max_completion_length"] = max_completion_length
     return options

@@ -77,7 +77,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
         truncate_after(run_dir / name, state.step)  # drop what a killed run logged past its checkpoint
     writer = MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tb" if cfg.run.tensorboard else None)
-    progress = TrainProgress(T.steps, start=state.step, mode=cfg.run.progress)
+    progress = TrainProgress(T.steps, start=state.step, mode=cfg.run.progress,
+                             budget_s=max(0.0, 60 * T.max_minutes - state.elapsed_s) if T.max_minutes else 0.0)
     progress.log(f"run dir {run_dir}  |  {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
                  f"trainable parameters  |  preset {A.preset}  |  "
                  + (f"resumed at step {state.step}" if state.step else "fresh start"))
