@@ -243,6 +243,11 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return float(value) if ok else _NO
     if tp is str:

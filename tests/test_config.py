@@ -37,6 +37,9 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.algorithm.eps_high == 0.3
     assert isinstance(load_config(None, ["train.lr=1"]).train.lr, float)  # int widens to float
+    assert load_config(None, ["train.lr=3e-4"]).train.lr == 3e-4  # YAML 1.1 reads this as a string
+    p = _write(tmp_path, "train:\n  lr: 5e-5\n", "lr.yaml")
+    assert load_config(p).train.lr == 5e-5
 
 
 def test_round_trip(tmp_path):
