@@ -4,6 +4,9 @@ A run is described by one `Config` (a tree of dataclasses). It is built from def
 YAML file, then `section.key=value` overrides from the command line, and validated before any
 model or data loads. Every field carries its help text and, where it has one, its allowed range
 in `metadata`; `groupo config` prints the resolved tree and the trainer saves it to the run dir.
+
+Longer than the project's usual file: the tree is the documentation of every key, and its
+loader/validator is kept beside it so that a key and its checks never drift apart.
 """
 
 from __future__ import annotations
