@@ -147,7 +147,8 @@ class TrainConfig:
     eval_every: int = _f(0, "evaluate every N steps (0 = only before and after)", min=0)
     save_every: int = _f(10, "checkpoint every N steps (0 = only at the end)", min=0)
     keep_checkpoints: int = _f(2, "newest checkpoints kept", min=1)
-    max_minutes: float = _f(0.0, "stop training after this many minutes (0 = no limit)", min=0)
+    max_minutes: float = _f(0.0, "time budget: no step starts after this many minutes of training (0 = none)",
+                            min=0)
 
 
 @dataclass
@@ -376,6 +377,7 @@ QUICKSTART: dict[str, Any] = {
     "train.max_minutes": 15.0,  # the quickstart's time budget for training
     "run.name": "quickstart",
     "train.steps": 120,         # an upper bound: on a 2-core CPU the time budget ends training first
+    "train.lr": 3e-4,           # measured on 2 cores, 15 min: lr 1e-4 gave +10 points, 3e-4 gave +40
 }
 
 
