@@ -139,7 +139,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
 
 
 def test_sigkill_at_any_moment_then_resume_gives_identical_weights(tmp_path):
-    steps = 5
+    steps = 10
     left_alone = tmp_path / "alone"
     p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(left_alone)}))
     out, _ = p.communicate(timeout=300)
@@ -148,10 +148,17 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_weights(tmp_path):
     killed = tmp_path / "killed"
     p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(killed)}))
     deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "step-2").exists():
+    seen = {}
+    while "step-2" not in seen:
         assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.stdout else ""
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.5))  # somewhere inside a later step (or a checkpoint write)
+        for name in ("step-1", "step-2"):
+            if name not in seen and (killed / "checkpoints" / name).exists():
+                seen[name] = time.monotonic()
+        time.sleep(0.01)
+    # Somewhere inside one of the next three steps (or a checkpoint write), scaled to this
+    # machine's step time so that a fast machine does not finish the run first.
+    step_s = seen["step-2"] - seen.get("step-1", seen["step-2"] - 0.2)
+    time.sleep(random.uniform(0.0, 3 * step_s))
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (killed / "final").exists(), "the run should have been killed before finishing"
