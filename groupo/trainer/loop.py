@@ -69,6 +69,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     policy = policy if policy is not None else load_policy(cfg.model, cfg.lora, settings.beta)
     model, tokenizer = policy.model, policy.tokenizer
     engine = make_engine(R.engine, model, tokenizer, batch_size=R.batch_size, autocast=amp)
+    trainable = policy.trainable_parameters()
     optimizer, scheduler = build_optimizer(model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
                                            T.steps * A.num_iterations, T.lr_schedule)
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
@@ -79,7 +80,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     writer = MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tb" if cfg.run.tensorboard else None)
     progress = TrainProgress(T.steps, start=state.step, mode=cfg.run.progress,
                              budget_s=max(0.0, 60 * T.max_minutes - state.elapsed_s) if T.max_minutes else 0.0)
-    progress.log(f"run dir {run_dir}  |  {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
+    progress.log(f"run dir {run_dir}  |  {sum(p.numel() for p in trainable):,} "
                  f"trainable parameters  |  preset {A.preset}  |  "
                  + (f"resumed at step {state.step}" if state.step else "fresh start"))
     eval_problems = task.test[: cfg.task.eval_size or None]
@@ -178,8 +179,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     metrics = accumulate_gradients(model, batch, settings, preset=A.preset, beta=settings.beta,
                                                    temperature=R.temperature, micro_batch_size=T.micro_batch_size,
                                                    max_len=R.max_new_tokens, amp=amp)
-                    params_ = [p for p in model.parameters() if p.requires_grad]
-                    norm = torch.nn.utils.clip_grad_norm_(params_, T.max_grad_norm or float("inf"))
+                    norm = torch.nn.utils.clip_grad_norm_(trainable, T.max_grad_norm or float("inf"))
                     metrics["grad_norm"] = norm.item()
                     metrics["lr"] = scheduler.get_last_lr()[0]
                     optimizer.step()
@@ -225,7 +225,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
 
     # --- after training: checkpoint, final weights, held-out accuracy, report
     state.elapsed_s += time.monotonic() - session_start
-    if not list_checkpoints(run_dir) or list_checkpoints(run_dir)[-1].name != f"step-{state.step}":
+    saved = list_checkpoints(run_dir)
+    if not saved or saved[-1].name != f"step-{state.step}":
         save_checkpoint(run_dir, model, optimizer, scheduler, state, keep=T.keep_checkpoints)
     save_policy(policy, run_dir / "final")
     after = run_eval(state.step)

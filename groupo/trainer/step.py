@@ -16,6 +16,7 @@ import torch
 from groupo.algorithms import loss_denominator, masked_mean, policy_loss
 from groupo.algorithms.presets import LossSettings
 from groupo.models.logprobs import token_logprobs, trim
+from groupo.models.precision import AUTOCAST_DTYPES
 
 
 @dataclass
@@ -36,11 +37,11 @@ def rows(packed, sl: slice):
 
 
 def autocast(kind: str):
-    """Mixed-precision context for forward passes ("none", "bf16", "fp16")."""
-    if kind == "none":
+    """Mixed-precision context for forward passes ("none", "bf16", "fp16"; see models.precision)."""
+    dtype = AUTOCAST_DTYPES[kind]
+    if dtype is None:
         return contextlib.nullcontext()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=dtype)
 
 
 @torch.no_grad()
