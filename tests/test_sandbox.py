@@ -13,6 +13,7 @@ group and uid-wide kills).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
@@ -35,14 +36,28 @@ from groupo.rewards.sandbox import CHILD, UID_BASE, Limits, Sandbox, SandboxErro
 ROOT = os.getuid() == 0
 NAMESPACES = ("netns", "mountns", "pidns", "proc")
 TIMEOUT_S = 2.0
+PR_SET_CHILD_SUBREAPER = 36
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
 
 
 @pytest.fixture(scope="module", params=["full", "fallback"])
-def sandbox(request) -> Sandbox:
+def sandbox(request):
+    """Meanwhile this test process is a child subreaper that reaps only what it started, like a
+    container's PID 1 that does not reap: an orphan the sandbox fails to collect stays a zombie
+    of its uid here, which sandbox_processes(zombies=True) sees, on any machine."""
     if request.param == "fallback" and not ROOT:
         pytest.skip("the fallback without namespaces drops privileges only as root")
-    return Sandbox(workers=2, disable=NAMESPACES if request.param == "fallback" else ())
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        yield Sandbox(workers=2, disable=NAMESPACES if request.param == "fallback" else ())
+    finally:
+        _prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl")
 
 
 @pytest.fixture
@@ -62,8 +77,9 @@ def attack(sandbox, monkeypatch):
     return run
 
 
-def sandbox_processes() -> list[str]:
-    """Live processes of this test process's sandbox runs: by uid as root, else by command line."""
+def sandbox_processes(zombies: bool = False) -> list[str]:
+    """Live processes (and zombies if asked) of this test process's sandbox runs: by uid as
+    root, else by command line."""
     lo = UID_BASE + 256 * os.getpid()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -75,7 +91,7 @@ def sandbox_processes() -> list[str]:
         uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
         live = re.search(r"^State:\s+(\w)", status, re.M).group(1) != "Z"
         ours = lo <= uid < lo + 256 if ROOT else CHILD.encode() in cmdline
-        if live and ours:
+        if (live or zombies) and ours:
             found.append(f"{pid}: {cmdline[:80]!r}")
     return found
 
@@ -155,6 +171,7 @@ def test_fork_bomb_is_capped_and_reaped(attack):
     forked = int(result.stdout.split()[1])
     assert forked < Limits().processes  # RLIMIT_NPROC (the default limits of python_output)
     assert sandbox_processes() == []  # the sleeping children did not survive the run
+    assert sandbox_processes(zombies=True) == []  # and were reaped: zombies count in RLIMIT_NPROC
 
 
 def test_thread_bomb_is_capped(attack):
@@ -349,7 +366,17 @@ def test_no_background_process_survives_the_run(attack):
     deadline = time.monotonic() + 2
     while sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sandbox_processes() == []
+    assert sandbox_processes(zombies=True) == []
+
+
+def test_orphans_do_not_use_up_the_process_limit(sandbox):
+    """Each run leaves an orphan behind; if the sandbox did not reap them, zombies of the slot's
+    uid would pile up to RLIMIT_NPROC (3 here) and the fourth run could no longer fork."""
+    limits = Limits(TIMEOUT_S, TIMEOUT_S, 512, processes=3)
+    orphan = "import os\nif os.fork() == 0:\n    os._exit(0)\nprint('forked')"
+    results = [sandbox.run(orphan, limits=limits) for _ in range(5)]
+    assert [r.stdout for r in results] == ["forked\n"] * 5, results[-1].stderr
+    assert sandbox_processes(zombies=True) == []
 
 
 def test_programs_run_in_parallel_in_order(sandbox):

@@ -24,7 +24,9 @@ What it protects against, and how:
     signalling the trainer    another uid (root trainer) or a PID namespace (the trainer is not in it)
     leftover processes        a PID namespace: when its init exits the kernel kills the rest; with
                               no PID namespace the process group is killed and then, for a root
-                              trainer, every process of the sandbox's uid (kill(-1) as that uid)
+                              trainer, every process of the sandbox's uid (kill(-1) as that uid);
+                              the launcher is their subreaper and reaps them, so no zombie is left
+                              to count against the next run's RLIMIT_NPROC
     setuid programs           PR_SET_NO_NEW_PRIVS and nosuid mounts
 
 Which mechanisms a machine allows is probed once per process and logged (`Sandbox.protections`);
