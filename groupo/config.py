@@ -147,7 +147,8 @@ class TrainConfig:
     eval_every: int = _f(0, "evaluate every N steps (0 = only before and after)", min=0)
     save_every: int = _f(10, "checkpoint every N steps (0 = only at the end)", min=0)
     keep_checkpoints: int = _f(2, "newest checkpoints kept", min=1)
-    max_minutes: float = _f(0.0, "time budget: no step starts after this many minutes of training (0 = none)",
+    max_minutes: float = _f(0.0, "time budget in minutes of training: a step starts only if it should end "
+                            "within it, at the mean step time so far (0 = none)",
                             min=0)
 
 

@@ -15,6 +15,7 @@ from groupo.config import LoraConfig, ModelConfig
 from groupo.models import builtin
 from groupo.models.load import ModelNotFoundError, load_model, resolve_model
 from groupo.models.logprobs import pack, token_logprobs
+from groupo.models.lora import merged_for_inference
 from groupo.models.policy import load_policy, load_policy_from, load_trained, save_policy
 
 IDS = torch.tensor([[1, 40, 41, 42, 43, 2, 44, 45]])
@@ -76,6 +77,34 @@ def test_token_logprobs_match_unpadded_reference(temperature):
         assert (logp_BT[b, len(c):] == 0).all() and (ent_BT[b, len(c):] == 0).all()
 
 
+def test_shared_prompts_match_each_row_on_its_own_in_value_and_gradient():
+    """Groups of rows with one prompt (in scrambled order, of several lengths, one prompt alone):
+    the shared pass gives each row's unpadded log-probs and entropies, and the same LoRA
+    gradient as the plain pass (the prompt's cache is shared, so its gradient is summed)."""
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
+    perturb_lora(policy.model)
+    prompt_a, prompt_b, prompt_c = [1, 50, 51, 52, 53, 54, 55], [1, 60, 61], [1, 70]
+    prompts = [prompt_a, prompt_b, prompt_a, prompt_c, prompt_b, prompt_a]
+    completions = [[80, 81], [90, 91, 92, 93, 2], [100], [101, 102, 103], [104, 105], [106, 107, 108]]
+    packed = pack(prompts, completions, tok.pad_token_id)
+    out = {}
+    for share in (True, False):
+        policy.model.zero_grad()
+        logp_BT, ent_BT = token_logprobs(policy.model, packed, 0.7, with_entropy=True, share_prompts=share)
+        (logp_BT * torch.linspace(1, 2, logp_BT.numel()).view_as(logp_BT)).sum().backward()
+        grads = [p.grad.clone() for p in policy.trainable_parameters()]
+        out[share] = (logp_BT.detach(), ent_BT, grads)
+    for b, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ref_logp, ref_ent = reference_logprobs(policy.model, p, c, 0.7)
+        torch.testing.assert_close(out[True][0][b, :len(c)], ref_logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[True][1][b, :len(c)], ref_ent, atol=1e-5, rtol=0)
+        assert (out[True][0][b, len(c):] == 0).all()
+    for g_shared, g_plain in zip(out[True][2], out[False][2], strict=True):
+        assert (g_shared - g_plain).norm() <= 1e-4 * g_plain.norm()  # float rounding only (~1e-5)
+    assert any(g.abs().sum() > 0 for g in out[True][2])
+
+
 def test_token_logprobs_gradient_flows_to_real_tokens_only():
     model, tok = make_tiny()
     packed = pack([[1, 50, 51], [1]], [[60], [61, 62]], tok.pad_token_id)
@@ -92,6 +121,27 @@ def test_token_logprobs_empty_completions():
 
 
 # --- LoRA and the reference policy -----------------------------------------------------------
+
+
+def test_merged_for_inference_gives_the_adapted_outputs_and_restores_weights_bit_for_bit():
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
+    perturb_lora(policy.model)
+    base = policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    weight, before = base.weight, base.weight.detach().clone()
+    adapted = logits(policy.model)
+    with merged_for_inference(policy.model):
+        assert base.weight is not weight  # a merged copy, not the original edited in place
+        torch.testing.assert_close(logits(policy.model), adapted, atol=1e-4, rtol=1e-4)
+        with policy.model.disable_adapter():  # nothing is applied twice
+            torch.testing.assert_close(logits(policy.model), adapted, atol=1e-4, rtol=1e-4)
+    assert base.weight is weight and torch.equal(weight, before) and not weight.requires_grad
+    torch.testing.assert_close(logits(policy.model), adapted, atol=0, rtol=0)
+    with policy.model.disable_adapter():  # adapters switched off: nothing to merge
+        base_logits = logits(policy.model)
+        with merged_for_inference(policy.model):
+            assert base.weight is weight
+            torch.testing.assert_close(logits(policy.model), base_logits, atol=0, rtol=0)
 
 
 def test_lora_wraps_only_target_modules_with_float32_adapters():

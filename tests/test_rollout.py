@@ -69,6 +69,30 @@ def test_greedy_equals_hand_written_loop_in_any_batch_size():
             assert all(c.finish_reason == "length" for c in group)
 
 
+def test_shared_prompt_cache_changes_nothing(monkeypatch):
+    """Each prompt encoded once and its cache copied to its n rows: the same greedy tokens and the
+    same sampled tokens and log-probs (seeded) as encoding every row, with a LoRA policy."""
+    model, tok = eos_biased_tiny(bias=2.0)
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    engine = HFEngine(policy.model, tok, batch_size=6, autocast="none")
+    prompts = prompts_for(tok)
+    runs = {}
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(HFEngine, "_shared_prefix", lambda self, batch, n: None)
+        runs[shared] = [engine.generate(prompts, SamplingParams(n=3, temperature=t, max_new_tokens=10, seed=5))
+                        for t in (0, 1.0)]
+    for got, expected in zip(runs[True], runs[False], strict=True):
+        for g_group, e_group in zip(got, expected, strict=True):
+            assert [c.token_ids for c in g_group] == [c.token_ids for c in e_group]
+            for g, e in zip(g_group, e_group, strict=True):
+                torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(e.logprobs), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_equal_a_forward_pass_at_the_same_temperature(temperature):
     model, tok = eos_biased_tiny(bias=3.0)

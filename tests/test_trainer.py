@@ -18,7 +18,7 @@ from groupo.algorithms.presets import get_preset
 from groupo.config import LoraConfig, load_config
 from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
-from groupo.trainer.loop import train
+from groupo.trainer.loop import fits_budget, train
 from groupo.trainer.step import UpdateBatch, accumulate_gradients, batched_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,19 @@ def test_real_steps_change_parameters_and_log_everything(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "run" / "checkpoints" / "step-3").is_dir()
     assert summary["steps"] == 3 and summary["accuracy_before"] is not None
+
+
+def test_time_budget_starts_a_step_only_if_the_mean_step_time_fits():
+    assert fits_budget(0.0, [], 1.0)                   # the first step: nothing to go by yet
+    assert fits_budget(80.0, [10.0, 30.0], 100.0)      # 80 + mean 20 = 100: just fits
+    assert not fits_budget(80.1, [10.0, 30.0], 100.0)
+    assert not fits_budget(95.0, [6.0], 100.0)          # time left (5 s) but not a whole step
+
+
+def test_time_budget_ends_training_early(tmp_path):
+    cfg = load_config(None, _overrides(tmp_path, 5, **{"train.max_minutes": 1e-6}))
+    summary = train(cfg, tmp_path / "run", policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
+    assert summary["steps"] == 1 and summary["stopped_early"]  # the first step already overran
 
 
 def test_first_update_ratio_is_exactly_one_with_reused_batches():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from groupo.config import LoraConfig
@@ -28,3 +31,43 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
+
+
+@contextlib.contextmanager
+def merged_for_inference(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` (a peft LoRA model) as one merged weight per layer for the block, e.g. for
+    generation, where the separate low-rank matmuls of every adapted layer cost more than the
+    layer's own matmul at decoding's small batch sizes (measured: 44 s -> 37 s for 64 x 48
+    tokens with SmolLM2-135M, rank 16 on q/k/v/o).
+
+    Not peft's merge_adapter/unmerge_adapter: those add and later subtract B @ A in place, and
+    W + BA - BA is not W in floating point, so the frozen weights would drift a little with every
+    call (and exact resume would break). Here each base layer gets a new tensor W + BA for the
+    block and its own weight object back afterwards, bit for bit. Costs one copy of the adapted
+    weights while it lasts. Anything that is not plain LoRA on nn.Linear (DoRA, embeddings,
+    convolutions, quantised layers) runs unmerged, unchanged.
+    """
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, PeftModel) else []
+    mergeable = all(type(m) is LoraLinear and isinstance(m.get_base_layer(), torch.nn.Linear)
+                    and not m.merged and not any(m.use_dora.get(a) for a in m.active_adapters)
+                    for m in layers)
+    if not layers or not mergeable or any(m.disable_adapters for m in layers):
+        yield
+        return
+    saved = []
+    try:
+        with torch.no_grad():
+            for m in layers:
+                base = m.get_base_layer()
+                delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+                saved.append((base, base.weight))
+                base.weight = torch.nn.Parameter(base.weight + delta.to(base.weight.dtype), requires_grad=False)
+        with model.disable_adapter():
+            yield
+    finally:
+        for base, weight in saved:
+            base.weight = weight

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from groupo.models.logprobs import pack
+from groupo.models.lora import merged_for_inference
 from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
 from groupo.types import Completion, SamplingParams
 
@@ -42,15 +43,37 @@ class HFEngine:
         """Nothing to do: generation runs on the trained module itself."""
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """`params.n` completions for each prompt (P lists of n, in prompt order)."""
-        seqs = [p for p in prompts for _ in range(params.n)]
+        """`params.n` completions for each prompt (P lists of n, in prompt order).
+
+        Each chunk holds whole groups: batch_size // n prompts (at least one) with their n
+        samples, so that a prompt is encoded once and its KV cache copied to its n rows.
+        """
+        per_chunk = max(1, self.batch_size // params.n)
         device = next(self.model.parameters()).device
         eos = self._eos_ids()  # read before _generation_mode blanks the model's generation config
         flat: list[Completion] = []
-        with self._generation_mode(), _seeded(params.seed, device):
-            for i in range(0, len(seqs), self.batch_size):
-                flat += self._generate_chunk(seqs[i:i + self.batch_size], params, eos, device)
+        with self._generation_mode(), merged_for_inference(self.model), _seeded(params.seed, device):
+            for i in range(0, len(prompts), per_chunk):
+                flat += self._generate_chunk(prompts[i:i + per_chunk], params, eos, device)
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+    def _shared_prefix(self, batch, n: int):
+        """The KV cache of every prompt but its last token, computed once per prompt and repeated
+        for its n samples: generate would otherwise encode each prompt n times (measured: 7.6 of
+        the 37 s that 8 prompts x 8 samples x 48 tokens took with SmolLM2-135M on 2 CPU cores).
+        None where there is nothing to share."""
+        from transformers import DynamicCache
+
+        P = batch.input_ids_BL.shape[1]
+        if n == 1 or P < 2:
+            return None
+        cache = DynamicCache(config=self.model.config)
+        cols = slice(0, P - 1)
+        self.model(input_ids=batch.input_ids_BL[:, cols], attention_mask=batch.attention_mask_BL[:, cols],
+                   position_ids=batch.position_ids_BL[:, cols], past_key_values=cache, use_cache=True,
+                   logits_to_keep=1)
+        cache.batch_repeat_interleave(n)
+        return cache
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, eos: set[int],
                         device: torch.device) -> list[Completion]:
@@ -63,6 +86,8 @@ class HFEngine:
             TopPLogitsWarper,
         )
 
+        unique = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
+        prompts = [p for p in prompts for _ in range(params.n)]
         batch = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
         greedy = params.temperature == 0
         processors = LogitsProcessorList()
@@ -87,9 +112,10 @@ class HFEngine:
         criteria = StoppingCriteriaList([_StopOnText(self.tokenizer, params.stop, P)] if params.stop else [])
         amp = AUTOCAST_DTYPES[self.autocast]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            cache = self._shared_prefix(unique, params.n)
             out = self.model.generate(input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL,
-                                      generation_config=config, logits_processor=processors,
-                                      stopping_criteria=criteria)
+                                      past_key_values=cache, generation_config=config,
+                                      logits_processor=processors, stopping_criteria=criteria)
         tokens_BS = out.sequences[:, P:]
         logp_BS = recorder.finish(tokens_BS)
         completions = []

@@ -53,6 +53,12 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**31 - 1)
 
 
+def fits_budget(used_s: float, step_times: list[float], budget_s: float) -> bool:
+    """Whether another step, taking the mean of `step_times` (0 if none yet), ends within the budget."""
+    expected_s = sum(step_times) / len(step_times) if step_times else 0.0
+    return used_s + expected_s <= budget_s
+
+
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> dict[str, Any]:
     """Run (or resume) training as `cfg` says, writing everything under `run_dir`."""
     started = time.monotonic()
@@ -110,11 +116,14 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     session_start = time.monotonic()
     stopped_early = False
+    step_times: list[float] = []  # this session's; a step is started only if it should fit the budget
     try:
         while state.step < T.steps:
-            if T.max_minutes and state.elapsed_s + time.monotonic() - session_start > 60 * T.max_minutes:
+            used_s = state.elapsed_s + time.monotonic() - session_start
+            if T.max_minutes and not fits_budget(used_s, step_times, 60 * T.max_minutes):
                 stopped_early = True
-                progress.log(f"time budget of {T.max_minutes} min reached after {state.step} steps")
+                progress.log(f"time budget of {T.max_minutes} min: stopping after {state.step} steps "
+                             f"(another would take ~{sum(step_times) / len(step_times):.0f}s)")
                 break
             t_step = time.monotonic()
             seed = step_seed(T.seed, state.step)
@@ -190,6 +199,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             lengths = [len(c.token_ids) for c in completions]
             all_r = torch.stack(rewards_PG).flatten() if rewards_PG else torch.zeros(0)
             step_time = time.monotonic() - t_step
+            step_times.append(step_time)
             record = {
                 "step": state.step, "reward_mean": all_r.mean().item() if len(all_r) else None,
                 "reward_std": all_r.std().item() if len(all_r) > 1 else None,
