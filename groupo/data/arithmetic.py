@@ -13,8 +13,9 @@ Each problem is rendered in one of several wordings (bare expressions, imperativ
 
 The held-out test set is generated from its own seed stream and is disjoint from training on the
 *expression* (operands and operators), not just the wording: a training problem whose expression
-is in the test set is redrawn. Level 1 has only 155 distinct expressions, so its test set holds 40
-of them (the others hold 500); the training stream is long (`TRAIN_LEN`) and lazily generated.
+is in the test set is redrawn. Level 1 has only 155 distinct expressions, so its test set holds 80
+of them (enough that one problem is worth 1.25 points, and 75 are left to train on; the other
+levels hold 500); the training stream is long (`TRAIN_LEN`) and lazily generated.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import overload
 from groupo.rewards.countdown import evaluate_expression
 
 TRAIN_LEN = 10_000
-TEST_SIZE = {1: 40, 2: 500, 3: 500, 4: 500, 5: 500}
+TEST_SIZE = {1: 80, 2: 500, 3: 500, 4: 500, 5: 500}
 LEVELS = tuple(TEST_SIZE)
 
 
