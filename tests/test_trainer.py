@@ -96,6 +96,8 @@ def test_time_budget_ends_training_early(tmp_path):
     cfg = load_config(None, _overrides(tmp_path, 5, **{"train.max_minutes": 1e-6}))
     summary = train(cfg, tmp_path / "run", policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
     assert summary["steps"] == 1 and summary["stopped_early"]  # the first step already overran
+    resumed = train(cfg, tmp_path / "run", resume=True, policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
+    assert resumed["steps"] == 1 and resumed["stopped_early"]  # the budget was spent: no step starts
 
 
 def test_first_update_ratio_is_exactly_one_with_reused_batches():

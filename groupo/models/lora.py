@@ -62,8 +62,11 @@ def merged_for_inference(model: torch.nn.Module) -> Iterator[None]:
     try:
         with torch.no_grad():
             for m in layers:
+                adapters = [a for a in m.active_adapters if a in m.lora_A]
+                if not adapters:
+                    continue
                 base = m.get_base_layer()
-                delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+                delta = sum(m.get_delta_weight(a) for a in adapters)
                 saved.append((base, base.weight))
                 base.weight = torch.nn.Parameter(base.weight + delta.to(base.weight.dtype), requires_grad=False)
         with model.disable_adapter():

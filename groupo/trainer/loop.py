@@ -122,8 +122,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             used_s = state.elapsed_s + time.monotonic() - session_start
             if T.max_minutes and not fits_budget(used_s, step_times, 60 * T.max_minutes):
                 stopped_early = True
-                progress.log(f"time budget of {T.max_minutes} min: stopping after {state.step} steps "
-                             f"(another would take ~{sum(step_times) / len(step_times):.0f}s)")
+                progress.log(f"time budget of {T.max_minutes} min: stopping after {state.step} steps"
+                             + (f" (another would take ~{sum(step_times) / len(step_times):.0f}s)"
+                                if step_times else ""))
                 break
             t_step = time.monotonic()
             seed = step_seed(T.seed, state.step)
