@@ -52,11 +52,15 @@ def test_arithmetic_deterministic_and_disjoint():
     held = {p.expression for p in test_a}
     assert len(held) == len(test_a) == 500
     assert not any(p.expression in held for p in train_a[:3000])
-    # level 1 has only 155 expressions (100 sums + 55 non-negative differences): 80 held out
+    # level 1 has only 155 expressions (100 sums + 55 non-negative differences): 40% of each
+    # operation held out (40 + 22), the other 60 sums and 33 differences all trained on
     train1, test1 = arithmetic.splits(1, seed=0)
     held1 = {p.expression for p in test1}
-    assert len(held1) == 80 and not any(p.expression in held1 for p in train1[:2000])
-    assert len({p.expression for p in train1[:2000]}) == 155 - 80  # all the others are trained on
+    assert len(held1) == 62 and not any(p.expression in held1 for p in train1[:2000])
+    assert sum("-" in e for e in held1) == 22
+    trained = {p.expression for p in train1[:2000]}
+    assert len(trained) == 155 - 62 and sum("-" in e for e in trained) == 33
+    assert 0.4 < sum("-" in p.expression for p in train1[:1000]) / 1000 < 0.6  # both operations drawn
 
 
 def test_arithmetic_task_rewards_signal_untagged_answers():

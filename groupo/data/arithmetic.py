@@ -13,9 +13,12 @@ Each problem is rendered in one of several wordings (bare expressions, imperativ
 
 The held-out test set is generated from its own seed stream and is disjoint from training on the
 *expression* (operands and operators), not just the wording: a training problem whose expression
-is in the test set is redrawn. Level 1 has only 155 distinct expressions, so its test set holds 80
-of them (enough that one problem is worth 1.25 points, and 75 are left to train on; the other
-levels hold 500); the training stream is long (`TRAIN_LEN`) and lazily generated.
+is in the test set is redrawn. Level 1 has only 155 distinct expressions (100 sums, 55
+differences), so its test set holds 40% of each operation's: 40 sums and 22 differences, 62 in
+all, leaving 60 and 33 to train on (the other levels hold 500). Stratified because an unstratified
+draw of 80 took 41 of the 55 differences: training then saw only 14 differences over and over,
+and learnt them by heart, not subtraction. The training stream is long (`TRAIN_LEN`) and lazily
+generated.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import overload
 from groupo.rewards.countdown import evaluate_expression
 
 TRAIN_LEN = 10_000
-TEST_SIZE = {1: 80, 2: 500, 3: 500, 4: 500, 5: 500}
+TEST_SIZE = {1: 62, 2: 500, 3: 500, 4: 500, 5: 500}
+LEVEL1_HELD_OUT = {"+": 40, "-": 22}  # per operation; sums to TEST_SIZE[1]
 LEVELS = tuple(TEST_SIZE)
 
 
@@ -157,9 +161,17 @@ def test_problems(level: int, seed: int) -> list[ArithmeticProblem]:
     """The fixed held-out set: `TEST_SIZE[level]` problems with distinct expressions."""
     rng = random.Random(f"arithmetic/test/{level}/{seed}")
     out: dict[str, ArithmeticProblem] = {}
+    per_op: dict[str, int] = {}
     while len(out) < TEST_SIZE[level]:
         p = make_problem(rng, level)
-        out.setdefault(p.expression, p)
+        if p.expression in out:
+            continue
+        if level == 1:
+            op = p.expression.split()[1]
+            if per_op.get(op, 0) == LEVEL1_HELD_OUT[op]:
+                continue
+            per_op[op] = per_op.get(op, 0) + 1
+        out[p.expression] = p
     return list(out.values())
 
 
