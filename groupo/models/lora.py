@@ -36,9 +36,10 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
 @contextlib.contextmanager
 def merged_for_inference(model: torch.nn.Module) -> Iterator[None]:
     """Run `model` (a peft LoRA model) as one merged weight per layer for the block, e.g. for
-    generation, where the separate low-rank matmuls of every adapted layer cost more than the
-    layer's own matmul at decoding's small batch sizes (measured: 44 s -> 37 s for 64 x 48
-    tokens with SmolLM2-135M, rank 16 on q/k/v/o).
+    generation, where every adapted layer would otherwise run two extra small matmuls per
+    decoding step. Measured with SmolLM2-135M, rank 16 on q/k/v/o, 64 x 48 tokens on 2 CPU cores:
+    44 -> 37 s in one comparison, medians 37.6 -> 33.0 s in three interleaved ones (this
+    machine's noise is +-15%; benchmarks/shared_prompts.py).
 
     Not peft's merge_adapter/unmerge_adapter: those add and later subtract B @ A in place, and
     W + BA - BA is not W in floating point, so the frozen weights would drift a little with every
