@@ -30,6 +30,7 @@ from groupo.data.prompts import encode_prompt
 from groupo.models import load_policy
 from groupo.models.logprobs import pack, token_logprobs
 from groupo.rollout import hf
+from groupo.trainer.step import rows
 from groupo.types import SamplingParams
 
 
@@ -84,10 +85,9 @@ def main() -> None:
         for mode in upd:
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            for i in range(0, B, args.micro_batch):
-                rows = pack([c.prompt_ids for c in flat[i:i + args.micro_batch]],
-                            [c.token_ids for c in flat[i:i + args.micro_batch]], tok.pad_token_id)
-                logp, _ = token_logprobs(model, rows, 0.7, with_entropy=True, share_prompts=mode == "shared")
+            for i in range(0, B, args.micro_batch):  # micro-batches as the trainer cuts them
+                micro = rows(packed, slice(i, i + args.micro_batch))
+                logp, _ = token_logprobs(model, micro, 0.7, with_entropy=True, share_prompts=mode == "shared")
                 logp.sum().backward()
             upd[mode].append(time.perf_counter() - t0)
     print(f"update: forward + backward of {B} rows, micro-batches of {args.micro_batch}, "

@@ -126,8 +126,6 @@ def _shared_prompt_logits(model: torch.nn.Module, packed: Packed) -> torch.Tenso
     None (the caller then runs the plain pass) where nothing is shared, or where the model did not
     fill the cache (e.g. gradient checkpointing turns use_cache off in training mode).
     """
-    from transformers import DynamicCache
-
     P, T = packed.prompt_len, packed.completion_ids_BT.shape[1]
     if P < 2:
         return None
@@ -137,14 +135,28 @@ def _shared_prompt_logits(model: torch.nn.Module, packed: Packed) -> torch.Tenso
         return None
     rows_B = torch.arange(len(key_BK), device=key_BK.device)
     first = torch.empty(len(unique_UK), dtype=torch.long, device=key_BK.device).scatter_(0, row_to_unique, rows_B)
-    head = slice(0, P - 1)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=packed.input_ids_BL[first, head], attention_mask=packed.attention_mask_BL[first, head],
-          position_ids=packed.position_ids_BL[first, head], past_key_values=cache, use_cache=True,
-          logits_to_keep=1)
-    if cache.get_seq_length() != P - 1:
+    cache = prompt_kv_cache(model, packed, first)
+    if cache is None:
         return None
     cache.batch_select_indices(row_to_unique)
     tail = slice(P - 1, P + T - 1)  # the last prompt token and all but the last completion token
     return model(input_ids=packed.input_ids_BL[:, tail], attention_mask=packed.attention_mask_BL[:, :P + T - 1],
                  position_ids=packed.position_ids_BL[:, tail], past_key_values=cache, use_cache=True).logits
+
+
+def prompt_kv_cache(model: torch.nn.Module, packed: Packed, rows: torch.Tensor | None = None):
+    """A DynamicCache holding the keys and values of each prompt's first P-1 tokens, for `rows`
+    (all rows by default); the last prompt token is left to the pass that uses the cache, so that
+    its logits predict the first completion token. None where there is nothing to cache (P < 2)
+    or the model did not fill the cache (e.g. gradient checkpointing turns use_cache off in
+    training mode). Differentiable: gradients reach the prompt pass through the cache."""
+    from transformers import DynamicCache
+
+    P = packed.prompt_len
+    if P < 2:
+        return None
+    index = (slice(None) if rows is None else rows, slice(0, P - 1))
+    cache = DynamicCache(config=model.config)
+    model(input_ids=packed.input_ids_BL[index], attention_mask=packed.attention_mask_BL[index],
+          position_ids=packed.position_ids_BL[index], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache if cache.get_seq_length() == P - 1 else None

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
-from groupo.models.logprobs import pack
+from groupo.models.logprobs import pack, prompt_kv_cache
 from groupo.models.lora import merged_for_inference
 from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
 from groupo.types import Completion, SamplingParams
@@ -62,17 +62,9 @@ class HFEngine:
         for its n samples: generate would otherwise encode each prompt n times (measured: 7.6 of
         the 37 s that 8 prompts x 8 samples x 48 tokens took with SmolLM2-135M on 2 CPU cores).
         None where there is nothing to share."""
-        from transformers import DynamicCache
-
-        P = batch.input_ids_BL.shape[1]
-        if n == 1 or P < 2:
-            return None
-        cache = DynamicCache(config=self.model.config)
-        cols = slice(0, P - 1)
-        self.model(input_ids=batch.input_ids_BL[:, cols], attention_mask=batch.attention_mask_BL[:, cols],
-                   position_ids=batch.position_ids_BL[:, cols], past_key_values=cache, use_cache=True,
-                   logits_to_keep=1)
-        cache.batch_repeat_interleave(n)
+        cache = prompt_kv_cache(self.model, batch) if n > 1 else None
+        if cache is not None:
+            cache.batch_repeat_interleave(n)
         return cache
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, eos: set[int],
@@ -210,7 +202,6 @@ class _LogprobRecorder:
             return torch.zeros(tokens_BS.shape, dtype=torch.float32)
         last = self._prev_BV.gather(-1, tokens_BS[:, -1:]).squeeze(-1)
         return torch.stack([*self.steps, last], dim=1).cpu()
-
 
 
 @contextlib.contextmanager
