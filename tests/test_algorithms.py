@@ -65,6 +65,21 @@ def test_identical_rewards_give_zero_never_nan(scale, eps):
     assert zero_variance_groups(r).tolist() == [True, True]
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("baseline", ["mean", "loo"])
+@pytest.mark.parametrize("eps", [0.0, 1e-4])
+def test_equal_rewards_whose_float32_mean_is_inexact_still_give_exactly_zero(scale, baseline, eps):
+    """Eight float32 rewards of 0.1 (accuracy 0 + format 0.1): their float32 mean is one rounding
+    step off 0.1, so r - mean is ~1e-8, not 0; dividing by (0 + eps) gave -7.45e-5 (eps 1e-4)
+    or -inf (eps 0). The group has no signal: every advantage must be exactly 0."""
+    r = torch.full((2, 8), 0.1, dtype=torch.float32)
+    r[1] = torch.tensor([1.1, 0.1, 0.1, 1.1, 0.1, 0.1, 0.1, 0.1])  # a group with signal beside it
+    assert (r[0] - r[0].mean()).abs().max() > 0  # the premise: the residue is not zero
+    adv = group_advantages(r, baseline=baseline, scale=scale, eps=eps)
+    assert torch.equal(adv[0], torch.zeros(8))
+    assert torch.isfinite(adv).all() and (adv[1] != 0).all()
+
+
 def test_group_advantages_matches_loop():
     torch.manual_seed(0)
     r = torch.randint(0, 3, (5, 6)).float()

@@ -27,6 +27,9 @@ def group_advantages(rewards_PG: torch.Tensor, *, baseline: str = "mean", scale:
     G = r.shape[1]
     mean_P1 = r.mean(dim=1, keepdim=True)
     centred = r - mean_P1
+    # Equal rewards are found by comparing the rewards themselves: their float32 mean can be one
+    # rounding step off (eight rewards of 0.1 average to 0.1 + 7.45e-9), so r - mean is ~1e-8, not 0.
+    equal_P1 = zero_variance_groups(r)[:, None]
     if baseline == "loo":
         if G < 2:
             raise ValueError("the leave-one-out baseline needs at least 2 completions per prompt")
@@ -39,12 +42,12 @@ def group_advantages(rewards_PG: torch.Tensor, *, baseline: str = "mean", scale:
     elif scale == "batch":
         sd = r.std(correction=correction) if r.numel() > correction else r.new_zeros(())
     elif scale == "none":
-        return torch.where(centred == 0, torch.zeros_like(centred), centred)
+        return torch.where(equal_P1, torch.zeros_like(centred), centred)
     else:
         raise ValueError(f"unknown advantage scale {scale!r}; valid: group, batch, none")
-    adv = centred / (sd + eps)
-    # centred == 0 covers equal-reward groups; guards 0/0 when eps == 0.
-    return torch.where(centred == 0, torch.zeros_like(adv), adv)
+    # A member equal to a varied group's mean is exactly 0 already (0 / sd); the where also
+    # keeps an equal group's 0 / 0 (eps == 0) out of the result.
+    return torch.where(equal_P1, torch.zeros_like(centred), centred / (sd + eps))
 
 
 def zero_variance_groups(rewards_PG: torch.Tensor) -> torch.Tensor:
