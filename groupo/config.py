@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -150,15 +151,22 @@ class TrainConfig:
     max_minutes: float = _f(0.0, "time budget in minutes of training: a step starts only if it should end "
                             "within it, at the mean step time so far (0 = none)",
                             min=0)
+    parallel: Literal["ddp", "fsdp2"] = _f(
+        "ddp", "with several processes (torchrun): ddp replicates the model on every rank; fsdp2 shards "
+        "parameters, gradients and optimizer state (fully_shard per decoder layer). One process: unused")
+    backend: Literal["auto", "nccl", "gloo"] = _f(
+        "auto", "torch.distributed backend with several processes; auto = nccl on CUDA, gloo on CPU")
 
 
 @dataclass
 class RunConfig:
     dir: str | None = _f(None, "run directory; None = runs/<name>-<timestamp>")
+    device: str = _f("auto", "auto (CUDA where available, else CPU), cpu, cuda or cuda:N; under torchrun, "
+                     "auto and cuda give each rank cuda:LOCAL_RANK")
     name: str = _f("groupo", "run name used in the default directory")
     samples_per_step: int = _f(4, "completions written to samples.jsonl each step", min=0)
     tensorboard: bool = _f(False, "also write TensorBoard event files")
-    progress: Literal["auto", "rich", "plain"] = _f("auto", "progress display")
+    progress: Literal["auto", "rich", "plain", "off"] = _f("auto", "progress display")
 
 
 @dataclass
@@ -399,6 +407,8 @@ def validate(cfg: Config) -> None:
     if cfg.algorithm.preset not in PRESETS:
         raise ConfigError(f"algorithm.preset = {cfg.algorithm.preset!r} is unknown; "
                           f"valid presets: {', '.join(PRESETS)}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
+        raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
     if cfg.rollout.engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine = {cfg.rollout.engine!r} is unknown; valid: hf, vllm")
     if cfg.algorithm.adv_baseline == "loo" and cfg.rollout.group_size < 2:

@@ -1,5 +1,6 @@
 """Config: YAML round trip, overrides, every user-facing error, every shipped recipe loads."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from groupo.cli import main
-from groupo.config import ConfigError, dump_yaml, from_dict, load_config, quickstart_config
+from groupo.config import AlgorithmConfig, ConfigError, dump_yaml, from_dict, load_config, quickstart_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,3 +130,17 @@ def test_quickstart_yaml_is_the_default():
     assert load_config(ROOT / "configs" / "quickstart.yaml") == quickstart_config()
     assert quickstart_config(["train.steps=2"]).train.steps == 2
     assert load_config(None).algorithm.beta is None  # plain defaults keep the preset's beta
+
+
+def test_every_loss_setting_is_a_config_key_and_reaches_the_loss():
+    """The run's LossSettings are built once from the config: each setting a user can set lands in
+    it (no key silently ignored), and unset ones keep the preset's value."""
+    from groupo.algorithms.presets import LossSettings, get_preset
+    from groupo.trainer.step import loss_settings
+
+    names = {f.name for f in dataclasses.fields(LossSettings)} - {"paper"}
+    assert names <= {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    assert loss_settings(load_config(None, ["algorithm.preset=dapo"])) == get_preset("dapo")
+    s = loss_settings(load_config(None, ["algorithm.preset=dapo", "algorithm.eps_high=0.3", "algorithm.beta=0.01",
+                                         "algorithm.mask_truncated=true", "algorithm.adv_std=population"]))
+    assert (s.eps_high, s.beta, s.mask_truncated, s.adv_std, s.eps_low) == (0.3, 0.01, True, "population", 0.2)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ from tiny import make_tiny, save_tiny
 
 from groupo.algorithms.presets import get_preset
 from groupo.config import LoraConfig, load_config
+from groupo.distributed import Dist
 from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
 from groupo.trainer.loop import fits_budget, train
-from groupo.trainer.step import UpdateBatch, accumulate_gradients, batched_logprobs
+from groupo.trainer.step import UpdateBatch, UpdateSettings, accumulate_gradients, batched_logprobs, reduce_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +70,7 @@ def test_real_steps_change_parameters_and_log_everything(tmp_path):
         assert torch.isfinite(torch.tensor(r["loss"]))
         for key in ("reward_mean", "reward_std", "completion_len_mean", "completion_len_max", "truncated_frac",
                     "zero_var_group_frac", "clip_low_frac", "clip_high_frac", "entropy", "grad_norm", "lr",
-                    "step_time_s", "tokens_per_s", "peak_mem_mb", "reward/" + next(iter(
+                    "step_time_s", "tokens_per_s", "memory/host_peak_rss_mb", "reward/" + next(iter(
                         k[7:] for k in r if k.startswith("reward/")))):
             assert r.get(key) is not None, key
     # mu = 1: the first (and every) update's ratio is exactly 1
@@ -107,10 +109,10 @@ def test_first_update_ratio_is_exactly_one_with_reused_batches():
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
     packed = pack([[5, 6, 7], [8, 9]] * 2, [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19]], tok.pad_token_id)
     mask = packed.completion_mask_BT.float()
-    old = batched_logprobs(policy.model, packed, 0.7, 3, "none")
+    s = UpdateSettings(get_preset("grpo").with_overrides(beta=0.0), temperature=0.7, micro_batch_size=3, max_len=4)
+    old = batched_logprobs(policy.model, packed, s)
     batch = UpdateBatch(packed, torch.tensor([1.0, -1.0, 0.5, -0.5]), mask, old, None)
-    m = accumulate_gradients(policy.model, batch, get_preset("grpo"), preset="grpo", beta=0.0, temperature=0.7,
-                             micro_batch_size=3, max_len=4)
+    m = reduce_metrics(accumulate_gradients(policy.model, batch, s), Dist())
     assert m["ratio_min"] == m["ratio_max"] == 1.0
 
 
@@ -127,16 +129,17 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
     comps = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [40, 41], [42], [43, 44, 45], [46, 47]]
     packed = pack(prompts, comps, tok.pad_token_id)
     mask = packed.completion_mask_BT.float()
-    settings = get_preset(preset)
-    old = batched_logprobs(policy.model, packed, 1.0, 8, "none") + 0.05 * torch.randn(mask.shape)
+    settings = UpdateSettings(get_preset(preset).with_overrides(beta=0.04), temperature=1.0, micro_batch_size=8,
+                              max_len=5)
+    old = batched_logprobs(policy.model, packed, settings) + 0.05 * torch.randn(mask.shape)
     with policy.reference() as ref_model:
-        ref = batched_logprobs(ref_model, packed, 1.0, 8, "none")
+        ref = batched_logprobs(ref_model, packed, settings)
     batch = UpdateBatch(packed, torch.randn(8), mask, old, ref)
     results = []
     for micro in (8, 3, 1):
         policy.model.zero_grad(set_to_none=True)
-        m = accumulate_gradients(policy.model, batch, settings, preset=preset, beta=0.04, temperature=1.0,
-                                 micro_batch_size=micro, max_len=5)
+        m = reduce_metrics(accumulate_gradients(policy.model, batch, replace(settings, micro_batch_size=micro)),
+                           Dist())
         grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
         results.append((m["loss"], grads))
     (loss8, g8), *others = results

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from groupo.algorithms.kl import kl_penalty
-from groupo.algorithms.presets import get_preset
+from groupo.algorithms.presets import LossSettings, get_preset
 
 
 @dataclass
@@ -62,17 +62,18 @@ def _log_ratio(logp_BT, old_logp_BT, mask_BT, level: str) -> torch.Tensor:
 
 
 def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Tensor,
-                mask_BT: torch.Tensor, preset: str = "grpo", *, ref_logp_BT: torch.Tensor | None = None,
+                mask_BT: torch.Tensor, preset: str | LossSettings = "grpo", *, ref_logp_BT: torch.Tensor | None = None,
                 beta: float | None = None, max_len: int | None = None,
                 denominator: torch.Tensor | float | None = None, **overrides) -> LossOutput:
     """Loss of one batch (or micro-batch) of completions.
 
     logp_BT, old_logp_BT, ref_logp_BT: (B, T) log-probs of the sampled tokens under the current,
     sampling and reference policies; adv: (B,) per sequence or (B, T) per token; mask_BT: (B, T)
-    1 for tokens that count. `beta=None` takes the preset's value; `max_len` is Dr.GRPO's constant
+    1 for tokens that count. `preset` is a preset's name or a `LossSettings` (e.g. one built once per
+    run from a config); `beta=None` takes the preset's value; `max_len` is Dr.GRPO's constant
     (default: T); `overrides` are `LossSettings` field names (eps_low, aggregation, ...).
     """
-    s = get_preset(preset).with_overrides(beta=beta, **overrides)
+    s = (preset if isinstance(preset, LossSettings) else get_preset(preset)).with_overrides(beta=beta, **overrides)
     mask = mask_BT.to(logp_BT.dtype)
     old_logp_BT = old_logp_BT.detach()
     adv_BT = (adv[:, None] if adv.ndim == 1 else adv).to(logp_BT.dtype).expand_as(logp_BT).detach()

@@ -112,7 +112,8 @@ def load_model(name: str, revision: str | None = None, dtype: str = "float32",
         model.to(device)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+        # SDPA (fused attention kernels on GPUs) is transformers' default; named so it cannot change.
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa").to(device)
     model.eval()
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer

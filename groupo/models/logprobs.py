@@ -156,7 +156,7 @@ def prompt_kv_cache(model: torch.nn.Module, packed: Packed, rows: torch.Tensor |
     if P < 2:
         return None
     index = (slice(None) if rows is None else rows, slice(0, P - 1))
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=getattr(model, "module", model).config)  # a DDP wrapper keeps it on .module
     model(input_ids=packed.input_ids_BL[index], attention_mask=packed.attention_mask_BL[index],
           position_ids=packed.position_ids_BL[index], past_key_values=cache, use_cache=True, logits_to_keep=1)
     return cache if cache.get_seq_length() == P - 1 else None

@@ -84,11 +84,15 @@ def load_policy_from(model: torch.nn.Module, tokenizer: Any, lora_cfg: LoraConfi
     return Policy(model, tokenizer, ref, base_name)
 
 
-def save_policy(policy: Policy, out_dir: str | Path) -> Path:
-    """Write the LoRA adapter (or full weights), the tokenizer and groupo_model.json."""
+def save_policy(policy: Policy, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the LoRA adapter (or full weights), the tokenizer and groupo_model.json.
+
+    state_dict: the weights to write when the model's own are sharded (FSDP2 gathers them first).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    policy.model.save_pretrained(out)  # PeftModel: adapter_config.json + adapter_model.safetensors
+    # PeftModel: adapter_config.json + adapter_model.safetensors
+    policy.model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     policy.tokenizer.save_pretrained(out)
     base = policy.base_name
     if base is not None and Path(base).expanduser().exists():  # a local path: make it absolute

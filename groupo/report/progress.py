@@ -20,7 +20,10 @@ def _fmt(stats: dict[str, float]) -> str:
 
 
 class TrainProgress:
-    """`advance(stats)` after each step; `log(msg)` for events (evaluations, checkpoints)."""
+    """`advance(stats)` after each step; `log(msg)` for events (evaluations, checkpoints).
+
+    mode: "rich" (live bar), "plain" (a line per step), "auto" (rich on a terminal), "off" (silent:
+    the ranks other than 0 of a distributed run)."""
 
     def __init__(self, total: int, start: int = 0, mode: str = "auto", budget_s: float = 0.0):
         self.total, self.done = total, start
@@ -30,7 +33,8 @@ class TrainProgress:
         self._t0 = time.monotonic()
         self._start = start
         self._bar = None
-        if interactive:
+        self.silent = mode == "off"
+        if interactive and not self.silent:
             self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[stats]}"), console=self.console)
@@ -39,6 +43,8 @@ class TrainProgress:
 
     def advance(self, stats: dict[str, float]) -> None:
         self.done += 1
+        if self.silent:
+            return
         elapsed = time.monotonic() - self._t0
         eta = elapsed / max(1, self.done - self._start) * (self.total - self.done)
         capped = bool(self.budget_s) and self.budget_s - elapsed < eta
@@ -52,6 +58,8 @@ class TrainProgress:
         print(f"step {self.done}/{self.total}  {_fmt(stats)}  {label} {eta / 60:.1f} min", flush=True)
 
     def log(self, message: str) -> None:
+        if self.silent:
+            return
         if self._bar is not None:
             self._bar.console.print(message)
         else:

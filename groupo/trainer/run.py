@@ -17,6 +17,7 @@ def resolve_run_dir(cfg) -> Path:
 
 
 def train_from_cli(path: str | None, overrides: list[str], resume: str | None = None) -> int:
+    from groupo.distributed import barrier, broadcast_object, setup, shutdown
     from groupo.trainer.loop import train  # heavy imports only once the config is valid
 
     if resume:
@@ -31,13 +32,17 @@ def train_from_cli(path: str | None, overrides: list[str], resume: str | None = 
             raise ConfigError("--resume continues the run exactly as configured; overrides are not allowed")
     else:
         cfg = load_config(path, overrides) if path is not None else quickstart_config(overrides)
-        run_dir = resolve_run_dir(cfg)
+    world, _ = setup(cfg.run.device, cfg.train.backend)  # under torchrun: join the process group
+    if not resume:
+        run_dir = broadcast_object(resolve_run_dir(cfg), world)  # rank 0's timestamp for every rank
         if (run_dir / "metrics.jsonl").exists():
             raise ConfigError(f"run.dir {run_dir} already holds a run; continue it with "
                               f"`groupo train --resume {run_dir}` or choose another run.dir")
+        barrier(world)  # every rank has checked before rank 0 writes there
         cfg.run.dir = str(run_dir)
     try:
         train(cfg, run_dir, resume=bool(resume))
     except KeyboardInterrupt:
         return 130
+    shutdown()
     return 0

@@ -1,0 +1,111 @@
+"""One step's rollout: draw prompts, sample G completions each, score them, keep the groups.
+
+`collect_rollout` returns a `RolloutBatch` that is the same on every rank: each rank samples and
+scores its share of the drawn prompts (prompts strided by rank), and the shares are gathered, so
+the zero-variance filter, DAPO's redraws, the advantages and the step's metrics are computed on
+the whole global batch, identically everywhere (ranks redraw in lockstep because they decide on
+the same rewards). The update then takes whole groups per rank (`RolloutBatch.share`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from groupo.algorithms import zero_variance_groups
+from groupo.distributed import Dist, gather_objects
+from groupo.rewards import score
+from groupo.types import Completion, Problem, SamplingParams
+
+
+@dataclass
+class RolloutBatch:
+    """P scored groups of G completions (rows group-major: prompt p's samples are p*G .. p*G+G-1)."""
+
+    problems: list[Problem]                  # (P,)
+    completions: list[Completion]            # (P*G,) token ids, engine log-probs, finish reasons
+    rewards_PG: torch.Tensor                 # (P, G) weighted total reward, float32
+    per_fn: dict[str, list[float | None]]    # reward name -> (P*G,) unweighted scores
+    prompt_ids: list[list[int]]              # (P*G,) the encoded prompt of every row
+    n_zero_var: int                          # groups drawn this step whose rewards were all equal
+    n_groups: int                            # groups drawn this step (dynamic sampling draws more)
+    group_size: int
+
+    @property
+    def completion_ids(self) -> list[list[int]]:
+        return [c.token_ids for c in self.completions]
+
+    @property
+    def engine_logprobs(self) -> list[list[float]]:
+        return [c.logprobs for c in self.completions]
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return [c.finish_reason for c in self.completions]
+
+    def groups(self, index: list[int]) -> RolloutBatch:
+        """The groups `index`, in that order (draw counts unchanged)."""
+        G = self.group_size
+        rows = [p * G + j for p in index for j in range(G)]
+        return replace(self, problems=[self.problems[p] for p in index],
+                       completions=[self.completions[r] for r in rows],
+                       rewards_PG=self.rewards_PG[index] if index else self.rewards_PG[:0],
+                       per_fn={k: [v[r] for r in rows] for k, v in self.per_fn.items()},
+                       prompt_ids=[self.prompt_ids[r] for r in rows])
+
+    def share(self, world: Dist) -> RolloutBatch:
+        """This rank's whole groups: p = rank, rank + W, ... (len(problems) is a multiple of W)."""
+        return self.groups(list(range(world.rank, len(self.problems), world.world_size)))
+
+
+def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[[Problem], list[int]],
+                    reward_fns: dict, *, data_position: int, prompts_per_step: int, params: SamplingParams,
+                    dynamic_sampling: bool, max_draws: int, world: Dist) -> tuple[RolloutBatch, int]:
+    """Sample and score one step's groups; returns (batch, data position after the draws).
+
+    Each draw takes the next `prompts_per_step` prompts of the training stream (`problems_at(i)`
+    is prompt i). Without dynamic sampling the batch is the first draw. With it, groups whose
+    rewards are all equal are dropped and further prompts drawn, at most `max_draws` times, until
+    `prompts_per_step` groups are kept. With W ranks the kept groups are cut to a multiple of W
+    (only dynamic sampling can leave a remainder: prompts_per_step itself is one).
+    """
+    G = params.n
+    kept: list[tuple[Problem, list[Completion], torch.Tensor, dict[str, list]]] = []
+    n_zero_var = n_groups = 0
+    for draw in range(max_draws if dynamic_sampling else 1):
+        drawn = [problems_at(data_position + i) for i in range(prompts_per_step)]
+        data_position += prompts_per_step
+        mine = drawn[world.rank::world.world_size]
+        groups = engine.generate([prompt_ids(p) for p in mine], replace(params, seed=params.seed + draw))
+        flat = [c for g in groups for c in g]
+        rep = [p for p in mine for _ in range(G)]
+        total, scores = score(reward_fns, [p.messages for p in rep], [c.text for c in flat],
+                              [p.columns for p in rep], completion_ids=[c.token_ids for c in flat])
+        # Back to the draw's order: rank r sampled prompts r, r + W, r + 2W, ...
+        per_rank = gather_objects((groups, total, scores), world)
+        ordered = [None] * len(drawn)
+        for r, (r_groups, r_total, r_scores) in enumerate(per_rank):
+            for k, group in enumerate(r_groups):
+                sl = slice(k * G, (k + 1) * G)
+                ordered[r + k * world.world_size] = (group, torch.tensor(r_total[sl], dtype=torch.float32),
+                                                     {n: v[sl] for n, v in r_scores.items()})
+        zero_var = zero_variance_groups(torch.stack([o[1] for o in ordered]))
+        n_zero_var, n_groups = n_zero_var + int(zero_var.sum()), n_groups + len(drawn)
+        for p_i, (group, r_G, scores_G) in enumerate(ordered):
+            if len(kept) < prompts_per_step and not (dynamic_sampling and zero_var[p_i]):
+                kept.append((drawn[p_i], group, r_G, scores_G))
+        if len(kept) == prompts_per_step:
+            break
+    kept = kept[:len(kept) - len(kept) % world.world_size]
+    per_fn: dict[str, list] = {}
+    for _, _, _, scores_G in kept:
+        for name, vals in scores_G.items():
+            per_fn.setdefault(name, []).extend(vals)
+    batch = RolloutBatch(
+        problems=[k[0] for k in kept], completions=[c for k in kept for c in k[1]],
+        rewards_PG=torch.stack([k[2] for k in kept]) if kept else torch.zeros(0, G),
+        per_fn=per_fn, prompt_ids=[prompt_ids(k[0]) for k in kept for _ in range(G)],
+        n_zero_var=n_zero_var, n_groups=n_groups, group_size=G)
+    return batch, data_position

@@ -1,0 +1,83 @@
+"""One update on a fixed global batch, as the trainer runs it, in one process or under torchrun.
+
+    python tests/dist_update.py PARALLEL OUT_DIR                     # one process
+    torchrun --nproc_per_node 2 tests/dist_update.py PARALLEL OUT_DIR
+
+For each preset (grpo with beta > 0, dapo) it builds the same tiny LoRA model and the same
+12-completion batch on every rank, runs `trainer.step.learn` (mu = 2, so the second update has
+ratios != 1 and clipping), and rank 0 writes the reduced metrics and the updated trainable
+weights (gathered whole under FSDP2) to OUT_DIR/<preset>.json / .safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny import make_tiny
+
+from groupo.algorithms.presets import get_preset
+from groupo.config import LoraConfig
+from groupo.distributed import setup, shutdown
+from groupo.models import load_policy_from
+from groupo.trainer import parallel
+from groupo.trainer.rollout import RolloutBatch
+from groupo.trainer.step import UpdateSettings, build_optimizer, learn
+from groupo.types import Completion, Problem
+
+G = 3
+PROMPTS = [[5, 6, 7], [8, 9], [20, 21, 22, 23], [30, 31]]
+REWARDS = [[1.0, 0.0, 0.5], [0.2, 0.2, 0.2], [0.0, 1.0, 1.0], [0.3, 0.9, 0.1]]  # group 1: zero variance
+
+
+def fixed_batch() -> RolloutBatch:
+    """4 groups of 3 completions of lengths 1..6, two of them truncated."""
+    gen = torch.Generator().manual_seed(0)
+    completions = []
+    for p in range(len(PROMPTS)):
+        for j in range(G):
+            n = 1 + (p * G + j) % 6
+            ids = torch.randint(3, 300, (n,), generator=gen).tolist()
+            completions.append(Completion(PROMPTS[p], ids, [0.0] * n, "", "length" if n == 6 else "stop"))
+    problems = [Problem([{"role": "user", "content": str(p)}], "0") for p in range(len(PROMPTS))]
+    return RolloutBatch(problems, completions, torch.tensor(REWARDS), {}, [p for p in PROMPTS for _ in range(G)],
+                        n_zero_var=1, n_groups=4, group_size=G)
+
+
+def main(kind: str, out: Path) -> None:
+    world, device = setup("cpu", "gloo")
+    for preset, beta in (("grpo", 0.04), ("dapo", 0.0)):
+        torch.manual_seed(0)  # peft draws lora_A from the global RNG
+        model, tok = make_tiny()
+        policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=beta)
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(1)  # a non-zero adapter, so every LoRA matrix gets a gradient
+            for n, p in policy.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        module = parallel.wrap(policy.model, None, kind, world, device)
+        loss = get_preset(preset).with_overrides(beta=beta, mask_truncated=preset == "dapo")
+        s = UpdateSettings(loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,
+                           max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module))
+        optimizer, scheduler = build_optimizer(policy.model, 1e-3, 0.0, [0.9, 0.999], 0, 1, "constant")
+        metrics = learn(module, policy, optimizer, scheduler, fixed_batch(), s, world, pad_id=tok.pad_token_id,
+                        seed=123, device=device)
+        whole = parallel.full_state_dict(policy.model, trainable_only=True)
+        if whole is None:
+            whole = {n: p.detach() for n, p in policy.model.named_parameters() if p.requires_grad}
+        if world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({n: t.contiguous() for n, t in whole.items()}, out / f"{preset}.safetensors")
+            (out / f"{preset}.json").write_text(json.dumps({**metrics, "world_size": world.world_size}))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
