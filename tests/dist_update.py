@@ -3,10 +3,11 @@
     python tests/dist_update.py PARALLEL OUT_DIR                     # one process
     torchrun --nproc_per_node 2 tests/dist_update.py PARALLEL OUT_DIR
 
-For each preset (grpo with beta > 0, dapo) it builds the same tiny LoRA model and the same
+For each case (grpo with beta > 0 and dapo with LoRA; grpo with beta > 0 fully fine-tuned, whose
+frozen reference copy FSDP2 shards too) it builds the same tiny model and the same
 12-completion batch on every rank, runs `trainer.step.learn` (mu = 2, so the second update has
 ratios != 1 and clipping), and rank 0 writes the reduced metrics and the updated trainable
-weights (gathered whole under FSDP2) to OUT_DIR/<preset>.json / .safetensors.
+weights (gathered whole under FSDP2) to OUT_DIR/<case>.json / .safetensors.
 """
 
 from __future__ import annotations
@@ -53,29 +54,32 @@ def fixed_batch() -> RolloutBatch:
 
 def main(kind: str, out: Path) -> None:
     world, device = setup("cpu", "gloo")
-    for preset, beta in (("grpo", 0.04), ("dapo", 0.0)):
+    cases = (("grpo", "grpo", 0.04, 4), ("dapo", "dapo", 0.0, 4), ("grpo_full", "grpo", 0.04, 0))
+    for name, preset, beta, rank in cases:
         torch.manual_seed(0)  # peft draws lora_A from the global RNG
         model, tok = make_tiny()
-        policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=beta)
+        policy = load_policy_from(model, tok, LoraConfig(rank=rank, alpha=8), beta=beta)
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(1)  # a non-zero adapter, so every LoRA matrix gets a gradient
             for n, p in policy.model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.05)
-        module = parallel.wrap(policy.model, None, kind, world, device)
+        module = parallel.wrap(policy.model, policy.ref_model, kind, world, device)
         loss = get_preset(preset).with_overrides(beta=beta, mask_truncated=preset == "dapo")
         s = UpdateSettings(loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,
                            max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module))
         optimizer, scheduler = build_optimizer(policy.model, 1e-3, 0.0, [0.9, 0.999], 0, 1, "constant")
+        trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
         metrics = learn(module, policy, optimizer, scheduler, fixed_batch(), s, world, pad_id=tok.pad_token_id,
                         seed=123, device=device)
-        whole = parallel.full_state_dict(policy.model, trainable_only=True)
+        whole = parallel.full_state_dict(policy.model, trainable_only=policy.is_lora)
         if whole is None:
             whole = {n: p.detach() for n, p in policy.model.named_parameters() if p.requires_grad}
         if world.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            save_file({n: t.contiguous() for n, t in whole.items()}, out / f"{preset}.safetensors")
-            (out / f"{preset}.json").write_text(json.dumps({**metrics, "world_size": world.world_size}))
+            whole = {n: t for n, t in whole.items() if n in trainable}  # full: lm_head is tied to the embeddings
+            save_file({n: t.contiguous() for n, t in whole.items()}, out / f"{name}.safetensors")
+            (out / f"{name}.json").write_text(json.dumps({**metrics, "world_size": world.world_size}))
     shutdown()
 
 

@@ -42,7 +42,10 @@ def wrap(model: torch.nn.Module, ref_model: torch.nn.Module | None, kind: str, w
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # broadcast_buffers=False: DDP would otherwise broadcast the buffers (rotary caches, the
+        # same on every rank) in every forward, a collective, and the number of forwards differs
+        # between ranks (a micro-batch whose rows share prompts takes two, see models.logprobs).
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     if kind != "fsdp2":
         raise ConfigError(f"train.parallel = {kind!r} is unknown; valid: ddp, fsdp2")
     from torch.distributed.device_mesh import init_device_mesh
