@@ -131,6 +131,11 @@ class AlgorithmConfig:
     mask_truncated: bool | None = _f(None, "truncated completions contribute no loss")
     dynamic_sampling: bool | None = _f(None, "drop groups whose rewards are all equal (DAPO)")
     num_iterations: int = _f(1, "updates per batch (mu); > 1 reuses old log-probs", min=1)
+    tis_cap: float | None = _f(None, "truncated importance sampling: weight each token's policy term by "
+                               "min(pi_trainer_old / pi_engine, tis_cap), correcting for the engine's "
+                               "log-probs differing from the trainer's; null = off", min=0, min_exclusive=True)
+    engine_old_logprobs: bool = _f(False, "use the engine's log-probs of the sampled tokens as the old policy "
+                                   "(GSPO's suggestion, sec. 4.3), not the trainer's; needs num_iterations = 1")
 
 
 @dataclass
@@ -411,6 +416,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
     if cfg.rollout.engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine = {cfg.rollout.engine!r} is unknown; valid: hf, vllm")
+    if cfg.algorithm.engine_old_logprobs and cfg.algorithm.num_iterations != 1:
+        raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
+                          f"{cfg.algorithm.num_iterations} (later updates need the trainer's own old log-probs)")
     if cfg.algorithm.adv_baseline == "loo" and cfg.rollout.group_size < 2:
         raise ConfigError("algorithm.adv_baseline = 'loo' needs rollout.group_size >= 2")
     if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):

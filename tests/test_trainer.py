@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tiny import make_tiny, save_tiny
 
 from groupo.algorithms.presets import get_preset
-from groupo.config import LoraConfig, load_config
+from groupo.config import ConfigError, LoraConfig, load_config
 from groupo.distributed import Dist
 from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
@@ -75,6 +75,9 @@ def test_real_steps_change_parameters_and_log_everything(tmp_path):
             assert r.get(key) is not None, key
     # mu = 1: the first (and every) update's ratio is exactly 1
     assert rows[0]["ratio_mean"] == rows[0]["ratio_min"] == rows[0]["ratio_max"] == 1.0
+    # float32 everywhere: the engine (merged LoRA, KV cache) and the trainer agree to rounding
+    for r in rows:
+        assert 0 <= r["rollout/logprob_mismatch"] < 1e-4 and 0 <= r["rollout/mismatch_kl"] < 1e-6
     lora_changed = [n for n, p in policy.model.named_parameters()
                     if "lora_B" in n and not torch.equal(p, torch.zeros_like(p))]
     assert lora_changed, "LoRA B matrices start at zero and must move"
@@ -206,3 +209,28 @@ def test_trivial_reward_is_learned(tmp_path):
     first = sum(r["reward_mean"] for r in rows[:5]) / 5
     last = sum(r["reward_mean"] for r in rows[-5:]) / 5
     assert last > first + 0.2, (first, last)
+
+
+def test_top_k_sampling_shows_as_mismatch_and_tis_weights_it(tmp_path):
+    """With top-k the engine samples from a truncated distribution, the trainer scores under the full
+    softmax: pi_trainer < pi_engine on every token, so the mismatch is clearly non-zero and every
+    TIS weight min(pi_trainer / pi_engine, C) is below 1."""
+    cfg = load_config(None, _overrides(tmp_path, 2, **{"run.dir": str(tmp_path / "run"), "rollout.top_k": 5,
+                                                       "algorithm.tis_cap": 2.0}))
+    train(cfg, tmp_path / "run", policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["rollout/logprob_mismatch"] > 0.1 and r["rollout/mismatch_kl"] > 0.01
+        assert 0 < r["rollout/tis_weight_mean"] < 1
+
+
+def test_engine_log_probs_as_the_old_policy(tmp_path):
+    """algorithm.engine_old_logprobs: the first update's ratio is pi_trainer / pi_engine, not exactly 1
+    (top-k makes the two differ); it needs mu = 1."""
+    cfg = load_config(None, _overrides(tmp_path, 1, **{"run.dir": str(tmp_path / "run"), "rollout.top_k": 5,
+                                                       "algorithm.engine_old_logprobs": True}))
+    train(cfg, tmp_path / "run", policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["ratio_mean"] < 1 and row["ratio_max"] <= 1.0 + 1e-6  # pi_trainer <= pi_engine under top-k
+    with pytest.raises(ConfigError, match="num_iterations = 1"):
+        load_config(None, ["algorithm.engine_old_logprobs=true", "algorithm.num_iterations=2"])

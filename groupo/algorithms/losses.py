@@ -64,14 +64,17 @@ def _log_ratio(logp_BT, old_logp_BT, mask_BT, level: str) -> torch.Tensor:
 def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Tensor,
                 mask_BT: torch.Tensor, preset: str | LossSettings = "grpo", *, ref_logp_BT: torch.Tensor | None = None,
                 beta: float | None = None, max_len: int | None = None,
-                denominator: torch.Tensor | float | None = None, **overrides) -> LossOutput:
+                denominator: torch.Tensor | float | None = None, is_weight_BT: torch.Tensor | None = None,
+                **overrides) -> LossOutput:
     """Loss of one batch (or micro-batch) of completions.
 
     logp_BT, old_logp_BT, ref_logp_BT: (B, T) log-probs of the sampled tokens under the current,
     sampling and reference policies; adv: (B,) per sequence or (B, T) per token; mask_BT: (B, T)
     1 for tokens that count. `preset` is a preset's name or a `LossSettings` (e.g. one built once per
     run from a config); `beta=None` takes the preset's value; `max_len` is Dr.GRPO's constant
-    (default: T); `overrides` are `LossSettings` field names (eps_low, aggregation, ...).
+    (default: T); `is_weight_BT`: per-token importance weights (e.g. TIS, see
+    algorithms.offpolicy) multiplying the policy term, not the KL term; `overrides` are
+    `LossSettings` field names (eps_low, aggregation, ...).
     """
     s = (preset if isinstance(preset, LossSettings) else get_preset(preset)).with_overrides(beta=beta, **overrides)
     mask = mask_BT.to(logp_BT.dtype)
@@ -91,6 +94,9 @@ def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Ten
         low_BT, high_BT = ratio_BT < lo, ratio_BT > hi
     else:
         raise ValueError(f"unknown loss type {s.loss_type!r}; valid: clip, cispo")
+
+    if is_weight_BT is not None:
+        loss_BT = loss_BT * is_weight_BT.detach()
 
     metrics: dict[str, torch.Tensor] = {}
     if ref_logp_BT is not None:

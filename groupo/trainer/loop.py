@@ -73,7 +73,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     if device.type == "cuda":  # TF32 tensor cores for float32 matmuls (bf16 autocast covers the rest)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     amp = resolve_autocast(cfg.model.autocast, device)
-    torch.manual_seed(T.seed)
+    torch.manual_seed(T.seed)  # the same on every rank: FSDP2 needs identical LoRA initialisations
 
     # --- task, rewards, model, parallel wrapper, optimizer, checkpoint; then the engine
     task = load_task(cfg.task)
@@ -86,7 +86,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     tokenizer = policy.tokenizer
     module = parallel.wrap(policy.model, policy.ref_model, T.parallel, world, device)
     settings = UpdateSettings(loss, R.temperature, T.micro_batch_size, R.max_new_tokens, A.num_iterations,
-                              T.max_grad_norm, amp, device.type, share_prompts=parallel.shares_prompts(module))
+                              T.max_grad_norm, amp, device.type, share_prompts=parallel.shares_prompts(module),
+                              tis_cap=A.tis_cap, engine_old_logprobs=A.engine_old_logprobs)
     trainable = policy.trainable_parameters()
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
                                            T.steps * A.num_iterations, T.lr_schedule)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from groupo.algorithms import group_advantages, loss_denominator, masked_mean, policy_loss
+from groupo.algorithms.offpolicy import sampler_mismatch, tis_weights
 from groupo.algorithms.presets import LossSettings, get_preset
 from groupo.config import AlgorithmConfig, Config
 from groupo.distributed import Dist, all_reduce
@@ -36,6 +37,8 @@ class UpdateSettings:
     amp: str = "none"           # autocast kind for forward passes (models.precision)
     device_type: str = "cpu"
     share_prompts: bool = True  # encode each prompt once per group (models.logprobs)
+    tis_cap: float | None = None         # truncated importance sampling against the engine (None = off)
+    engine_old_logprobs: bool = False    # the engine's log-probs are the old policy (mu = 1)
 
 
 def loss_settings(cfg: Config) -> LossSettings:
@@ -54,6 +57,7 @@ class UpdateBatch:
     denominator: torch.Tensor | None = None  # the global batch's loss_denominator; None = this batch's
     n_tokens: torch.Tensor | None = None     # the global batch's counted tokens; None = this batch's
     loss_scale: float = 1.0               # world size: DDP / FSDP2 average gradients over the ranks
+    engine_logp_BT: torch.Tensor | None = None  # the engine's log-probs of the sampled tokens
 
 
 def rows(packed, sl: slice):
@@ -86,6 +90,7 @@ def batched_logprobs(model, packed, s: UpdateSettings) -> torch.Tensor:
 
 
 SUMMED = ("loss", "kl", "clip_low_frac", "clip_high_frac", "ratio_mean", "entropy")
+MISMATCH = ("rollout/logprob_mismatch", "rollout/mismatch_kl")  # engine vs trainer, see algorithms.offpolicy
 
 
 def accumulate_gradients(model, batch: UpdateBatch, s: UpdateSettings) -> dict[str, torch.Tensor]:
@@ -103,7 +108,10 @@ def accumulate_gradients(model, batch: UpdateBatch, s: UpdateSettings) -> dict[s
     n_tokens = batch.n_tokens if batch.n_tokens is not None else batch.mask_BT.sum()
     n_tokens = n_tokens.clamp(min=1)
     zero = batch.mask_BT.new_zeros(())
-    sums = {k: zero.clone() for k in SUMMED if k != "kl" or batch.ref_logp_BT is not None}
+    engine = batch.engine_logp_BT
+    keys = [k for k in SUMMED if k != "kl" or batch.ref_logp_BT is not None]
+    keys += [*MISMATCH, *(["rollout/tis_weight_mean"] if s.tis_cap else [])] if engine is not None else []
+    sums = {k: zero.clone() for k in keys}
     ratio_min, ratio_max = zero + math.inf, zero - math.inf
     starts = range(0, B, s.micro_batch_size)
     for i in starts:
@@ -118,10 +126,17 @@ def accumulate_gradients(model, batch: UpdateBatch, s: UpdateSettings) -> dict[s
             old = batch.old_logp_BT[sl, :t] if batch.old_logp_BT is not None else logp.detach()
             ref = batch.ref_logp_BT[sl, :t] if batch.ref_logp_BT is not None else None
             adv = batch.adv_B[sl] if batch.adv_B.ndim == 1 else batch.adv_B[sl, :t]
+            eng = engine[sl, :t] if engine is not None else None
+            is_w = tis_weights(old, eng, s.tis_cap) if s.tis_cap and eng is not None else None
             out = policy_loss(logp, old, adv, mask, s.loss, ref_logp_BT=ref, max_len=s.max_len,
-                              denominator=denom)
+                              denominator=denom, is_weight_BT=is_w)
             (out.loss * batch.loss_scale).backward()
         m = {**out.metrics, "loss": out.loss.detach(), "entropy": masked_mean(entropy.float(), mask)}
+        if eng is not None:  # the trainer's view of the sampling weights: its current log-probs
+            mis = sampler_mismatch(logp.detach(), eng, mask)
+            m |= {MISMATCH[0]: mis["abs_diff"], MISMATCH[1]: mis["kl"]}
+            if is_w is not None:
+                m["rollout/tis_weight_mean"] = masked_mean(is_w, mask)
         w = mask.sum() / n_tokens  # token-weighted means across micro-batches (and ranks)
         for k in sums:
             sums[k] += m[k] if k == "loss" else w * m[k]
@@ -192,7 +207,13 @@ def learn(module: torch.nn.Module, policy, optimizer, scheduler, rollout, s: Upd
         with policy.reference() as ref_model:
             ref = batched_logprobs(ref_model, packed, s)
     adv_B = adv_PG[world.rank::world.world_size].flatten().to(device)
-    batch = UpdateBatch(packed, adv_B, mask_BT, old, ref, denominator, n_tokens, float(world.world_size))
+    engine_BT = torch.zeros_like(mask_BT)
+    for b, lp in enumerate(mine.engine_logprobs):
+        engine_BT[b, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    if s.engine_old_logprobs:  # GSPO, mu = 1: the engine's log-probs are the old policy
+        old = engine_BT
+    batch = UpdateBatch(packed, adv_B, mask_BT, old, ref, denominator, n_tokens, float(world.world_size),
+                        engine_BT)
 
     module.train()
     # The optimizer's own parameters, not model.parameters(): under FSDP2 the latter yields, for a
@@ -200,10 +221,13 @@ def learn(module: torch.nn.Module, policy, optimizer, scheduler, rollout, s: Upd
     # tensors, whose gradients are not the ones the optimizer steps on (measured: a grad norm of
     # 0.475 for 0.767, on the second update of a batch).
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    for _ in range(s.num_iterations):
+    for it in range(s.num_iterations):
         torch.manual_seed(seed)  # dropout masks depend on the step (and rank) only: exact resume
         optimizer.zero_grad(set_to_none=True)
         metrics = accumulate_gradients(module, batch, s)
+        if it == 0:  # measured before any update of this batch: the weights that sampled it
+            mismatch = {k: metrics[k] for k in MISMATCH if k in metrics}
+        metrics |= mismatch
         norm = torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm or float("inf"))
         metrics["grad_norm"] = grad_norm_value(norm)
         lr = scheduler.get_last_lr()[0]
