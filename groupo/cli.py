@@ -70,8 +70,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from groupo.models.builtin import FetchError
     from groupo.models.load import ModelNotFoundError
     from groupo.rewards.base import RewardError
+    from groupo.rollout.vllm import EngineError
 
-    return ConfigError, FetchError, ModelNotFoundError, RewardError
+    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError
 
 
 def build_parser() -> argparse.ArgumentParser:

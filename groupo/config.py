@@ -107,6 +107,11 @@ class RolloutConfig:
     top_k: int = _f(0, "top-k sampling (0 = off)", min=0)
     stop: list[str] = _f([], "extra stop strings (the EOS token always stops)")
     batch_size: int = _f(64, "sequences generated per forward batch", min=1)
+    vllm_memory_share: float = _f(0.3, "vllm on a GPU: share of the GPU's memory the engine may take "
+                                  "(it sleeps during updates)", min=0, max=1, min_exclusive=True)
+    vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)", min=1)
+    vllm_max_model_len: int = _f(0, "vllm: longest prompt + completion in tokens (0 = the model's own maximum)",
+                                 min=0)
 
 
 @dataclass
@@ -416,6 +421,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
     if cfg.rollout.engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine = {cfg.rollout.engine!r} is unknown; valid: hf, vllm")
+    if cfg.rollout.engine == "vllm" and cfg.train.parallel == "fsdp2":
+        raise ConfigError("rollout.engine = 'vllm' runs beside train.parallel = 'ddp' only (each rank hands "
+                          "its engine whole weights; FSDP2 would gather them first): use train.parallel=ddp")
     if cfg.algorithm.engine_old_logprobs and cfg.algorithm.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{cfg.algorithm.num_iterations} (later updates need the trainer's own old log-probs)")

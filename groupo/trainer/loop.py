@@ -26,6 +26,7 @@ from groupo.data.prompts import encode_prompt
 from groupo.distributed import Dist, broadcast_object, gather_objects, setup
 from groupo.eval.evaluate import evaluate
 from groupo.models import load_policy, save_policy
+from groupo.models.load import resolve_model
 from groupo.models.precision import resolve_autocast
 from groupo.report.html import write_report
 from groupo.report.metrics import MetricsWriter, read_jsonl, truncate_after
@@ -58,6 +59,20 @@ def check_world(cfg: Config, world: Dist) -> None:
         raise ConfigError(f"train.prompts_per_step = {cfg.train.prompts_per_step} is the global batch and must "
                           f"be divisible by the number of processes ({world.world_size}): each rank takes whole "
                           "groups")
+
+
+def vllm_options(cfg: Config, run_dir: Path, world: Dist, device: torch.device, amp: str) -> dict[str, Any]:
+    """What the vLLM engine needs besides the module: the base model's folder, where adapters go, sizes."""
+    path = resolve_model(cfg.model.name, cfg.model.revision)
+    if path.suffix == ".gguf":
+        raise ConfigError(f"rollout.engine = 'vllm' needs a Hugging Face model folder, not the GGUF file {path}: "
+                          "convert it (groupo loads it and save_pretrained writes one) or use rollout.engine=hf")
+    R = cfg.rollout
+    return {"model_path": str(path), "lora_rank": cfg.lora.rank, "device": device, "seed": cfg.train.seed + world.rank,
+            "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(amp, cfg.model.dtype),
+            "adapter_dir": run_dir / "vllm-adapters" / (f"rank{world.rank}" if world.enabled else ""),
+            "max_model_len": R.vllm_max_model_len or None, "memory_share": R.vllm_memory_share,
+            "kv_cache_gb": R.vllm_kv_cache_gb}
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> dict[str, Any]:
@@ -94,9 +109,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
     if resume and (ckpts := list_checkpoints(run_dir)):
         state = load_checkpoint(ckpts[-1], policy.model, optimizer, scheduler, world)
-    engine = make_engine(R.engine, policy.model, tokenizer, batch_size=R.batch_size, autocast=amp)
-    if state.step:
-        engine.sync_weights()  # a separate engine (vLLM) must sample from the checkpoint's weights
+    engine = make_engine(R.engine, policy.model, tokenizer, batch_size=R.batch_size, autocast=amp,
+                         **(vllm_options(cfg, run_dir, world, device, amp) if R.engine == "vllm" else {}))
+    engine.sync_weights()  # an engine with its own weights (vLLM) samples from the checkpoint's
     if main:
         for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_after(run_dir / name, state.step)  # drop what a killed run logged past its checkpoint
@@ -173,7 +188,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             if rollout.problems:
                 metrics = learn(module, policy, optimizer, scheduler, rollout, settings, world,
                                 pad_id=tokenizer.pad_token_id, seed=seed, device=device)
+                t_sync = time.monotonic()
                 engine.sync_weights()
+                metrics["time/weight_sync_s"] = time.monotonic() - t_sync
             state.step += 1
 
             # --- 3. log (rank 0), evaluate, checkpoint
