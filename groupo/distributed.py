@@ -82,12 +82,14 @@ def init(backend: str, device: torch.device) -> Dist:
     return world
 
 
-def shutdown() -> None:
+def shutdown(world: Dist) -> None:
     """Leave the process group once every rank is done (call it on the success path only: after a
     failure the other ranks may never arrive). Without the barrier a rank that finished first
     could tear down the group while another was still leaving it (seen: a rank hung in
-    destroy_process_group after rank 0 had exited)."""
-    if dist.is_initialized():
+    destroy_process_group after rank 0 had exited). One process leaves torch.distributed alone:
+    a group there is someone else's (the in-process vLLM engine makes a world of 1 of its own,
+    and tearing it down made vLLM's exit fail)."""
+    if world.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

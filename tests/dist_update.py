@@ -80,7 +80,7 @@ def main(kind: str, out: Path) -> None:
             whole = {n: t for n, t in whole.items() if n in trainable}  # full: lm_head is tied to the embeddings
             save_file({n: t.contiguous() for n, t in whole.items()}, out / f"{name}.safetensors")
             (out / f"{name}.json").write_text(json.dumps({**metrics, "world_size": world.world_size}))
-    shutdown()
+    shutdown(world)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,15 @@ several things. The tiny model keeps every step well under a second.
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import _final_weights, _overrides
+from test_trainer import _overrides, assert_same_final_weights_and_log, kill_after_checkpoints
 
 from groupo.config import ConfigError, load_config
 from groupo.distributed import Dist, init, resolve_device
@@ -130,27 +128,11 @@ def test_two_rank_run_killed_by_sigkill_resumes_to_the_uninterrupted_weights(tmp
                           "run.dir": str(killed), **setting})],
                          cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
-    deadline, seen = time.monotonic() + 240, {}
-    while "step-3" not in seen:
-        assert p.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        for name in ("step-2", "step-3"):
-            if name not in seen and (killed / "checkpoints" / name).exists():
-                seen[name] = time.monotonic()
-        time.sleep(0.01)
-    step_s = seen["step-3"] - seen.get("step-2", seen["step-3"] - 0.2)
-    time.sleep(random.uniform(0.0, 3 * step_s))
-    os.killpg(p.pid, signal.SIGKILL)  # torchrun and both ranks at once
-    p.wait()
-    assert not (killed / "final").exists(), "the run should have been killed before finishing"
+    kill_after_checkpoints(p, killed, "step-2", "step-3", lambda: os.killpg(p.pid, signal.SIGKILL))  # all ranks
 
     out = _run([*TORCHRUN, "-m", "groupo", "train", "--resume", str(killed)])
     assert "resumed at step" in out
-    a, b = _final_weights(alone), _final_weights(killed)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    steps_logged = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps_logged == list(range(1, steps + 1))
+    assert_same_final_weights_and_log(alone, killed, steps)
 
     # another world size: a clear error naming both sizes, exit 2
     p = subprocess.run([sys.executable, "-m", "groupo", "train", "--resume", str(killed)], cwd=ROOT, env=_env(),

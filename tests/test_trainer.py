@@ -168,31 +168,41 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_weights(tmp_path):
 
     killed = tmp_path / "killed"
     p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(killed)}))
-    deadline = time.monotonic() + 240
-    seen = {}
-    while "step-2" not in seen:
-        assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.stdout else ""
-        for name in ("step-1", "step-2"):
-            if name not in seen and (killed / "checkpoints" / name).exists():
-                seen[name] = time.monotonic()
-        time.sleep(0.01)
-    # Somewhere inside one of the next three steps (or a checkpoint write), scaled to this
-    # machine's step time so that a fast machine does not finish the run first.
-    step_s = seen["step-2"] - seen.get("step-1", seen["step-2"] - 0.2)
-    time.sleep(random.uniform(0.0, 3 * step_s))
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not (killed / "final").exists(), "the run should have been killed before finishing"
+    kill_after_checkpoints(p, killed, "step-1", "step-2", lambda: p.send_signal(signal.SIGKILL))
 
     p = _cli(["--resume", str(killed)])
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
     assert "resumed at step" in out
-    a, b = _final_weights(left_alone), _final_weights(killed)
+    assert_same_final_weights_and_log(left_alone, killed, steps)
+
+
+def kill_after_checkpoints(p: subprocess.Popen, run_dir: Path, first: str, second: str, kill) -> None:
+    """Once checkpoint `second` exists, `kill()` somewhere inside one of the next three steps (or a
+    checkpoint write), scaled to this machine's step time (first -> second) so that a fast
+    machine does not finish the run first."""
+    deadline = time.monotonic() + 240
+    seen = {}
+    while second not in seen:
+        assert p.poll() is None and time.monotonic() < deadline, (
+            (p.stdout.read() if p.stdout else "") or "the run ended before it could be killed")
+        for name in (first, second):
+            if name not in seen and (run_dir / "checkpoints" / name).exists():
+                seen[name] = time.monotonic()
+        time.sleep(0.01)
+    step_s = seen[second] - seen.get(first, seen[second] - 0.2)
+    time.sleep(random.uniform(0.0, 3 * step_s))
+    kill()
+    p.wait()
+    assert not (run_dir / "final").exists(), "the run should have been killed before finishing"
+
+
+def assert_same_final_weights_and_log(alone: Path, resumed: Path, steps: int) -> None:
+    a, b = _final_weights(alone), _final_weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    steps_logged = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps_logged = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, steps + 1))
 
 

@@ -44,5 +44,5 @@ def train_from_cli(path: str | None, overrides: list[str], resume: str | None = 
         train(cfg, run_dir, resume=bool(resume))
     except KeyboardInterrupt:
         return 130
-    shutdown()
+    shutdown(world)
     return 0
