@@ -103,7 +103,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     settings = UpdateSettings(loss, R.temperature, T.micro_batch_size, R.max_new_tokens, A.num_iterations,
                               T.max_grad_norm, amp, device.type, share_prompts=parallel.shares_prompts(module),
                               tis_cap=A.tis_cap, engine_old_logprobs=A.engine_old_logprobs)
-    trainable = policy.trainable_parameters()
+    n_trainable = sum(p.numel() for p in policy.trainable_parameters())
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
                                            T.steps * A.num_iterations, T.lr_schedule)
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
@@ -118,10 +118,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     writer = MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tb" if cfg.run.tensorboard else None) if main else None
     progress = TrainProgress(T.steps, start=state.step, mode=cfg.run.progress if main else "off",
                              budget_s=max(0.0, 60 * T.max_minutes - state.elapsed_s) if T.max_minutes else 0.0)
-    progress.log(f"run dir {run_dir}  |  {sum(p.numel() for p in trainable):,} "
+    progress.log(f"run dir {run_dir}  |  {n_trainable:,} "
                  f"trainable parameters  |  preset {A.preset}  |  {device}, autocast {amp}"
                  + (f"  |  {world.world_size} processes, {T.parallel}" if world.enabled else "") + "  |  "
-                 + (f"resumed at step {state.step}" if state.step else "fresh start"))
+                 + (f"resumed at step {state.step}" if state.step else "fresh start")
+                 + (f"  |  vLLM engine started in {engine.start_s:.0f}s" if R.engine == "vllm" else ""))
     if not settings.share_prompts or cfg.model.gradient_checkpointing:
         progress.log("the update encodes every prompt once per completion, not once per group: "
                      + ("FSDP2 cannot back-propagate through a shared prompt's KV cache" if not settings.share_prompts
