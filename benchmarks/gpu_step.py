@@ -52,12 +52,12 @@ from pathlib import Path
 import peft
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from groupo.config import load_config
 from groupo.data import load_task
 from groupo.data.prompts import encode_prompt
+from groupo.models.offline_tokenizer import make_tokenizer
 from groupo.report.metrics import read_jsonl
 from groupo.trainer.loop import train
 
@@ -78,38 +78,6 @@ def even_ids(prompts, completions, completion_ids, **kwargs):
     """Share of even token ids: varies between samples whatever the tokenizer decodes."""
     return [sum(t % 2 == 0 for t in ids) / max(1, len(ids)) for ids in completion_ids]
 '''
-
-# The tokenizer of tests/tiny.py (benchmarks do not import tests): byte-level BPE, so any token
-# sequence decodes, with a ChatML template; pad, bos and eos are ids 0, 1 and 2.
-PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
-TOKENIZER_VOCAB = 384  # 3 specials + 256 bytes + 125 merges
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-_CORPUS = [
-    "What is 12 + 7? Answer: 19. What is 45 - 18? The answer is 27.",
-    "Compute 3 * 4 = 12. Solve: 100 / 5 = 20. Think step by step.",
-    "Put your final answer in <answer></answer> tags, e.g. <answer>42</answer>.",
-    "You are a helpful assistant. Please reason step by step, then give the answer.",
-    "The sum of 0 1 2 3 4 5 6 7 8 9 is 45. Use the numbers to make the target.",
-    "system user assistant question answer total each many how much more less than",
-]
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=[PAD, BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   chat_template=CHAT_TEMPLATE, padding_side="left",
-                                   clean_up_tokenization_spaces=False)
-
 
 def save_model(args, folder: Path) -> dict[str, int]:
     """A random Qwen2 + tokenizer as a Hugging Face folder; returns its parameter counts."""
