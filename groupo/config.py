@@ -112,6 +112,9 @@ class RolloutConfig:
     vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)", min=1)
     vllm_max_model_len: int = _f(0, "vllm: longest prompt + completion in tokens (0 = the model's own maximum)",
                                  min=0)
+    vllm_url: str = _f("", "vllm as a server: base URL of a running `vllm serve` (groupo serve), e.g. "
+                       "http://127.0.0.1:8000; empty = the colocated engine in this process")
+    vllm_timeout_s: float = _f(600.0, "vllm server: seconds to wait for one request", min=0, min_exclusive=True)
 
 
 @dataclass
@@ -421,6 +424,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
     if cfg.rollout.engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine = {cfg.rollout.engine!r} is unknown; valid: hf, vllm")
+    if cfg.rollout.vllm_url and cfg.rollout.engine != "vllm":
+        raise ConfigError(f"rollout.vllm_url is set but rollout.engine = {cfg.rollout.engine!r}: "
+                          "set rollout.engine=vllm to sample on that server, or leave the URL empty")
+    if cfg.rollout.vllm_url and not re.match(r"https?://[^/\s]+", cfg.rollout.vllm_url):
+        raise ConfigError(f"rollout.vllm_url = {cfg.rollout.vllm_url!r} is not a URL; "
+                          "expected e.g. http://127.0.0.1:8000")
     if cfg.rollout.engine == "vllm" and cfg.train.parallel == "fsdp2":
         raise ConfigError("rollout.engine = 'vllm' runs beside train.parallel = 'ddp' only (each rank hands "
                           "its engine whole weights; FSDP2 would gather them first): use train.parallel=ddp")

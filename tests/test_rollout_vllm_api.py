@@ -40,8 +40,9 @@ class FakeLLM:
                                        finish_reason="stop" if j % 2 else "length",
                                        logprobs=[{7: SimpleNamespace(logprob=-0.5)}, {8: SimpleNamespace(logprob=-1.5)},
                                                  {2: SimpleNamespace(logprob=-0.25)}][: 2 + j % 2])
-                       for j in range(sp["n"])]
+                       for j in range(sp[0]["n"])]
             outs.append(SimpleNamespace(prompt_token_ids=inp["prompt_token_ids"], outputs=samples))
+        assert isinstance(sp, list) and len(sp) == len(inputs)  # one SamplingParams per prompt
         return outs
 
     def collective_rpc(self, fn, args=()):
@@ -84,7 +85,8 @@ def test_on_a_gpu_the_engine_takes_its_memory_share_and_sleeps_outside_rollouts(
     assert names == ["init", "sleep", "wake_up", "load_weights", "sleep", "wake_up", "generate", "sleep"]
     assert FakeLLM.calls[3][1] == [n for n, _ in policy.model.named_parameters()]  # by Hugging Face name
     sp = FakeLLM.calls[6][1]
-    assert (sp["n"], sp["temperature"], sp["max_tokens"], sp["seed"], sp["logprobs"]) == (2, 0.7, 3, 4, 0)
+    assert [(s["n"], s["temperature"], s["max_tokens"], s["logprobs"]) for s in sp] == [(2, 0.7, 3, 0)] * 2
+    assert [s["seed"] for s in sp] == [4, 5]  # each prompt its own seed: step seed + prompt index
     assert [[c.token_ids for c in g] for g in groups] == [[[7, 8], [7, 8, 2]]] * 2
     c = groups[1][1]
     assert (c.prompt_ids, c.logprobs, c.finish_reason, c.text) == ([1, 6, 7], [-0.5, -1.5, -0.25], "stop", "s1")

