@@ -109,7 +109,7 @@ class RolloutConfig:
     batch_size: int = _f(64, "sequences generated per forward batch", min=1)
     vllm_memory_share: float = _f(0.3, "vllm on a GPU: share of the GPU's memory the engine may take "
                                   "(it sleeps during updates)", min=0, max=1, min_exclusive=True)
-    vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)", min=1)
+    vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB", min=1)
     vllm_max_model_len: int = _f(0, "vllm: longest prompt + completion in tokens (0 = the model's own maximum)",
                                  min=0)
     vllm_url: str = _f("", "vllm as a server: base URL of a running `vllm serve` (groupo serve), e.g. "

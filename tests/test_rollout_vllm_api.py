@@ -76,7 +76,7 @@ def test_on_a_gpu_the_engine_takes_its_memory_share_and_sleeps_outside_rollouts(
     engine = _engine(policy, tok, "cuda", tmp_path, 0)
     init = FakeLLM.calls[0][1]
     assert init["gpu_memory_utilization"] == 0.4 and init["enable_sleep_mode"] is True
-    assert "enforce_eager" not in init and "enable_lora" not in init
+    assert "enforce_eager" not in init and "enable_lora" not in init and "kv_cache_memory_bytes" not in init
     assert init["logprobs_mode"] == "processed_logprobs" and init["generation_config"] == "vllm"
     engine.sync_weights()
     groups = engine.generate([[1, 5], [1, 6, 7]], SamplingParams(n=2, temperature=0.7, max_new_tokens=3, seed=4))
@@ -99,6 +99,7 @@ def test_on_a_cpu_a_lora_policy_is_synced_as_a_new_adapter_request(fake_vllm, tm
     engine = _engine(policy, tok, "cpu", tmp_path, 4)
     init = FakeLLM.calls[0][1]
     assert init["enable_lora"] and init["max_lora_rank"] == 8 and init["enforce_eager"]
+    assert init["kv_cache_memory_bytes"] == 2**30  # rollout.vllm_kv_cache_gb = 1
     assert "gpu_memory_utilization" not in init
     for version in (1, 2, 3):
         engine.sync_weights()

@@ -167,13 +167,13 @@ def test_serve_command_sets_what_the_trainer_relies_on(tmp_path):
     flags = " ".join(argv)
     for expected in ("--host 0.0.0.0", "--port 8100", "--dtype bfloat16", "--enable-lora", "--max-lora-rank 32",
                      "--max-loras 2", "--logprobs-mode processed_logprobs", "--generation-config vllm", "--seed 7",
-                     "--max-model-len 512", "--enforce-eager"):
+                     "--max-model-len 512", "--enforce-eager", f"--kv-cache-memory-bytes {3 * 2**30}"):
         assert expected in flags, expected
     assert argv[-2:] == ["--max-num-seqs", "8"]
-    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "3"}
+    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     gpu, gpu_env = serve_command(cfg, host="127.0.0.1", port=8000, cuda=True, amp="none")
-    assert "--enforce-eager" not in gpu and "--dtype float32" in " ".join(gpu)
-    assert "VLLM_CPU_KVCACHE_SPACE" not in gpu_env
+    assert "--enforce-eager" not in gpu and "--kv-cache-memory-bytes" not in gpu and "--dtype float32" in " ".join(gpu)
+    assert gpu_env == env
 
 
 def test_groupo_serve_dry_run_prints_the_command(tmp_path, capsys):

