@@ -86,7 +86,7 @@ def test_on_a_gpu_the_engine_takes_its_memory_share_and_sleeps_outside_rollouts(
     assert FakeLLM.calls[3][1] == [n for n, _ in policy.model.named_parameters()]  # by Hugging Face name
     sp = FakeLLM.calls[6][1]
     assert [(s["n"], s["temperature"], s["max_tokens"], s["logprobs"]) for s in sp] == [(2, 0.7, 3, 0)] * 2
-    assert [s["seed"] for s in sp] == [4, 5]  # each prompt its own seed: step seed + prompt index
+    assert [s["seed"] for s in sp] == [4, 6]  # each prompt its own seeds: vLLM seeds sample j with seed + j
     assert [[c.token_ids for c in g] for g in groups] == [[[7, 8], [7, 8, 2]]] * 2
     c = groups[1][1]
     assert (c.prompt_ids, c.logprobs, c.finish_reason, c.text) == ([1, 6, 7], [-0.5, -1.5, -0.25], "stop", "s1")
@@ -99,7 +99,7 @@ def test_on_a_cpu_a_lora_policy_is_synced_as_a_new_adapter_request(fake_vllm, tm
     engine = _engine(policy, tok, "cpu", tmp_path, 4)
     init = FakeLLM.calls[0][1]
     assert init["enable_lora"] and init["max_lora_rank"] == 8 and init["enforce_eager"]
-    assert init["kv_cache_memory_bytes"] == 2**30  # rollout.vllm_kv_cache_gb = 1
+    assert init["kv_cache_memory_bytes"] == 2**30 and init["enable_chunked_prefill"] is False
     assert "gpu_memory_utilization" not in init
     for version in (1, 2, 3):
         engine.sync_weights()

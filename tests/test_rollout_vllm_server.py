@@ -86,7 +86,7 @@ def test_each_prompt_is_one_request_with_its_own_seed_and_the_completions_come_b
     groups = engine.generate([[1, 5], [1, 6, 7], [1]], SamplingParams(n=3, temperature=0.7, top_k=0,
                                                                        max_new_tokens=2, stop=("##",), seed=40))
     bodies = sorted((b for r, b in StandIn.log if r == "/v1/completions"), key=lambda b: b["seed"])
-    assert [b["seed"] for b in bodies] == [40, 41, 42] and [b["prompt"] for b in bodies] == [[1, 5], [1, 6, 7], [1]]
+    assert [b["seed"] for b in bodies] == [40, 43, 46] and [b["prompt"] for b in bodies] == [[1, 5], [1, 6, 7], [1]]
     for b in bodies:
         assert (b["model"], b["n"], b["temperature"], b["top_k"], b["max_tokens"], b["stop"]) == (
             "/models/base", 3, 0.7, -1, 2, ["##"])
@@ -167,12 +167,14 @@ def test_serve_command_sets_what_the_trainer_relies_on(tmp_path):
     flags = " ".join(argv)
     for expected in ("--host 0.0.0.0", "--port 8100", "--dtype bfloat16", "--enable-lora", "--max-lora-rank 32",
                      "--max-loras 2", "--logprobs-mode processed_logprobs", "--generation-config vllm", "--seed 7",
-                     "--max-model-len 512", "--enforce-eager", f"--kv-cache-memory-bytes {3 * 2**30}"):
+                     "--max-model-len 512", "--enforce-eager", f"--kv-cache-memory-bytes {3 * 2**30}",
+                     "--no-enable-chunked-prefill"):
         assert expected in flags, expected
     assert argv[-2:] == ["--max-num-seqs", "8"]
     assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     gpu, gpu_env = serve_command(cfg, host="127.0.0.1", port=8000, cuda=True, amp="none")
-    assert "--enforce-eager" not in gpu and "--kv-cache-memory-bytes" not in gpu and "--dtype float32" in " ".join(gpu)
+    assert not {"--enforce-eager", "--kv-cache-memory-bytes", "--no-enable-chunked-prefill"} & set(gpu)
+    assert "--dtype float32" in " ".join(gpu)
     assert gpu_env == env
 
 

@@ -21,10 +21,11 @@ class RolloutEngine(Protocol):
         ...
 
 
-def prompt_seed(seed: int | None, i: int) -> int | None:
-    """The sampling seed of the i-th prompt of a call, for engines that seed each request: distinct
-    per prompt (one seed for all would give every prompt the same random draws), reproducible."""
-    return None if seed is None else seed + i
+def prompt_seed(seed: int | None, i: int, n: int) -> int | None:
+    """The sampling seed of the i-th prompt of a call, for engines that seed each request of n
+    samples: vLLM gives sample j of a request seed + j, so prompts are n seeds apart (one seed for
+    all would give every prompt the same random draws). Reproducible per step."""
+    return None if seed is None else seed + i * n
 
 
 class EngineError(RuntimeError):

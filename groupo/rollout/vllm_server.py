@@ -102,7 +102,7 @@ class VLLMServerEngine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """`params.n` completions for each prompt (P lists of n, in prompt order)."""
-        bodies = [completion_request(self.served, p, params, prompt_seed(params.seed, i))
+        bodies = [completion_request(self.served, p, params, prompt_seed(params.seed, i, params.n))
                   for i, p in enumerate(prompts)]
         if not bodies:
             return []
