@@ -4,6 +4,7 @@
     groupo eval  --model NAME | --run RUN_DIR ...
     groupo config [CONFIG.yaml] [key=value ...]
     groupo presets
+    groupo report RUN_DIR [RUN_DIR ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from groupo.report.cli import run
+
+    return run(args)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from groupo.eval.cli import run
 
@@ -69,10 +76,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     printed as one clear message, without a traceback."""
     from groupo.models.builtin import FetchError
     from groupo.models.load import ModelNotFoundError
+    from groupo.report.alarms import TrainingStopped
     from groupo.rewards.base import RewardError
     from groupo.rollout.vllm import EngineError
 
-    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError
+    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the algorithm presets and every setting they fix",
                        description="Every preset (a row per paper) and each setting it fixes.")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("report", help="write the interactive HTML report of one run, or several overlaid",
+                       description="One self-contained report.html (opens offline): curves, alarms, evaluations, "
+                       "samples and config. Several runs are overlaid on the same plots.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE",
+                   help="default: RUN_DIR/report.html for one run, report.html here for several")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
                        description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")
