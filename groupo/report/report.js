@@ -67,6 +67,9 @@
       }],
     },
   };
+  // A constant series (often 0: no timeouts) gets a small range around it, not uPlot's 0..100.
+  const yRange = (u, lo, hi) => (lo === hi ? [lo - (Math.abs(lo) || 1) * 0.5, hi + (Math.abs(hi) || 1) * 0.5]
+    : uPlot.rangeNum(lo, hi, 0.1, true));
   const plotsDiv = document.getElementById("plots");
   const width = () => Math.max(320, Math.min(560, plotsDiv.clientWidth / 2 - 24));
   let drawn = 0, empty = 0;
@@ -97,7 +100,7 @@
     })));
     const u = new uPlot({
       width: width(), height: 220, series, plugins: [alarmMarks],
-      scales: { x: { time: false } }, cursor: { sync: { key: "steps" } },
+      scales: { x: { time: false }, y: { range: yRange } }, cursor: { sync: { key: "steps" } },
       axes: [{ label: "step" }, { size: 64, values: (u, splits) => splits.map(tick) }],
       legend: { live: true },
     }, data, box);
