@@ -1,4 +1,4 @@
-"""Alarms in real (tiny) training runs: a NaN stops before saving; a constant reward means no signal."""
+"""Real (tiny) training runs: a NaN stops before saving, a constant reward means no signal, Ctrl-C reports."""
 
 import json
 import math
@@ -72,3 +72,22 @@ def test_a_constant_reward_fires_no_learning_signal_at_step_3(tmp_path, capsys):
         "train.save_every": 0, "rollout.max_new_tokens": 3}), "run.alarms=off"])
     loop.train(cfg_off, tmp_path / "quiet", policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
     assert all("alarms" not in r for r in _rows(tmp_path / "quiet"))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_writes_the_report(tmp_path, monkeypatch):
+    real_learn, calls = loop.learn, []
+
+    def learn_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_learn(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "learn", learn_then_interrupt)
+    run = tmp_path / "run"
+    cfg = load_config(None, _overrides(tmp_path, 4, **{"run.dir": str(run), "train.save_every": 0}))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run, policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-1"]
+    assert json.loads((run / "summary.json").read_text()) == {"run_dir": str(run), "steps": 1, "interrupted": True}
+    assert '"step":[0,1]' in (run / "report.html").read_text()  # the evaluation before, the one step
