@@ -101,7 +101,7 @@
     const u = new uPlot({
       width: width(), height: 220, series, plugins: [alarmMarks],
       scales: { x: { time: false }, y: { range: yRange } }, cursor: { sync: { key: "steps" } },
-      axes: [{ label: "step" }, { size: 64, values: (u, splits) => splits.map(tick) }],
+      axes: [{ label: "step", incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000] }, { size: 64, values: (u, splits) => splits.map(tick) }],
       legend: { live: true },
     }, data, box);
     u.root.title = keys.map((k) => k + ": " + (D.keys[k] || D.keys[k.replace(/\/[^/]*$/, "/<name>")] || "")).join("\n");
