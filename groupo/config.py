@@ -286,6 +286,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or `_NO` if it is not one."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if not value else "on") in typing.get_args(tp):
+            return "off" if not value else "on"  # YAML 1.1 reads a bare off / on as a bool
         return value if value in typing.get_args(tp) else _NO
     if origin in (typing.Union, types.UnionType):
         if value is None:

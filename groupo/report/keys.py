@@ -19,7 +19,7 @@ KEYS: dict[str, str] = {
     "completion/len_mean": "completion length in tokens, mean",
     "completion/len_max": "completion length in tokens, max",
     "completion/truncated_frac": "share of completions that hit rollout.max_new_tokens",
-    "completion/multi_answer_frac": "share of completions with more than one <answer> tag or \\boxed{}",
+    "completion/multi_answer_frac": "share of completions with more than one `<answer>` tag or `\\boxed{}`",
     "rollout/zero_var_group_frac": "share of the step's groups whose rewards were all equal (no advantage)",
     "rollout/groups_used": "groups in the update (dynamic sampling drops zero-variance ones)",
     "rollout/logprob_mismatch": "mean abs(log pi_trainer - log pi_engine) over sampled tokens, before the update",
