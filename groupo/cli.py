@@ -5,6 +5,7 @@
     groupo config [CONFIG.yaml] [key=value ...]
     groupo presets
     groupo serve [CONFIG.yaml] [key=value ...] [--host H] [--port P] [--dry-run] [-- VLLM_ARGS ...]
+    groupo report RUN_DIR [RUN_DIR ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from groupo.report.cli import run
+
+    return run(args)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from groupo.eval.cli import run
 
@@ -80,10 +87,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     printed as one clear message, without a traceback."""
     from groupo.models.builtin import FetchError
     from groupo.models.load import ModelNotFoundError
+    from groupo.report.alarms import TrainingStopped
     from groupo.rewards.base import RewardError
     from groupo.rollout.base import EngineError
 
-    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError
+    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--dry-run", action="store_true", help="print the command line and exit")
     p.set_defaults(func=_cmd_serve, vllm_args=[])
+
+    p = sub.add_parser("report", help="write the interactive HTML report of one run, or several overlaid",
+                       description="One self-contained report.html (opens offline): curves, alarms, evaluations, "
+                       "samples and config. Several runs are overlaid on the same plots.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE",
+                   help="default: RUN_DIR/report.html for one run, report.html here for several")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
                        description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")
