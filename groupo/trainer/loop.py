@@ -32,6 +32,7 @@ from groupo.report.html import write_report
 from groupo.report.metrics import MetricsWriter, read_jsonl, truncate_after
 from groupo.report.progress import TrainProgress
 from groupo.rewards import resolve_rewards
+from groupo.rewards.trl_compat import RewardState
 from groupo.rollout import make_engine
 from groupo.trainer import parallel
 from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -181,11 +182,12 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                 rollout, state.data_position = collect_rollout(
                     engine, lambda i: task.train[i % len(task.train)], prompt_ids, reward_fns,
                     data_position=state.data_position, prompts_per_step=T.prompts_per_step, params=params,
-                    dynamic_sampling=loss.dynamic_sampling, max_draws=MAX_DRAWS, world=world)
+                    dynamic_sampling=loss.dynamic_sampling, max_draws=MAX_DRAWS, world=world,
+                    reward_state=RewardState(global_step=state.step, max_steps=T.steps))
             t_gen = time.monotonic() - t_step
 
             # --- 2. advantages over the global batch; mu optimizer updates on this rank's groups
-            metrics: dict[str, Any] = {}
+            metrics: dict[str, Any] = dict(rollout.reward_metrics)
             if rollout.problems:
                 metrics = learn(module, policy, optimizer, scheduler, rollout, settings, world,
                                 pad_id=tokenizer.pad_token_id, seed=seed, device=device)
