@@ -3,7 +3,9 @@
     groupo train [CONFIG.yaml] [key=value ...] [--resume RUN_DIR]
     groupo eval  --model NAME | --run RUN_DIR ...
     groupo config [CONFIG.yaml] [key=value ...]
-    groupo presets
+    groupo presets [NAME]
+    groupo export RUN_DIR OUT [--adapter]
+    groupo chat RUN_DIR|MODEL [--base]
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ EPILOG = """examples:
   groupo train configs/gsm8k.yaml train.steps=200 algorithm.preset=dapo
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
+  groupo export runs/quickstart exported/        # a merged Hugging Face folder (transformers, vLLM)
+  groupo chat runs/quickstart                    # talk to the trained policy
 """
 
 
@@ -52,10 +56,28 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from groupo.report.tables import print_presets
+    from groupo.algorithms.presets import PRESETS
+    from groupo.report.tables import print_preset, print_presets
 
-    print_presets()
+    if args.name is None:
+        print_presets()
+    elif args.name in PRESETS:
+        print_preset(args.name)
+    else:
+        raise ConfigError(f"unknown preset {args.name!r}; valid presets: {', '.join(PRESETS)}")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from groupo.export import run
+
+    return run(args)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from groupo.chat import run
+
+    return run(args)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -97,9 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value")
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("presets", help="list the algorithm presets and every setting they fix",
-                       description="Every preset (a row per paper) and each setting it fixes.")
+    p = sub.add_parser("presets", help="list the algorithm presets, or every setting of one",
+                       description="Every preset (a row per paper) and the settings it changes; with NAME, "
+                       "every setting of that preset.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a preset: grpo, dr_grpo, dapo, gspo, gspo_token, cispo")
     p.set_defaults(func=_cmd_presets)
+
+    from groupo import chat, export  # light: heavy imports happen inside their commands
+
+    p = sub.add_parser("export", help="write a run's policy as a Hugging Face folder (merged, or the adapter)",
+                       description=export.__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_arguments(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("chat", help="talk to a trained policy (or any model) in the terminal",
+                       description=chat.__doc__.split("\n\n")[0])
+    chat.add_arguments(p)
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
                        description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")
