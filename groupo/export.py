@@ -8,13 +8,15 @@ without groupo: config.json, model.safetensors (in the run's `model.dtype`, or -
 generation_config.json, and the tokenizer with its chat template. The LoRA is folded in with
 peft's `merge_and_unload`; a full fine-tuning run (`lora.rank=0`) is re-saved in the dtype asked.
 The adapter folder is loaded with `PeftModel.from_pretrained(base, OUT)` or served with
-`vllm serve BASE --enable-lora --lora-modules name=OUT`; its base model is the run's.
+`vllm serve BASE --enable-lora --lora-modules name=OUT`; its base model is the run's (a built-in
+model's converted folder for a built-in name, which nothing but groupo would resolve).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -57,6 +59,23 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"{out} exists and is not an empty folder; choose a new OUT")
 
 
+def _readable(out: Path) -> None:
+    """Files as readable as the umask allows (transformers writes its weights 0600), for servers
+    running as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def base_for_peft(base: str | None) -> str | None:
+    """The base model as peft and vLLM can find it: a built-in name becomes its converted folder."""
+    from groupo.models.builtin import BUILTIN_MODELS, fetch_builtin
+
+    return str(fetch_builtin(base)) if base in BUILTIN_MODELS else base
+
+
 def export_adapter(run: str | Path, out: str | Path) -> Path:
     """Copy the LoRA adapter and the tokenizer to `out`, the adapter naming the run's base model."""
     from transformers import AutoTokenizer
@@ -74,9 +93,10 @@ def export_adapter(run: str | Path, out: str | Path) -> Path:
         shutil.copy2(src / name, out / name)
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     if meta.get("base_model"):
-        adapter_cfg["base_model_name_or_path"] = meta["base_model"]
+        adapter_cfg["base_model_name_or_path"] = base_for_peft(meta["base_model"])
     (out / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2) + "\n")
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    _readable(out)
     return out
 
 
@@ -96,6 +116,7 @@ def export_merged(run: str | Path, out: str | Path, dtype: str | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # safetensors
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    _readable(out)
     return out
 
 
