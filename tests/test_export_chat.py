@@ -176,15 +176,16 @@ def test_chat_streams_the_greedy_answers_of_the_trained_policy(lora_run):
     assert p.stdout == f"{a1}\n{a2}\n"
 
 
-def test_chat_base_answers_like_the_untrained_model_and_ends_at_eof(lora_run):
+def test_chat_base_and_a_model_folder_answer_like_the_untrained_model_and_end_at_eof(lora_run, monkeypatch, capsys):
     import io
 
-    from groupo.chat import chat_loop, load_chat_model
-
-    model, tok, label = load_chat_model(str(lora_run), base=True, device="cpu")
-    assert "untrained base" in label
     base = AutoModelForCausalLM.from_pretrained(lora_run.parent / "model").eval()
-    expected = tok.decode(_greedy(base, tok, [{"role": "user", "content": QUESTIONS[2]}]), skip_special_tokens=True)
-    out = io.StringIO()
-    assert chat_loop(model, tok, io.StringIO(f"{QUESTIONS[2]}\n"), out, max_new_tokens=NEW_TOKENS) == 1
-    assert out.getvalue() == f"{expected}\n"
+    tok = AutoTokenizer.from_pretrained(lora_run.parent / "model")
+    q = QUESTIONS[2]
+    expected = tok.decode(_greedy(base, tok, [{"role": "user", "content": q}]), skip_special_tokens=True)
+    for args in ([str(lora_run), "--base"], [str(lora_run.parent / "model")]):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(f"{q}\n"))  # no /exit: end of input ends it
+        assert main(["chat", *args, "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu"]) == 0
+        assert capsys.readouterr().out == f"{expected}\n"
+    assert main(["chat", str(lora_run.parent / "model"), "--base"]) == 2
+    assert "--base needs a run directory" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from trl.trainer.grpo_trainer import GRPOTrainer  # noqa: E402
 
 from groupo.config import RewardsConfig, load_config  # noqa: E402
 from groupo.models import load_policy_from  # noqa: E402
-from groupo.rewards import RewardError, resolve_rewards, score  # noqa: E402
+from groupo.rewards import resolve_rewards, score  # noqa: E402
 from groupo.rewards.trl_compat import RewardLog, RewardState  # noqa: E402
 
 PROMPT = [{"role": "system", "content": "Think, then answer."}, {"role": "user", "content": "What is 1/3 + 0?"}]
@@ -105,22 +105,6 @@ def test_every_keyword_and_its_value_match_trl(tmp_path):
         assert ours == theirs
         assert total == expected[:, 0].tolist() == ([1.0] * 4 if conversational else [float(len(t)) for t in TEXTS])
         assert log.metric_means() == {"reward_log/calls": 1.0} and log.extra == {"note": ["x"] * 4}
-
-
-def test_text_completion_format_hands_user_functions_strings(tmp_path):
-    (tmp_path / "lens.py").write_text("def lens(prompts, completions, **kw):\n"
-                                      "    return [float(len(c)) for c in completions]\n")
-    name = f"{tmp_path / 'lens.py'}:lens"
-    for fmt, expected in (("trl", [1.0] * 4), ("text", [float(len(t)) for t in TEXTS])):
-        fns = resolve_rewards(RewardsConfig(funcs={name: 1.0}, completion_format=fmt), {})
-        assert score(fns, [PROMPT] * 4, TEXTS, ROWS)[1][name] == expected
-
-
-def test_unknown_alias_column_is_a_clear_error():
-    fns = resolve_rewards(RewardsConfig(funcs={"trl.rewards:think_format_reward": 1.0},
-                                        column_aliases={"solution": "gold"}), {})
-    with pytest.raises(RewardError, match="'gold' is not a column of this task"):
-        score(fns, [PROMPT] * 4, TEXTS, ROWS)
 
 
 def test_training_with_trl_rewards_runs_and_logs_them(tmp_path):
