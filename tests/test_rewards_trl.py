@@ -108,21 +108,31 @@ def test_every_keyword_and_its_value_match_trl(tmp_path):
 
 
 def test_training_with_trl_rewards_runs_and_logs_them(tmp_path):
-    """The user's run: TRL's think_format_reward and accuracy_reward (with the alias) in rewards.funcs."""
+    """The user's run: TRL's think_format_reward and accuracy_reward (with the alias) in rewards.funcs,
+    beside a probe that reports `trainer_state` through `log_metric`."""
     from groupo.trainer.loop import train
 
     save_tiny(tmp_path / "model")
+    (tmp_path / "probe.py").write_text(
+        "def probe(completions, trainer_state, log_metric, **kw):\n"
+        "    log_metric('step', trainer_state.global_step)\n"
+        "    log_metric('max_steps', trainer_state.max_steps)\n"
+        "    return [0.0] * len(completions)\n")
+    funcs = {"trl.rewards:think_format_reward": 0.1, "trl.rewards:accuracy_reward": 1.0,
+             f"{tmp_path / 'probe.py'}:probe": 0.0}
     overrides = {
         "model.name": str(tmp_path / "model"), "model.autocast": "none", "lora.rank": 4, "lora.alpha": 8,
         "task.difficulty": 1, "task.eval_size": 2, "rollout.group_size": 2, "rollout.max_new_tokens": 4,
-        "train.prompts_per_step": 2, "train.steps": 1, "train.save_every": 0, "algorithm.beta": 0.0,
+        "train.prompts_per_step": 2, "train.steps": 2, "train.save_every": 0, "algorithm.beta": 0.0,
         "run.progress": "plain", "rewards.column_aliases": json.dumps({"solution": "answer"}),
-        "rewards.funcs": json.dumps({"trl.rewards:think_format_reward": 0.1, "trl.rewards:accuracy_reward": 1.0}),
+        "rewards.funcs": json.dumps(funcs),
     }
     cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
     model, tok = make_tiny()
     train(cfg, tmp_path / "run", policy=load_policy_from(model, tok, cfg.lora, beta=0.0))
-    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # a random tiny model writes neither tags nor a right answer: both score 0 on every sample
-    assert row["reward/trl.rewards:think_format_reward"] == 0.0
-    assert row["reward/trl.rewards:accuracy_reward"] in (0.0, None)
+    assert [r["reward/trl.rewards:think_format_reward"] for r in rows] == [0.0, 0.0]
+    assert [r["reward/trl.rewards:accuracy_reward"] for r in rows] == [0.0, 0.0]
+    # the batch of step k is sampled after k - 1 optimizer steps
+    assert [(r["reward_log/step"], r["reward_log/max_steps"]) for r in rows] == [(0.0, 2.0), (1.0, 2.0)]

@@ -29,7 +29,8 @@ from groupo.rewards.base import RewardError, completion_text
 @dataclass
 class RewardState:
     """What a reward sees as `trainer_state`: the attributes of transformers' `TrainerState` that
-    reward schedules read. global_step: optimizer steps done before this batch was sampled."""
+    reward schedules read. global_step: optimizer steps done before this batch was sampled;
+    epoch: training prompts drawn so far / training set size."""
 
     global_step: int = 0
     max_steps: int = 0
