@@ -127,14 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from groupo import chat, export  # light: heavy imports happen inside their commands
 
-    p = sub.add_parser("export", help="write a run's policy as a Hugging Face folder (merged, or the adapter)",
-                       description=export.__doc__.split("\n\n")[0],
+    p = sub.add_parser("export", help="write a run's policy as a Hugging Face model folder",
+                       description="\n\n".join(export.__doc__.split("\n\n")[:2]),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_arguments(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("chat", help="talk to a trained policy (or any model) in the terminal",
-                       description=chat.__doc__.split("\n\n")[0])
+                       description="\n\n".join(chat.__doc__.split("\n\n")[:2]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     chat.add_arguments(p)
     p.set_defaults(func=_cmd_chat)
 
