@@ -48,7 +48,8 @@ def _train(tmp: Path, **extra) -> Path:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("lora"))
+    # seed 1: a run whose greedy answers hold text (seed 0's are newlines only), for the chat test
+    return _train(tmp_path_factory.mktemp("lora"), **{"train.seed": 1})
 
 
 def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -163,11 +164,16 @@ def test_export_refuses_a_non_empty_out_and_a_non_run(lora_run, tmp_path, capsys
 def test_chat_streams_the_greedy_answers_of_the_trained_policy(lora_run):
     """Two turns through the command's stdin, then /exit (the line after it is never read)."""
     policy, tok = load_trained(lora_run)
-    q1, q2 = QUESTIONS[2], "1 2 3"  # the tiny trained policy answers these with digits, not just newlines
-    a1 = tok.decode(_greedy(policy, tok, [{"role": "user", "content": q1}]), skip_special_tokens=True)
-    history = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
-    a2 = tok.decode(_greedy(policy, tok, history), skip_special_tokens=True)
-    assert a1.strip() and a2  # text to stream, not only newlines or an immediate end of sequence
+    answer = lambda messages: tok.decode(_greedy(policy, tok, messages), skip_special_tokens=True)
+    # questions the tiny trained policy answers with some text, not only newlines or an immediate
+    # end of sequence (which ones depends on its training run)
+    candidates = [*QUESTIONS, "1 2 3", "Add 4 and 5.", "9 - 3 = ?", "What is 8 + 1?", "7 7 7"]
+    q1 = next(q for q in candidates if answer([{"role": "user", "content": q}]).strip())
+    a1 = answer([{"role": "user", "content": q1}])
+    history = lambda q2: [{"role": "user", "content": q1}, {"role": "assistant", "content": a1},
+                          {"role": "user", "content": q2}]
+    q2 = next(q for q in candidates if q != q1 and answer(history(q)))
+    a2 = answer(history(q2))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "groupo", "chat", str(lora_run), "--max-new-tokens", str(NEW_TOKENS),
                         "--device", "cpu"], input=f"{q1}\n{q2}\n/exit\n{q1}\n", cwd=ROOT, env=env,

@@ -132,7 +132,7 @@ def test_training_with_trl_rewards_runs_and_logs_them(tmp_path):
     train(cfg, tmp_path / "run", policy=load_policy_from(model, tok, cfg.lora, beta=0.0))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # a random tiny model writes neither tags nor a right answer: both score 0 on every sample
-    assert [r["reward/trl.rewards:think_format_reward"] for r in rows] == [0.0, 0.0]
-    assert [r["reward/trl.rewards:accuracy_reward"] for r in rows] == [0.0, 0.0]
+    assert [r["reward/fn/trl.rewards:think_format_reward"] for r in rows] == [0.0, 0.0]
+    assert [r["reward/fn/trl.rewards:accuracy_reward"] for r in rows] == [0.0, 0.0]
     # the batch of step k is sampled after k - 1 optimizer steps
     assert [(r["reward_log/step"], r["reward_log/max_steps"]) for r in rows] == [(0.0, 2.0), (1.0, 2.0)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from tiny import make_tiny
@@ -234,3 +236,31 @@ def test_inverse_cdf_where_rounding_reaches_the_total_takes_the_last_possible_to
     monkeypatch.setattr(hf.torch, "rand", lambda shape, **kw: torch.ones(shape))  # u = the total exactly
     probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.25, 0.75, 0.0, 0.0, 0.0]])
     assert hf.sample_inverse_cdf(probs).flatten().tolist() == [3, 1]
+
+
+def test_frozen_weights_cast_once_give_autocasts_exact_tokens_and_logprobs_and_are_restored(monkeypatch):
+    from groupo.config import LoraConfig
+    from groupo.models.policy import load_policy_from
+    from groupo.rollout import hf
+
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    before = {n: (p, p.detach().clone()) for n, p in policy.model.named_parameters()}
+    engine = HFEngine(policy.model, tok, batch_size=8, autocast="bf16")
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=11)
+    prompts = [[1, 5, 6], [1, 7]]
+    cast = engine.generate(prompts, params)
+    monkeypatch.setattr(hf, "frozen_linear_weights_in", lambda model, dtype: contextlib.nullcontext())
+    plain = engine.generate(prompts, params)  # autocast casting the float32 weights at every call
+    for g_cast, g_plain in zip(cast, plain, strict=True):
+        for a, b in zip(g_cast, g_plain, strict=True):
+            assert a.token_ids == b.token_ids and a.logprobs == b.logprobs  # bit for bit
+    for n, p in policy.model.named_parameters():
+        obj, value = before[n]
+        assert p is obj and p.dtype == torch.float32 and torch.equal(p, value), n  # the same objects back
+    head = policy.model.get_output_embeddings()
+    assert head.weight is policy.model.get_input_embeddings().weight  # still tied

@@ -22,7 +22,7 @@ import torch
 
 from groupo.models.logprobs import pack, prompt_kv_cache
 from groupo.models.lora import merged_for_inference
-from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
+from groupo.models.precision import AUTOCAST_DTYPES, frozen_linear_weights_in, native_half, resolve_autocast
 from groupo.types import Completion, SamplingParams
 
 
@@ -52,7 +52,9 @@ class HFEngine:
         device = next(self.model.parameters()).device
         eos = self._eos_ids()  # read before _generation_mode blanks the model's generation config
         flat: list[Completion] = []
-        with self._generation_mode(), merged_for_inference(self.model), _seeded(params.seed, device):
+        amp = AUTOCAST_DTYPES[self.autocast]
+        with self._generation_mode(), merged_for_inference(self.model), frozen_linear_weights_in(self.model, amp), \
+                _seeded(params.seed, device):
             for i in range(0, len(prompts), per_chunk):
                 flat += self._generate_chunk(prompts[i:i + per_chunk], params, eos, device)
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
