@@ -11,7 +11,8 @@
     humaneval    HumanEval.jsonl (test only)
 
 The math tasks ask for <think> reasoning then a ```python block whose last printed line is the
-answer (seed 004's format), rewarded by `python_output` plus the format and partial rewards.
+answer (the format of the blog post configs/code_solver.yaml cites), rewarded by `python_output`
+plus the format and partial rewards.
 The code benchmarks are rewarded by the fraction of tests passed and evaluated on all passing.
 Code tasks have no worked code solutions, so `task.few_shot` must be 0.
 """
