@@ -50,7 +50,7 @@ SAMPLES = Path(__file__).parent / "data" / "samples"
 # task name -> the folder (under SAMPLES) holding its sample files; code_math reads the whole root.
 SAMPLE_DIRS: dict[str, str] = {
     "gsm8k": "gsm8k", "gsm8k_code": "gsm8k", "math": "math", "math500": "math", "metamath": "metamath",
-    "mgsm": "mgsm", "mgsm_code": "mgsm", "cmath": "cmath", "cmath_code": "cmath", "code_math": ".",
+    "mgsm": "mgsm", "mgsm_code": "mgsm", "cmath": "cmath", "cmath_code": "cmath", "code_math": ".", "code_math_zh": ".",
     "mbpp": "mbpp", "humaneval": "humaneval",
 }
 

@@ -76,7 +76,7 @@ def test_recipe_trains_in_smoke_form(name, extra, tiny_dir, tmp_path):
     for key in ("algorithm", "lora", "rewards.funcs", "rewards.extract_order", "task.name", "task.prompt_style",
                 "task.system_prompt", "train.lr", "train.adam_betas", "rollout.temperature"):
         assert _get(saved, key) == _get(full_tree, key), key
-    if full.task.name in ("mix", "code_math") or full.task.path:
+    if full.task.name == "mix" or full.task.path:
         assert "groupo/data/samples" in json.dumps(saved["task"])  # the bundled sample data
 
 
@@ -127,7 +127,7 @@ def test_unsloth_recipe_is_lora_on_attention_with_alpha_equal_rank():
 def test_code_recipes():
     cfg, _ = _full("code_solver.yaml")
     assert cfg.model.name == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and cfg.lora.rank > 0
-    assert cfg.task.name == "code_math"
+    assert cfg.task.name == "code_math_zh" and cfg.task.prompt_style  # CMATH train, MGSM-zh eval
     assert cfg.rewards.funcs["python_output"] == 1.0
     assert {"code_format", "python_number", "code_tags"} <= set(cfg.rewards.funcs)  # format + partial credit
     cfg, _ = _full("code_quality.yaml")

@@ -92,3 +92,12 @@ def test_mix_on_the_real_files():
     assert [p.id.split("-")[0] for p in task.test] == ["gsm8k", "svamp", "gsm8k", "svamp"]
     with pytest.raises(DataError, match=r"math.*test set and has no 'train' split"):
         load_task(TaskConfig(name="mix", mix={"gsm8k": str(DATA / "gsm8k"), "math": str(DATA / "math")}))
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA}")
+def test_code_math_zh_trains_on_cmath_and_evaluates_on_mgsm_zh():
+    task = load_task(TaskConfig(name="code_math_zh", path=str(DATA), eval_size=0))
+    assert (len(task.train), len(task.test)) == (600, 250)
+    assert task.test[0].answer == "18" and task.test[0].question.startswith("珍妮特的鸭子每天下 16 颗蛋")
+    assert "print" in task.train[0].question and task.eval_reward == "python_output"
+    assert {p.columns["language"] for p in task.train} == {"zh"}
