@@ -147,8 +147,6 @@ def test_dr_grpo_and_dapo_recipes():
 
 def test_every_recipe_names_its_source_and_its_smoke_form():
     for path in RECIPES:
-        if path.name == "quickstart.yaml":
-            continue
         header = path.read_text(encoding="utf-8").split("\n\n")[0]
         assert f"groupo train configs/{path.name}" in header, path.name
         assert "--smoke" in header, path.name
