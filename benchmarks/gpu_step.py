@@ -141,21 +141,21 @@ def step_rows(records: list[dict], cfg, counts: dict[str, int], peak: float | No
     mfu = (lambda flops, s: flops / s / (peak * 1e12)) if peak else (lambda flops, s: None)
     out = []
     for r in records:
-        gen_tok = r["completion_len_mean"] * r["groups_used"] * G
+        gen_tok = r["completion/len_mean"] * r["rollout/groups_used"] * G
         prompt_tok = update_prompt_tokens(cfg, tokenizer, task, r)
-        upd_s = r["step_time_s"] - r["gen_time_s"]
+        upd_s = r["time/step_s"] - r["time/gen_s"]
         gen_flops = 2 * with_head * gen_tok
         upd_flops = k * (counts["body"] * prompt_tok + with_head * gen_tok)
         gpu_mb = r.get("memory/gpu_peak_mb")
         out.append({
-            "step": r["step"], "step_s": r["step_time_s"], "gen_s": r["gen_time_s"], "update_s": upd_s,
-            "completion_len": r["completion_len_mean"], "truncated_frac": r["truncated_frac"],
-            "gen_tok_s": gen_tok / r["gen_time_s"], "train_tok_s": (prompt_tok + gen_tok) / upd_s,
+            "step": r["step"], "step_s": r["time/step_s"], "gen_s": r["time/gen_s"], "update_s": upd_s,
+            "completion_len": r["completion/len_mean"], "truncated_frac": r["completion/truncated_frac"],
+            "gen_tok_s": gen_tok / r["time/gen_s"], "train_tok_s": (prompt_tok + gen_tok) / upd_s,
             "gpu_peak_gb": gpu_mb / 1024 if gpu_mb is not None else None,
             "host_peak_gb": r["memory/host_peak_rss_mb"] / 1024,
-            "mfu_gen": mfu(gen_flops, r["gen_time_s"]), "mfu_update": mfu(upd_flops, upd_s),
-            "mfu_step": mfu(gen_flops + upd_flops, r["step_time_s"]),
-            "gen_tflop": gen_flops / 1e12, "update_tflop": upd_flops / 1e12, "loss": r.get("loss"),
+            "mfu_gen": mfu(gen_flops, r["time/gen_s"]), "mfu_update": mfu(upd_flops, upd_s),
+            "mfu_step": mfu(gen_flops + upd_flops, r["time/step_s"]),
+            "gen_tflop": gen_flops / 1e12, "update_tflop": upd_flops / 1e12, "loss": r.get("loss/total"),
         })
     return out
 

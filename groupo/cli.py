@@ -4,6 +4,8 @@
     groupo eval  --model NAME | --run RUN_DIR ...
     groupo config [CONFIG.yaml] [--smoke] [key=value ...]
     groupo presets
+    groupo serve [CONFIG.yaml] [key=value ...] [--host H] [--port P] [--dry-run] [-- VLLM_ARGS ...]
+    groupo report RUN_DIR [RUN_DIR ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ EPILOG = """examples:
   groupo train configs/dapo.yaml --smoke         # any recipe in seconds on a CPU (groupo/smoke.py)
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
+  groupo serve --port 8000                       # a vLLM server for rollout.vllm_url=http://127.0.0.1:8000
 """
 
 SMOKE_HELP = ("shrink the recipe to a run of seconds on a CPU: the built-in model, 2 steps, tiny groups and "
@@ -67,11 +70,26 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from groupo.config import load_config
+    from groupo.rollout.serve import run_serve
+
+    path, overrides = _split_args(args.items)
+    return run_serve(load_config(path, overrides), host=args.host, port=args.port, extra=args.vllm_args,
+                     dry_run=args.dry_run)
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from groupo.report.tables import print_presets
 
     print_presets()
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from groupo.report.cli import run
+
+    return run(args)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -85,10 +103,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     printed as one clear message, without a traceback."""
     from groupo.models.builtin import FetchError
     from groupo.models.load import ModelNotFoundError
+    from groupo.report.alarms import TrainingStopped
     from groupo.rewards.base import RewardError
-    from groupo.rollout.vllm import EngineError
+    from groupo.rollout.base import EngineError
 
-    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError
+    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the algorithm presets and every setting they fix",
                        description="Every preset (a row per paper) and each setting it fixes.")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("serve", help="start a vLLM server for rollout.vllm_url (vLLM's OpenAI-compatible API)",
+                       description="Start vLLM's OpenAI-compatible server for the config's model, with runtime "
+                       "LoRA loading and the log-prob settings the trainer needs; arguments after `--` go to "
+                       "vLLM unchanged (e.g. -- --tensor-parallel-size 2).")
+    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--dry-run", action="store_true", help="print the command line and exit")
+    p.set_defaults(func=_cmd_serve, vllm_args=[])
+
+    p = sub.add_parser("report", help="write the interactive HTML report of one run, or several overlaid",
+                       description="One self-contained report.html (opens offline): curves, alarms, evaluations, "
+                       "samples and config. Several runs are overlaid on the same plots.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE",
+                   help="default: RUN_DIR/report.html for one run, report.html here for several")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
                        description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")
@@ -168,7 +205,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # `groupo serve ... -- VLLM_ARGS`: vLLM's, unparsed
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     args = _parse(parser, argv)
+    if passthrough:
+        args.vllm_args = passthrough
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

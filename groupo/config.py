@@ -111,9 +111,12 @@ class RolloutConfig:
     batch_size: int = _f(64, "sequences generated per forward batch", min=1)
     vllm_memory_share: float = _f(0.3, "vllm on a GPU: share of the GPU's memory the engine may take "
                                   "(it sleeps during updates)", min=0, max=1, min_exclusive=True)
-    vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)", min=1)
+    vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB", min=1)
     vllm_max_model_len: int = _f(0, "vllm: longest prompt + completion in tokens (0 = the model's own maximum)",
                                  min=0)
+    vllm_url: str = _f("", "vllm as a server: base URL of a running `vllm serve` (groupo serve), e.g. "
+                       "http://127.0.0.1:8000; empty = the colocated engine in this process")
+    vllm_timeout_s: float = _f(600.0, "vllm server: seconds to wait for one request", min=0, min_exclusive=True)
 
 
 @dataclass
@@ -177,8 +180,51 @@ class RunConfig:
                      "auto and cuda give each rank cuda:LOCAL_RANK")
     name: str = _f("groupo", "run name used in the default directory")
     samples_per_step: int = _f(4, "completions written to samples.jsonl each step", min=0)
-    tensorboard: bool = _f(False, "also write TensorBoard event files")
+    tensorboard: bool = _f(True, "also write TensorBoard event files to RUN_DIR/tb (metrics.jsonl is always written)")
+    sinks: list[str] = _f([], "further metric sinks, each imported only when named: wandb, trackio, mlflow "
+                          "(project = run.name; see groupo.report.sinks)")
+    alarms: bool = _f(True, "health alarms (see the alarms section); off turns them all off")
     progress: Literal["auto", "rich", "plain", "off"] = _f("auto", "progress display")
+
+
+Action = Literal["stop", "warn", "off"]
+
+
+@dataclass
+class AlarmsConfig:
+    """Health alarms over the metrics history (groupo.report.alarms). Per alarm: stop (save nothing
+    more, keep the last good checkpoint, exit with the message), warn (log it) or off."""
+
+    nan: Action = _f("stop", "NaN or inf in the loss, rewards, log-probs or gradients")
+    kl: Action = _f("warn", "KL to the reference above kl_max, or rising steadily")
+    kl_max: float = _f(1.0, "per-token KL above which the kl alarm fires", min=0, min_exclusive=True)
+    kl_rise_steps: int = _f(10, "the kl alarm fires when KL rose over this many steps (see kl_rise_factor)", min=2)
+    kl_rise_factor: float = _f(3.0, "... to at least this many times its value at the window's start", min=1)
+    no_signal: Action = _f("warn", "no learning signal: most groups have equal rewards")
+    no_signal_frac: float = _f(0.9, "share of zero-variance groups that counts as no signal", min=0, max=1)
+    no_signal_steps: int = _f(3, "consecutive steps of it before the alarm fires", min=1)
+    reward_hacking: Action = _f("warn", "a format / length reward rising while accuracy falls")
+    hacking_window: int = _f(10, "steps compared (first half against second half)", min=2)
+    hacking_delta: float = _f(0.1, "rise of the other reward and fall of accuracy that count", min=0,
+                              min_exclusive=True)
+    length: Action = _f("warn", "completions collapsing to very short ones, or always hitting the limit")
+    short_len_ratio: float = _f(0.25, "mean length below this share of its first steps' mean counts as a "
+                                "collapse", min=0, max=1)
+    truncated_frac: float = _f(0.95, "share of truncated completions that counts as always at the limit",
+                               min=0, max=1)
+    length_steps: int = _f(3, "consecutive steps of either before the alarm fires", min=1)
+    answer_tags: Action = _f("warn", "several answer tags (<answer>, \\boxed) per completion")
+    multi_answer_frac: float = _f(0.2, "share of completions with more than one that fires the alarm",
+                                  min=0, max=1)
+    reward_fn: Action = _f("warn", "a reward returning None, or timing out, on many samples; gold answers "
+                           "that fail to parse")
+    reward_fn_frac: float = _f(0.5, "share of samples (None / timeouts) that fires the alarm", min=0, max=1)
+    gold_unparsed_frac: float = _f(0.05, "share of prompts with an unparseable reference answer that fires it",
+                                   min=0, max=1)
+    entropy: Action = _f("warn", "entropy collapse: entropy falling toward 0 while accuracy is flat")
+    entropy_ratio: float = _f(0.1, "entropy below this share of its first steps' mean counts as collapsed",
+                              min=0, max=1)
+    entropy_window: int = _f(10, "steps over which accuracy must stay flat (within hacking_delta)", min=2)
 
 
 @dataclass
@@ -191,6 +237,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +291,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or `_NO` if it is not one."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if not value else "on") in typing.get_args(tp):
+            return "off" if not value else "on"  # YAML 1.1 reads a bare off / on as a bool
         return value if value in typing.get_args(tp) else _NO
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -410,6 +459,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
     if cfg.rollout.engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine = {cfg.rollout.engine!r} is unknown; valid: hf, vllm")
+    if cfg.rollout.vllm_url and cfg.rollout.engine != "vllm":
+        raise ConfigError(f"rollout.vllm_url is set but rollout.engine = {cfg.rollout.engine!r}: "
+                          "set rollout.engine=vllm to sample on that server, or leave the URL empty")
+    if cfg.rollout.vllm_url and not re.match(r"https?://[^/\s]+", cfg.rollout.vllm_url):
+        raise ConfigError(f"rollout.vllm_url = {cfg.rollout.vllm_url!r} is not a URL; "
+                          "expected e.g. http://127.0.0.1:8000")
     if cfg.rollout.engine == "vllm" and cfg.train.parallel == "fsdp2":
         raise ConfigError("rollout.engine = 'vllm' runs beside train.parallel = 'ddp' only (each rank hands "
                           "its engine whole weights; FSDP2 would gather them first): use train.parallel=ddp")
@@ -418,6 +473,8 @@ def validate(cfg: Config) -> None:
                           f"{cfg.algorithm.num_iterations} (later updates need the trainer's own old log-probs)")
     if cfg.algorithm.adv_baseline == "loo" and cfg.rollout.group_size < 2:
         raise ConfigError("algorithm.adv_baseline = 'loo' needs rollout.group_size >= 2")
+    if bad := [n for n in cfg.run.sinks if n not in ("tensorboard", "wandb", "trackio", "mlflow")]:
+        raise ConfigError(f"run.sinks: unknown sink {bad[0]!r}; valid: tensorboard, wandb, trackio, mlflow")
     if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
         raise ConfigError(f"train.adam_betas = {cfg.train.adam_betas} must be two numbers in [0, 1)")
 

@@ -108,8 +108,8 @@ def test_two_rank_run_writes_one_run_dir_with_global_metrics(tmp_path):
         mine = [seen[0][i], seen[1][i]]
         assert [len(m) for m in mine] == [8, 8]  # 2 prompts x 4 samples on each rank
         everything = mine[0] + mine[1]
-        assert row["reward_mean"] == pytest.approx(sum(everything) / 16, abs=1e-6)
-        assert row["groups_used"] == 4
+        assert row["reward/mean"] == pytest.approx(sum(everything) / 16, abs=1e-6)
+        assert row["rollout/groups_used"] == 4
     evals = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [e["n"] for e in evals] == [5, 5]  # 3 problems on rank 0, 2 on rank 1, gathered
     assert [len(seen[0][0]), len(seen[1][0])] == [3, 2]

@@ -10,8 +10,10 @@ repository root, made cheap where it would be slow:
   to the smoke data. `--resume DIR` resumes a finished smoke run.
 - `eval`: the tiny model for `--model`, the smoke run for `--run`, the bundled samples for
   `--path`, 2 problems of at most 8 new tokens.
-- `config`, `presets` and other commands: as written, a run directory (`runs/...`, `RUN_DIR`)
-  standing for a finished smoke run; `PARSE_ONLY` commands (interactive ones) are only parsed.
+- `config`, `presets` and other commands: as written, a run directory (`runs/...`, `RUN_DIR`,
+  `RUN_A`) standing for a finished smoke run, `CONFIG` for the quickstart recipe, `--out` files
+  in a temporary folder; `PARSE_ONLY` commands (interactive ones) are only parsed, `DRY_RUN` ones
+  (servers) run with `--dry-run`.
 - Commands that need what a CPU test machine lacks (torchrun, rollout.engine=vllm) are parsed and
   their configuration validated (`groupo config` with the same items), not run.
 
@@ -42,7 +44,9 @@ PENDING = ("groupo report", "groupo export", "groupo chat", "groupo presets ")
 DROPPED = ("task.path=", "task.mix=", "run.dir=", "run.device=", "model.name=")
 CONFIG_ONLY = ("rollout.engine=vllm",)  # needs the vllm extra and a model vLLM can serve
 PARSE_ONLY = ("groupo chat",)  # interactive: parsed, not run
-RUN_DIR_LIKE = re.compile(r"^(RUN_DIR|runs/\S*|/shared/runs/\S*)$")  # stands for a run directory
+DRY_RUN = ("groupo serve",)  # long-running servers: run with --dry-run (the command they would start)
+RUN_DIR_LIKE = re.compile(r"^(RUN_DIR|RUN_[A-Z]|runs/\S*|/shared/runs/\S*)$")  # stands for a run directory
+PLACEHOLDERS = {"CONFIG": "configs/quickstart.yaml", "CONFIG.yaml": "configs/quickstart.yaml"}
 # sizes a documented train command may raise (train.steps=200): shrunk again after its overrides
 SHRUNK = ("train.steps", "train.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
           "task.eval_size", "train.max_minutes")
@@ -147,9 +151,15 @@ def test_documented_command_runs(doc, command, env, tmp_path, monkeypatch, capsy
     words = _words(command)
     if words[0] == "torchrun":
         words = ["groupo", *words[words.index("groupo") + 1:]]
-    args = words[1:]
-    try:
-        _parse(build_parser(), args)
+    args = [PLACEHOLDERS.get(a, a) for a in words[1:]]
+    if "--out" in args:  # outputs go to the test's folder
+        i = args.index("--out") + 1
+        args[i] = str(tmp_path / Path(args[i]).name)
+    if command.startswith(DRY_RUN) and "--dry-run" not in args:
+        cut = args.index("--") if "--" in args else len(args)
+        args = [*args[:cut], "--dry-run", *args[cut:]]
+    try:  # after a bare "--" come another program's flags (groupo serve ... -- VLLM_ARGS)
+        _parse(build_parser(), args[:args.index("--")] if "--" in args else args)
         parsed = True
     except SystemExit:
         parsed = False

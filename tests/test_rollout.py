@@ -210,3 +210,27 @@ def test_engine_registry_errors():
     model, tok = make_tiny()
     with pytest.raises(ValueError, match="valid: hf, vllm"):
         make_engine("nope", model, tok)
+
+
+def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one():
+    from groupo.rollout.hf import sample_inverse_cdf
+
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 1.0, 3.0, 0.0, 0.0]])  # row 2 unnormalised
+    n = 100_000
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        draws = torch.cat([sample_inverse_cdf(probs.repeat(n // 10, 1)) for _ in range(10)]).view(-1, 2)
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=5).double() / n
+        expected = probs[row].double() / probs[row].sum()
+        sigma = (expected * (1 - expected) / n).sqrt()
+        assert torch.all((freq - expected).abs() <= 5 * sigma + 1e-12), (row, freq, expected)
+        assert torch.all(freq[expected == 0] == 0)
+
+
+def test_inverse_cdf_where_rounding_reaches_the_total_takes_the_last_possible_token(monkeypatch):
+    from groupo.rollout import hf
+
+    monkeypatch.setattr(hf.torch, "rand", lambda shape, **kw: torch.ones(shape))  # u = the total exactly
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.25, 0.75, 0.0, 0.0, 0.0]])
+    assert hf.sample_inverse_cdf(probs).flatten().tolist() == [3, 1]

@@ -40,8 +40,9 @@ class FakeLLM:
                                        finish_reason="stop" if j % 2 else "length",
                                        logprobs=[{7: SimpleNamespace(logprob=-0.5)}, {8: SimpleNamespace(logprob=-1.5)},
                                                  {2: SimpleNamespace(logprob=-0.25)}][: 2 + j % 2])
-                       for j in range(sp["n"])]
+                       for j in range(sp[0]["n"])]
             outs.append(SimpleNamespace(prompt_token_ids=inp["prompt_token_ids"], outputs=samples))
+        assert isinstance(sp, list) and len(sp) == len(inputs)  # one SamplingParams per prompt
         return outs
 
     def collective_rpc(self, fn, args=()):
@@ -75,7 +76,7 @@ def test_on_a_gpu_the_engine_takes_its_memory_share_and_sleeps_outside_rollouts(
     engine = _engine(policy, tok, "cuda", tmp_path, 0)
     init = FakeLLM.calls[0][1]
     assert init["gpu_memory_utilization"] == 0.4 and init["enable_sleep_mode"] is True
-    assert "enforce_eager" not in init and "enable_lora" not in init
+    assert "enforce_eager" not in init and "enable_lora" not in init and "kv_cache_memory_bytes" not in init
     assert init["logprobs_mode"] == "processed_logprobs" and init["generation_config"] == "vllm"
     engine.sync_weights()
     groups = engine.generate([[1, 5], [1, 6, 7]], SamplingParams(n=2, temperature=0.7, max_new_tokens=3, seed=4))
@@ -84,7 +85,8 @@ def test_on_a_gpu_the_engine_takes_its_memory_share_and_sleeps_outside_rollouts(
     assert names == ["init", "sleep", "wake_up", "load_weights", "sleep", "wake_up", "generate", "sleep"]
     assert FakeLLM.calls[3][1] == [n for n, _ in policy.model.named_parameters()]  # by Hugging Face name
     sp = FakeLLM.calls[6][1]
-    assert (sp["n"], sp["temperature"], sp["max_tokens"], sp["seed"], sp["logprobs"]) == (2, 0.7, 3, 4, 0)
+    assert [(s["n"], s["temperature"], s["max_tokens"], s["logprobs"]) for s in sp] == [(2, 0.7, 3, 0)] * 2
+    assert [s["seed"] for s in sp] == [4, 6]  # each prompt its own seeds: vLLM seeds sample j with seed + j
     assert [[c.token_ids for c in g] for g in groups] == [[[7, 8], [7, 8, 2]]] * 2
     c = groups[1][1]
     assert (c.prompt_ids, c.logprobs, c.finish_reason, c.text) == ([1, 6, 7], [-0.5, -1.5, -0.25], "stop", "s1")
@@ -97,6 +99,7 @@ def test_on_a_cpu_a_lora_policy_is_synced_as_a_new_adapter_request(fake_vllm, tm
     engine = _engine(policy, tok, "cpu", tmp_path, 4)
     init = FakeLLM.calls[0][1]
     assert init["enable_lora"] and init["max_lora_rank"] == 8 and init["enforce_eager"]
+    assert init["kv_cache_memory_bytes"] == 2**30 and init["enable_chunked_prefill"] is False
     assert "gpu_memory_utilization" not in init
     for version in (1, 2, 3):
         engine.sync_weights()

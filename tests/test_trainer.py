@@ -20,6 +20,7 @@ from groupo.config import ConfigError, LoraConfig, load_config
 from groupo.distributed import Dist
 from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
+from groupo.report.keys import documented
 from groupo.trainer.loop import fits_budget, train
 from groupo.trainer.step import UpdateBatch, UpdateSettings, accumulate_gradients, batched_logprobs, reduce_metrics
 
@@ -67,14 +68,17 @@ def test_real_steps_change_parameters_and_log_everything(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        assert torch.isfinite(torch.tensor(r["loss"]))
-        for key in ("reward_mean", "reward_std", "completion_len_mean", "completion_len_max", "truncated_frac",
-                    "zero_var_group_frac", "clip_low_frac", "clip_high_frac", "entropy", "grad_norm", "lr",
-                    "step_time_s", "tokens_per_s", "memory/host_peak_rss_mb", "reward/" + next(iter(
-                        k[7:] for k in r if k.startswith("reward/")))):
+        assert torch.isfinite(torch.tensor(r["loss/total"]))
+        for key in ("reward/mean", "reward/std", "completion/len_mean", "completion/len_max",
+                    "completion/truncated_frac", "completion/multi_answer_frac", "rollout/zero_var_group_frac",
+                    "loss/clip_low_frac", "loss/clip_high_frac", "loss/entropy", "optim/grad_norm", "optim/lr",
+                    "time/step_s", "time/gen_s", "time/update_s", "time/tokens_per_s", "memory/host_peak_rss_mb",
+                    "reward/timeout_frac", *(k for k in r if k.startswith(("reward/fn/", "reward/none_frac/")))):
             assert r.get(key) is not None, key
+        assert sum(k.startswith("reward/fn/") for k in r) == 1
+        assert all(documented(k) for k in r), [k for k in r if not documented(k)]
     # mu = 1: the first (and every) update's ratio is exactly 1
-    assert rows[0]["ratio_mean"] == rows[0]["ratio_min"] == rows[0]["ratio_max"] == 1.0
+    assert rows[0]["loss/ratio_mean"] == rows[0]["loss/ratio_min"] == rows[0]["loss/ratio_max"] == 1.0
     # float32 everywhere: the engine (merged LoRA, KV cache) and the trainer agree to rounding
     for r in rows:
         assert 0 <= r["rollout/logprob_mismatch"] < 1e-4 and 0 <= r["rollout/mismatch_kl"] < 1e-6
@@ -216,8 +220,8 @@ def test_trivial_reward_is_learned(tmp_path):
     policy = load_policy_from(model, tok, cfg.lora, beta=0.0)
     train(cfg, tmp_path / "learn", policy=policy)
     rows = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
-    first = sum(r["reward_mean"] for r in rows[:5]) / 5
-    last = sum(r["reward_mean"] for r in rows[-5:]) / 5
+    first = sum(r["reward/mean"] for r in rows[:5]) / 5
+    last = sum(r["reward/mean"] for r in rows[-5:]) / 5
     assert last > first + 0.2, (first, last)
 
 
@@ -241,6 +245,6 @@ def test_engine_log_probs_as_the_old_policy(tmp_path):
                                                        "algorithm.engine_old_logprobs": True}))
     train(cfg, tmp_path / "run", policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    assert row["ratio_mean"] < 1 and row["ratio_max"] <= 1.0 + 1e-6  # pi_trainer <= pi_engine under top-k
+    assert row["loss/ratio_mean"] < 1 and row["loss/ratio_max"] <= 1.0 + 1e-6  # pi_trainer <= pi_engine under top-k
     with pytest.raises(ConfigError, match="num_iterations = 1"):
         load_config(None, ["algorithm.engine_old_logprobs=true", "algorithm.num_iterations=2"])

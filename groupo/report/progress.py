@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def _fmt(stats: dict[str, float]) -> str:
     parts = []
-    for key, label, spec in (("reward_mean", "reward", ".3f"), ("accuracy", "acc", ".2f"),
-                             ("completion_len_mean", "len", ".1f"), ("kl", "kl", ".4f"),
-                             ("step_time_s", "s/step", ".1f")):
+    for key, label, spec in (("reward/mean", "reward", ".3f"), ("accuracy/train", "acc", ".2f"),
+                             ("completion/len_mean", "len", ".1f"), ("loss/kl", "kl", ".4f"),
+                             ("time/step_s", "s/step", ".1f")):
         if stats.get(key) is not None:
             parts.append(f"{label} {stats[key]:{spec}}")
     return "  ".join(parts)

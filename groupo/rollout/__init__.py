@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from groupo.rollout.base import RolloutEngine
+from groupo.rollout.base import EngineError, RolloutEngine
 
 
 def _hf(model, tokenizer, *, batch_size: int = 64, autocast: str = "auto", **_) -> RolloutEngine:
@@ -13,7 +13,12 @@ def _hf(model, tokenizer, *, batch_size: int = 64, autocast: str = "auto", **_) 
     return HFEngine(model, tokenizer, batch_size=batch_size, autocast=autocast)
 
 
-def _vllm(model, tokenizer, **kw) -> RolloutEngine:
+def _vllm(model, tokenizer, *, url: str = "", **kw) -> RolloutEngine:
+    """Colocated (a vllm.LLM in this process), or a running server when `url` is given."""
+    if url:
+        from groupo.rollout.vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(model, tokenizer, url=url, **kw)
     from groupo.rollout.vllm import VLLMEngine
 
     return VLLMEngine(model, tokenizer, **kw)
@@ -30,4 +35,4 @@ def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     return ENGINES[name](model, tokenizer, **kw)
 
 
-__all__ = ["ENGINES", "RolloutEngine", "make_engine"]
+__all__ = ["ENGINES", "EngineError", "RolloutEngine", "make_engine"]

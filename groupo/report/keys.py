@@ -1,0 +1,73 @@
+"""The metric keys: one namespaced name per quantity, the same in metrics.jsonl and every sink.
+
+`KEYS` is the table the README prints (a test keeps the two identical) and the report reads;
+`<name>` stands for a reward function's name. `step` and `data_position` stay plain.
+"""
+
+from __future__ import annotations
+
+KEYS: dict[str, str] = {
+    "step": "optimizer steps done (the x axis everywhere)",
+    "reward/mean": "weighted total reward, mean over the batch's completions",
+    "reward/std": "its standard deviation over the batch",
+    "reward/fn/<name>": "reward function `<name>`'s unweighted score, mean over the samples it scored",
+    "reward/none_frac/<name>": "share of samples `<name>` returned None for (no score)",
+    "reward/timeout_frac": "share of the step's samples whose symbolic answer check timed out (scored 0)",
+    "reward/gold_unparsed_frac": "share of the step's prompts whose reference answer is neither a number nor math",
+    "accuracy/train": "share of sampled completions the task's evaluation reward scores 1",
+    "accuracy/eval": "held-out greedy accuracy (eval.jsonl; sent to the other sinks at each evaluation)",
+    "completion/len_mean": "completion length in tokens, mean",
+    "completion/len_max": "completion length in tokens, max",
+    "completion/truncated_frac": "share of completions that hit rollout.max_new_tokens",
+    "completion/multi_answer_frac": "share of completions with more than one `<answer>` tag or `\\boxed{}`",
+    "rollout/zero_var_group_frac": "share of the step's groups whose rewards were all equal (no advantage)",
+    "rollout/groups_used": "groups in the update (dynamic sampling drops zero-variance ones)",
+    "rollout/logprob_mismatch": "mean abs(log pi_trainer - log pi_engine) over sampled tokens, before the update",
+    "rollout/mismatch_kl": "k3 estimate of KL(engine || trainer)",
+    "rollout/tis_weight_mean": "mean truncated importance weight (algorithm.tis_cap set)",
+    "loss/total": "the loss optimized (last of the mu updates); about 0 with mu = 1 and beta = 0, see the log",
+    "loss/kl": "per-token KL to the reference (beta > 0)",
+    "loss/clip_low_frac": "share of tokens clipped at 1 - eps_low",
+    "loss/clip_high_frac": "share of tokens clipped at 1 + eps_high",
+    "loss/ratio_mean": "importance ratio pi / pi_old, token mean",
+    "loss/ratio_min": "importance ratio, min",
+    "loss/ratio_max": "importance ratio, max",
+    "loss/entropy": "policy entropy per token, nats",
+    "optim/grad_norm": "gradient norm before clipping",
+    "optim/lr": "learning rate of the step",
+    "time/step_s": "wall time of the step, seconds",
+    "time/gen_s": "sampling and scoring",
+    "time/update_s": "forward, backward and optimizer (step - gen - weight sync)",
+    "time/weight_sync_s": "handing the new weights to the engine",
+    "time/tokens_per_s": "completion tokens sampled per second of step",
+    "memory/host_peak_rss_mb": "peak resident memory of the process, MiB",
+    "memory/gpu_peak_mb": "the step's peak allocated GPU memory, MiB (CUDA)",
+    "memory/gpu_reserved_peak_mb": "the step's peak reserved GPU memory, MiB (CUDA)",
+    "data_position": "training prompts drawn so far (resume point)",
+    "alarms": "health alarms fired at this step (a list; only on such steps), see groupo.report.alarms",
+}
+
+# The update's own names (groupo.trainer.step, groupo.algorithms) -> the logged ones.
+UPDATE_KEYS: dict[str, str] = {
+    "loss": "loss/total", "kl": "loss/kl", "clip_low_frac": "loss/clip_low_frac",
+    "clip_high_frac": "loss/clip_high_frac", "ratio_mean": "loss/ratio_mean", "ratio_min": "loss/ratio_min",
+    "ratio_max": "loss/ratio_max", "entropy": "loss/entropy", "grad_norm": "optim/grad_norm", "lr": "optim/lr",
+}
+
+
+def fn_key(name: str) -> str:
+    return f"reward/fn/{name}"
+
+
+def documented(key: str) -> bool:
+    """Whether `key` is in the table (reward function keys match their `<name>` row)."""
+    if key in KEYS:
+        return True
+    return any(key.startswith(k[: -len("<name>")]) for k in KEYS if k.endswith("<name>"))
+
+
+def markdown_table() -> str:
+    """The README's table of keys."""
+    rows = ["| key | meaning |", "|---|---|"]
+    rows += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in KEYS.items()]
+    return "\n".join(rows)
