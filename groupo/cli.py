@@ -3,9 +3,11 @@
     groupo train [CONFIG.yaml] [--smoke] [key=value ...] [--resume RUN_DIR]
     groupo eval  --model NAME | --run RUN_DIR ...
     groupo config [CONFIG.yaml] [--smoke] [key=value ...]
-    groupo presets
+    groupo presets [NAME]
     groupo serve [CONFIG.yaml] [key=value ...] [--host H] [--port P] [--dry-run] [-- VLLM_ARGS ...]
     groupo report RUN_DIR [RUN_DIR ...] [--out FILE]
+    groupo export RUN_DIR OUT [--adapter]
+    groupo chat RUN_DIR|MODEL [--base]
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ EPILOG = """examples:
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
   groupo serve --port 8000                       # a vLLM server for rollout.vllm_url=http://127.0.0.1:8000
+  groupo export runs/quickstart exported/        # a merged Hugging Face folder (transformers, vLLM)
+  groupo chat runs/quickstart                    # talk to the trained policy
 """
 
 SMOKE_HELP = ("shrink the recipe to a run of seconds on a CPU: the built-in model, 2 steps, tiny groups and "
@@ -80,14 +84,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from groupo.report.tables import print_presets
+    from groupo.algorithms.presets import PRESETS
+    from groupo.report.tables import print_preset, print_presets
 
-    print_presets()
+    if args.name is None:
+        print_presets()
+    elif args.name in PRESETS:
+        print_preset(args.name)
+    else:
+        raise ConfigError(f"unknown preset {args.name!r}; valid presets: {', '.join(PRESETS)}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from groupo.report.cli import run
+
+    return run(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from groupo.export import run
+
+    return run(args)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from groupo.chat import run
 
     return run(args)
 
@@ -134,8 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("presets", help="list the algorithm presets and every setting they fix",
-                       description="Every preset (a row per paper) and each setting it fixes.")
+    p = sub.add_parser("presets", help="list the algorithm presets, or every setting of one",
+                       description="Every preset (a row per paper) and the settings it changes; with NAME, "
+                       "every setting of that preset.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a preset: grpo, dr_grpo, dapo, gspo, gspo_token, cispo")
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("serve", help="start a vLLM server for rollout.vllm_url (vLLM's OpenAI-compatible API)",
@@ -155,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE",
                    help="default: RUN_DIR/report.html for one run, report.html here for several")
     p.set_defaults(func=_cmd_report)
+    from groupo import chat, export  # light: heavy imports happen inside their commands
+
+    p = sub.add_parser("export", help="write a run's policy as a Hugging Face model folder",
+                       description="\n\n".join(export.__doc__.split("\n\n")[:2]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_arguments(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("chat", help="talk to a trained policy (or any model) in the terminal",
+                       description="\n\n".join(chat.__doc__.split("\n\n")[:2]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    chat.add_arguments(p)
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
                        description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")

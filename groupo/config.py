@@ -97,6 +97,12 @@ class RewardsConfig:
     sandbox_memory_mb: int = _f(1024, "address-space limit of each program a code reward runs, MiB "
                                 "(groupo.rewards.sandbox)", min=128)
     sandbox_workers: int = _f(0, "programs the code rewards run in parallel (0 = one per CPU)", min=0)
+    column_aliases: dict[str, str] = _f(
+        {}, "extra keyword -> dataset column for reward functions, e.g. {solution: answer} gives TRL's "
+        "accuracy_reward (which reads `solution`) the reference answer; replaces a column of that name")
+    completion_format: Literal["trl", "text"] = _f(
+        "trl", "how user reward functions get completions: trl = as TRL's GRPOTrainer passes them "
+        "([{role: assistant, content: ...}] for chat prompts), text = plain strings")
 
 
 @dataclass

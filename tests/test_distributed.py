@@ -79,7 +79,8 @@ def _seen_rewards_file(tmp_path: Path) -> Path:
 import json, os
 
 def digit_share(prompts, completions, **kwargs):
-    scores = [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+    texts = [c[0]["content"] for c in completions]  # chat prompts: TRL's message-list completions
+    scores = [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
     with open({str(tmp_path)!r} + "/seen-rank" + os.environ.get("RANK", "0") + ".jsonl", "a") as fh:
         fh.write(json.dumps(scores) + "\\n")
     return scores

@@ -23,6 +23,7 @@ listed in `PENDING` (prefixes), and only those may fail to parse (the test then 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -39,7 +40,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Documented commands whose code is on another branch until it is merged; remove an entry once
 # the command exists. A prefix with a trailing space matches only that command with arguments.
-PENDING = ("groupo export", "groupo chat", "groupo presets ")
+PENDING: tuple[str, ...] = ()
 # commands whose output is a positional argument: its index in the arguments (0 = the command),
 # pointed at the test's folder so nothing is written into the repository
 OUTPUT_ARG = {"groupo export": 2}
@@ -47,6 +48,9 @@ OUTPUT_ARG = {"groupo export": 2}
 DROPPED = ("task.path=", "task.mix=", "run.dir=", "run.device=", "model.name=")
 CONFIG_ONLY = ("rollout.engine=vllm",)  # needs the vllm extra and a model vLLM can serve
 PARSE_ONLY = ("groupo chat",)  # interactive: parsed, not run
+# a command naming one of these modules needs that optional extra; without it the test skips,
+# saying so (.ci/run installs the extra and runs these: pytest tests/test_docs_commands.py -k trl)
+EXTRAS = {"trl.": "trl"}
 DRY_RUN = ("groupo serve",)  # long-running servers: run with --dry-run (the command they would start)
 RUN_DIR_LIKE = re.compile(r"^(RUN_DIR|RUN_[A-Z]|runs/\S*|/shared/runs/\S*)$")  # stands for a run directory
 PLACEHOLDERS = {"CONFIG": "configs/quickstart.yaml", "CONFIG.yaml": "configs/quickstart.yaml"}
@@ -151,10 +155,15 @@ def test_the_docs_show_commands():
 @pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[f"{d}: {c}" for d, c in COMMANDS])
 def test_documented_command_runs(doc, command, env, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
+    for module, extra in EXTRAS.items():
+        if module in command and importlib.util.find_spec(module.rstrip(".")) is None:
+            pytest.skip(f"{command!r} needs the {extra} extra: pip install -e '.[{extra}]'")
     words = _words(command)
     if words[0] == "torchrun":
         words = ["groupo", *words[words.index("groupo") + 1:]]
-    args = [PLACEHOLDERS.get(a, a) for a in words[1:]]
+    # "[x]" shows an optional argument: run with it; "..." (more of the same) is left out
+    args = [PLACEHOLDERS.get(a, a) for a in (w if "=" in w else w.strip("[]") for w in words[1:])
+            if a and a != "..."]
     if "--out" in args:  # outputs go to the test's folder
         i = args.index("--out") + 1
         args[i] = str(tmp_path / Path(args[i]).name)

@@ -114,6 +114,47 @@ def test_token_logprobs_gradient_flows_to_real_tokens_only():
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_chunked_head_gives_the_whole_passes_logprobs_entropy_and_gradients(share_prompts):
+    model, tok = make_tiny()  # full fine-tuning, tied embeddings: the head's gradient reaches the embedding
+    prompts = [[1, 5, 6, 7]] * 3 + [[1, 8, 9]] * 3
+    completions = [[10 + i, 11, 12, 13, 14][: 2 + i % 4] for i in range(6)]
+    packed = pack(prompts, completions, tok.pad_token_id)
+    results = []
+    for chunk in (0, 7):  # whole (B, T, V); 7 (row, position) pairs = one position of 6 rows at a time
+        model.zero_grad()
+        logp, ent = token_logprobs(model, packed, 0.8, with_entropy=True, share_prompts=share_prompts, chunk=chunk)
+        (logp.sum() + 0.5 * logp[:, 0].sum()).backward()
+        results.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
+    (a, ea, ga), (b, eb, gb) = results
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(eb, ea, atol=1e-5, rtol=0)
+    for x, y in zip(ga, gb, strict=True):
+        assert (x - y).norm() <= 1e-4 * x.norm() + 1e-7
+    head = model.get_output_embeddings()
+    assert type(head) is torch.nn.Linear and head.weight is model.get_input_embeddings().weight  # restored, tied
+
+
+def test_chunked_head_never_keeps_a_whole_batch_of_logits_for_the_backward_pass():
+    model, tok = make_tiny()
+    V = model.config.vocab_size
+    packed = pack([[1, 5, 6]] * 4, [[10, 11, 12, 13, 14, 15]] * 4, tok.pad_token_id)
+    B, T = packed.completion_ids_BT.shape
+    for chunk, expect_whole in ((0, True), (8, False)):
+        logits: list[int] = []  # sizes of the saved tensors holding vocabulary-wide rows (logits and their kin)
+
+        def pack_hook(t, logits=logits):
+            if t.dim() >= 2 and t.shape[-1] == V:
+                logits.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+            token_logprobs(model, packed, chunk=chunk)
+        assert (max(logits, default=0) >= B * T * V) is expect_whole, (chunk, logits, B * T * V)
+        if not expect_whole:
+            assert max(logits, default=0) <= 8 * V  # at most one chunk's (checkpointing keeps none)
+
+
 def test_token_logprobs_empty_completions():
     model, tok = make_tiny()
     logp_BT, _ = token_logprobs(model, pack([[1, 2]], [[]], tok.pad_token_id))

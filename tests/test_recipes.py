@@ -25,7 +25,8 @@ VARYING = 'rewards.funcs={accuracy: 1.0, "{reward_file}:digit_share": 1.0}'
 RUNS = [(p.name, []) for p in RECIPES] + [("gspo.yaml", ["algorithm.preset=gspo_token"]), ("dapo.yaml", [VARYING])]
 REWARD_FILE = '''
 def digit_share(prompts, completions, **kwargs):
-    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+    texts = [c[-1]["content"] for c in completions]  # chat prompts: completions are message lists
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
 '''
 
 

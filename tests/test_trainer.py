@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 REWARD_FILE = '''
 def digit_share(prompts, completions, **kwargs):
-    """Share of characters that are digits: varies between samples, learnable by a tiny model."""
-    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+    """Share of characters that are digits: varies between samples, learnable by a tiny model.
+    The prompts are chat messages, so completions come as TRL passes them: [{"role", "content"}]."""
+    texts = [c[0]["content"] for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
 '''
 
 

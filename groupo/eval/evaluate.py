@@ -24,6 +24,7 @@ from groupo.rewards.countdown import find_expression
 from groupo.rewards.extract import DEFAULT_ORDER, extract_answer
 from groupo.rewards.math import answer_key
 from groupo.rewards.registry import REWARDS, resolve_rewards
+from groupo.rewards.trl_compat import Adapted
 from groupo.rollout.base import RolloutEngine
 from groupo.types import Problem, SamplingParams
 
@@ -68,6 +69,7 @@ def majority_correct(keys: list[str | None], correct: list[bool]) -> bool:
 
 def _extract_order(reward_fns: dict, eval_reward: str) -> tuple[str, ...]:
     fn = reward_fns.get(eval_reward, (None,))[0]
+    fn = getattr(fn, "func", fn) if isinstance(fn, Adapted) else fn
     return tuple(fn.keywords.get("extract_order", DEFAULT_ORDER)) if isinstance(fn, functools.partial) \
         else DEFAULT_ORDER
 

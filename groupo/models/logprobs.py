@@ -13,6 +13,8 @@ Position ids come from the attention mask, so left padding does not shift a sequ
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -71,21 +73,28 @@ def trim(packed: Packed) -> Packed:
                   packed.completion_ids_BT[:, :t])
 
 
+LOGIT_CHUNK = 1024  # (row, position) pairs whose logits exist at once in token_logprobs
+
+
 def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 1.0,
-                   with_entropy: bool = False,
-                   share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool = False, share_prompts: bool = True,
+                   chunk: int = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each completion token under softmax(logits / temperature).
 
     Returns (logp_BT, entropy_BT or None), float32, zero at padded positions. logp_BT is
     differentiable; entropy_BT (of the temperature-scaled next-token distribution, in nats) is a
     detached metric.
 
-    Memory: the model computes logits only at the T completion-predicting columns
-    (`logits_to_keep`), never the prompt's (B, P, V). From those (B, T, V) logits it takes
-    log p(token) = z[token] - logsumexp(z) instead of a full log_softmax, so autograd keeps one
-    float32 (B, T, V) tensor (the scaled logits) rather than the logits plus a (B, T, V)
-    log-softmax. Entropy needs one more, temporary, (B, T, V) tensor (softmax). Callers bound
-    B*T with micro-batches.
+    Memory: the model computes outputs only at the T completion-predicting columns
+    (`logits_to_keep`), never the prompt's. The (B, T, V) logits are never whole: the model's
+    output head is taken out for the pass, which then returns the final hidden states (B, T, H),
+    and the head runs on `chunk` (row, position) pairs at a time, each chunk under activation
+    checkpointing, so autograd keeps the hidden states and one chunk's logits are recomputed in
+    the backward pass (one more head matmul). Per token it takes
+    log p(token) = z[token] - logsumexp(z), z = logits / temperature. A GRPO micro-batch of 16 x
+    400 completion tokens over a 49k vocabulary would otherwise hold ~1.3 GB of float32 logits for
+    the backward pass and about three times that at its peak. `chunk=0`, a head that is not a plain
+    Linear (e.g. LoRA on lm_head) and FSDP-sharded models take the whole (B, T, V) at once.
 
     share_prompts: rows with the same prompt (a GRPO group) encode it once (see
     `_shared_prompt_logits`); the result equals the unshared pass up to float rounding.
@@ -95,22 +104,68 @@ def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 
     if T == 0:
         empty = torch.zeros((B, 0), dtype=torch.float32, device=ids_BT.device)
         return empty, (empty.clone() if with_entropy else None)
-    logits_BTV = _shared_prompt_logits(model, packed) if share_prompts else None
-    if logits_BTV is None:
-        P = packed.prompt_len
-        # Column P-1+t holds the logits that predict completion token t.
-        keep = torch.arange(P - 1, P + T - 1, device=ids_BT.device)
-        logits_BTV = model(input_ids=packed.input_ids_BL, attention_mask=packed.attention_mask_BL,
-                           position_ids=packed.position_ids_BL, logits_to_keep=keep, use_cache=False).logits
+    head = _chunkable_head(model) if chunk else None
+    with _without_head(model, head):
+        out_BTX = _shared_prompt_logits(model, packed) if share_prompts else None
+        if out_BTX is None:
+            P = packed.prompt_len
+            # Column P-1+t holds the outputs that predict completion token t.
+            keep = torch.arange(P - 1, P + T - 1, device=ids_BT.device)
+            out_BTX = model(input_ids=packed.input_ids_BL, attention_mask=packed.attention_mask_BL,
+                            position_ids=packed.position_ids_BL, logits_to_keep=keep, use_cache=False).logits
+    if head is None:
+        logp_BT, entropy_BT = _head_logprobs(out_BTX, None, ids_BT, temperature, with_entropy)
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        step = max(1, chunk // B)
+        parts = [checkpoint(_head_logprobs, out_BTX[:, t:t + step], head.weight, ids_BT[:, t:t + step], temperature,
+                            with_entropy, use_reentrant=False) for t in range(0, T, step)]
+        logp_BT = torch.cat([lp for lp, _ in parts], dim=1)
+        entropy_BT = torch.cat([e for _, e in parts], dim=1) if with_entropy else None
+    return logp_BT * mask_BT, (entropy_BT * mask_BT if with_entropy else None)
+
+
+def _head_logprobs(x_BTX: torch.Tensor, weight_VH: torch.Tensor | None, ids_BT: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs of `ids_BT`, entropy or None) from logits, or from hidden states and the head's weight."""
+    logits_BTV = x_BTX if weight_VH is None else torch.nn.functional.linear(x_BTX, weight_VH)
     z_BTV = logits_BTV.float() / temperature
     lse_BT = torch.logsumexp(z_BTV, dim=-1)
-    logp_BT = (z_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT) * mask_BT
+    logp_BT = z_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT
     entropy_BT = None
     if with_entropy:
         with torch.no_grad():
-            p_BTV = torch.softmax(z_BTV, dim=-1)
-            entropy_BT = (lse_BT - (p_BTV * z_BTV).sum(-1)) * mask_BT
+            entropy_BT = lse_BT - (torch.softmax(z_BTV, dim=-1) * z_BTV).sum(-1)
     return logp_BT, entropy_BT
+
+
+def _chunkable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's output head where token_logprobs may run it itself: a bias-free nn.Linear, on a
+    model that is not FSDP-sharded (outside the root's forward its weight is a shard)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    inner = getattr(model, "module", model)  # DDP keeps the model on .module
+    if isinstance(inner, FSDPModule) or any(isinstance(m, FSDPModule) for m in inner.modules()):
+        return None
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    return head if type(head) is torch.nn.Linear and head.bias is None else None
+
+
+@contextlib.contextmanager
+def _without_head(model: torch.nn.Module, head: torch.nn.Linear | None) -> Iterator[None]:
+    """With `head` given: the model's output head replaced by the identity for the block, so that
+    its `.logits` are the final hidden states; the head (and any weight tying) restored after."""
+    if head is None:
+        yield
+        return
+    inner = getattr(model, "module", model)
+    inner.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield
+    finally:
+        inner.set_output_embeddings(head)
 
 
 def _shared_prompt_logits(model: torch.nn.Module, packed: Packed) -> torch.Tensor | None:

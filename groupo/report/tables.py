@@ -1,26 +1,54 @@
-"""Tables printed by the CLI."""
+"""Tables printed by the CLI, sized for an 80-column terminal."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from groupo.algorithms.presets import preset_rows
+from groupo.algorithms.presets import PRESETS, LossSettings, get_preset
+
+_DEFAULTS = LossSettings()
+_SETTINGS = [f.name for f in fields(LossSettings) if f.name != "paper"]
+
+
+def _value(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def _arxiv(paper: str) -> str:
+    return paper.rsplit("arXiv:", 1)[-1] if "arXiv:" in paper else paper
 
 
 def print_presets(console: Console | None = None) -> None:
-    """Every preset as a column, every setting as a row (fits a terminal), then each paper."""
-    rows = preset_rows()
-    table = Table(title="groupo presets", caption="override any setting with algorithm.<setting>=VALUE",
-                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    table.add_column("setting", style="bold", no_wrap=True)
-    for row in rows:
-        table.add_column(str(row["preset"]), overflow="fold")
-    for key in rows[0]:
-        if key not in ("preset", "paper"):
-            table.add_row(key, *["-" if row[key] is None else str(row[key]) for row in rows])
+    """Every preset as a row: the settings it changes from the defaults (listed below), its paper."""
     console = console or Console()
+    table = Table(title="groupo presets", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title_justify="left")
+    table.add_column("preset", style="bold", no_wrap=True)
+    table.add_column("settings that differ from the defaults")
+    table.add_column("arXiv", no_wrap=True)
+    for name, s in PRESETS.items():
+        changed = [f"{k}={_value(getattr(s, k))}" for k in _SETTINGS if getattr(s, k) != getattr(_DEFAULTS, k)]
+        table.add_row(name, " ".join(changed) or "(the defaults)", _arxiv(s.paper))
     console.print(table)
-    for row in rows:
-        console.print(f"  [bold]{row['preset']}[/]: {row['paper']}")
+    console.print("defaults: " + " ".join(f"{k}={_value(getattr(_DEFAULTS, k))}" for k in _SETTINGS))
+    console.print("[dim]groupo presets NAME: one preset in full. Override any setting with "
+                  "algorithm.<setting>=VALUE.[/]")
+
+
+def print_preset(name: str, console: Console | None = None) -> None:
+    """Every setting of one preset, marking those it changes from the defaults. Unknown name: ValueError."""
+    s = get_preset(name)
+    console = console or Console()
+    table = Table(title=f"preset {name}: {s.paper}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  title_justify="left")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("default", no_wrap=True, style="dim")
+    for k in _SETTINGS:
+        v, d = getattr(s, k), getattr(_DEFAULTS, k)
+        table.add_row(k, f"[bold]{_value(v)}[/]" if v != d else _value(v), "" if v == d else _value(d))
+    console.print(table)
+    console.print(f"[dim]algorithm.preset={name}; override any setting with algorithm.<setting>=VALUE.[/]")

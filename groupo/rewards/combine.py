@@ -1,11 +1,13 @@
 """Run several reward functions on a batch and combine them into one weighted reward per sample.
 
-Every function is called TRL-style with keywords: ``fn(prompts=..., completions=...,
-completion_ids=..., completion_lengths=..., **columns)``, where `columns` are the dataset columns
-transposed to lists (one value per sample). A function may return None for a sample ("no score"):
-that sample's total skips it (a sample no function scores totals 0.0). A function that raises,
-returns the wrong number of values, a non-number, NaN or infinity stops the run with a
-`RewardError` naming the function and the sample; it never silently scores 0.
+Every function is called as TRL's GRPOTrainer calls it (`groupo.rewards.trl_compat`), with
+keywords: ``fn(prompts=..., completions=..., completion_ids=..., completion_lengths=..., **columns,
+trainer_state=..., log_extra=..., log_metric=...)``, where `columns` are the dataset columns
+transposed to lists (one value per sample) and completions are message lists for chat prompts.
+A function may return None for a sample ("no score"): that sample's total skips it (a sample no
+function scores totals 0.0). A function that raises, returns the wrong number of values, a
+non-number, NaN or infinity stops the run with a `RewardError` naming the function and the
+sample; it never silently scores 0.
 """
 
 from __future__ import annotations
@@ -15,37 +17,42 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from groupo.rewards.base import RewardError
+from groupo.rewards.base import RewardError, completion_text
+from groupo.rewards.trl_compat import RewardLog, RewardState, trl_completions
 
 RewardFn = Callable[..., list]
+SHARED = ("trainer_state", "log_extra", "log_metric")  # one value for the whole batch, not one per sample
 
 
 def fn_name(fn: Any) -> str:
-    inner = getattr(fn, "func", fn)  # functools.partial
+    inner = fn
+    while hasattr(inner, "func"):  # functools.partial, trl_compat.Adapted
+        inner = inner.func
     return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
 
 
-def _first_bad_sample(fn: RewardFn, prompts: list, completions: list, kwargs: dict[str, list]) -> int | None:
+def _first_bad_sample(fn: RewardFn, prompts: list, completions: list, kwargs: dict[str, list],
+                      shared: dict[str, Any]) -> int | None:
     """Re-run `fn` one sample at a time to find the first sample it raises on (error path only)."""
     for i in range(len(completions)):
         one = {k: v[i:i + 1] for k, v in kwargs.items()}
         try:
-            fn(prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one)
+            fn(prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one, **shared)
         except Exception:
             return i
     return None
 
 
 def _call(name: str, fn: RewardFn, prompts: list, completions: list,
-          kwargs: dict[str, list]) -> list[float | None]:
+          kwargs: dict[str, list], shared: dict[str, Any]) -> list[float | None]:
     where = f"reward {name!r} ({fn_name(fn)})"
     try:
-        values = fn(prompts=prompts, completions=completions, **kwargs)
+        values = fn(prompts=prompts, completions=completions, **kwargs, **shared)
     except RewardError as e:
         raise RewardError(f"{where}: {e}") from e
     except Exception as e:
-        i = _first_bad_sample(fn, prompts, completions, kwargs)
-        sample = f" on sample {i} (completion {str(completions[i])[:200]!r})" if i is not None else ""
+        i = _first_bad_sample(fn, prompts, completions, kwargs, shared)
+        sample = f" on sample {i} (completion {completion_text(completions[i])[:200]!r})" if i is not None else ""
         raise RewardError(f"{where} raised {type(e).__name__}{sample}: {e}") from e
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise RewardError(f"{where} returned {type(values).__name__}; expected a list of floats")
@@ -63,32 +70,41 @@ def _call(name: str, fn: RewardFn, prompts: list, completions: list,
             raise RewardError(f"{where} returned {type(v).__name__} {v!r} for sample {i}; expected a float")
         if not math.isfinite(v):
             raise RewardError(f"{where} returned {v} for sample {i} "
-                              f"(completion {str(completions[i])[:200]!r})")
+                              f"(completion {completion_text(completions[i])[:200]!r})")
         out.append(float(v))
     return out
 
 
 def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completions: list,
           columns: Sequence[dict[str, Any]],
-          completion_ids: Sequence[Sequence[int]] | None = None,
+          completion_ids: Sequence[Sequence[int]] | None = None, *,
+          trainer_state: RewardState | None = None, log: RewardLog | None = None,
           ) -> tuple[list[float], dict[str, list[float | None]]]:
     """(total_N, {name: values_N}): the weighted sum per sample and each function's raw values.
 
-    prompts: N prompts (chat message lists), one per completion. completions: N strings.
+    prompts: N prompts (chat message lists, or strings), one per completion.
+    completions: N completion texts; functions get them in TRL's form (`trl_completions`).
     columns: N dicts of dataset columns (each includes "answer").
     completion_ids: N token-id lists (or a "completion_ids" column); functions also get their
         lengths as `completion_lengths`.
+    trainer_state: handed to functions as `trainer_state` (default: step 0 of 0).
+    log: collects what functions pass to `log_extra` / `log_metric` (default: discarded).
     """
     n = len(completions)
     if len(prompts) != n or len(columns) != n:
         raise ValueError(f"score: {n} completions, {len(prompts)} prompts, {len(columns)} column rows")
-    keys = sorted({k for row in columns for k in row} - {"prompts", "completions"})
+    keys = sorted({k for row in columns for k in row} - {"prompt", "completion", "prompts", "completions", *SHARED})
     kwargs: dict[str, list] = {k: [row.get(k) for row in columns] for k in keys}
     if completion_ids is not None:
         kwargs["completion_ids"] = [list(ids) for ids in completion_ids]
     if "completion_ids" in kwargs and "completion_lengths" not in kwargs:
         kwargs["completion_lengths"] = [len(ids) for ids in kwargs["completion_ids"]]
-    per_fn = {name: _call(name, fn, list(prompts), list(completions), kwargs)
+    log = log if log is not None else RewardLog()
+    shared = {"trainer_state": trainer_state if trainer_state is not None else RewardState(),
+              "log_extra": log.log_extra, "log_metric": log.log_metric}
+    prompts, texts = list(prompts), list(completions)
+    completions = trl_completions(prompts, texts)
+    per_fn = {name: _call(name, fn, prompts, completions, kwargs, shared)
               for name, (fn, _) in reward_fns.items()}
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]

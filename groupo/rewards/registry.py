@@ -2,9 +2,11 @@
 
 A name in `rewards.funcs` is a registry key below, ``package.module:function``, or
 ``path/to/file.py:function``. User functions keep TRL's signature ``fn(prompts, completions,
-**dataset_columns) -> list[float | None]`` and are called unchanged; built-in ones additionally
-get the run's settings (answer extraction order, check time limit, length limits) bound from the
-config, where their signature takes them.
+**dataset_columns) -> list[float | None]`` and are called as TRL calls them
+(`groupo.rewards.trl_compat`); built-in ones additionally get the run's settings (answer
+extraction order, check time limit, length limits) bound from the config, where their signature
+takes them. `rewards.column_aliases` renames columns in for every function;
+`rewards.completion_format = "text"` hands user functions plain-string completions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from groupo.rewards.extract import DEFAULT_ORDER, check_order
 from groupo.rewards.format import answer_format_reward, format_reward, soft_format_reward, tag_count_reward
 from groupo.rewards.length import cosine_reward, overlong_reward
 from groupo.rewards.math import accuracy_reward
+from groupo.rewards.trl_compat import adapt
 
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
@@ -108,12 +111,14 @@ def resolve_rewards(rewards: Any, defaults: Any,
                               f"max_completion_length (rollout.max_new_tokens = {max_completion_length}) "
                               "at least as large")
         spec.setdefault("overlong", rewards.overlong_penalty)
+    aliases = dict(getattr(rewards, "column_aliases", {}) or {})
+    as_text = getattr(rewards, "completion_format", "trl") == "text"
     out: dict[str, tuple[RewardFn, float]] = {}
     for name, weight in spec.items():
         if name in REWARDS:
-            out[name] = (_bind(REWARDS[name], options), float(weight))
+            out[name] = (adapt(_bind(REWARDS[name], options), aliases, False), float(weight))
         else:
-            out[name] = (load_user_fn(name), float(weight))
+            out[name] = (adapt(load_user_fn(name), aliases, as_text), float(weight))
     return out
 
 

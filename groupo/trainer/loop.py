@@ -33,6 +33,7 @@ from groupo.report.metrics import read_jsonl, truncate_after
 from groupo.report.progress import TrainProgress
 from groupo.report.sinks import open_sinks
 from groupo.rewards import resolve_rewards
+from groupo.rewards.trl_compat import RewardState
 from groupo.rollout import make_engine
 from groupo.rollout.serve import vllm_dtype, vllm_model_path
 from groupo.trainer import parallel
@@ -189,14 +190,15 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                 rollout, state.data_position = collect_rollout(
                     engine, lambda i: task.train[i % len(task.train)], prompt_ids, reward_fns,
                     data_position=state.data_position, prompts_per_step=T.prompts_per_step, params=params,
-                    dynamic_sampling=loss.dynamic_sampling, max_draws=MAX_DRAWS, world=world)
+                    dynamic_sampling=loss.dynamic_sampling, max_draws=MAX_DRAWS, world=world,
+                    reward_state=RewardState(state.step, T.steps, epoch=state.data_position / len(task.train)))
             t_gen = time.monotonic() - t_step
 
             # --- 2. advantages over the global batch; mu optimizer updates on this rank's groups
-            metrics: dict[str, Any] = {}
+            metrics: dict[str, Any] = dict(rollout.reward_metrics)
             if rollout.problems:
-                metrics = learn(module, policy, optimizer, scheduler, rollout, settings, world,
-                                pad_id=tokenizer.pad_token_id, seed=seed, device=device)
+                metrics |= learn(module, policy, optimizer, scheduler, rollout, settings, world,
+                                 pad_id=tokenizer.pad_token_id, seed=seed, device=device)
                 t_sync = time.monotonic()
                 engine.sync_weights()
                 metrics["time/weight_sync_s"] = time.monotonic() - t_sync

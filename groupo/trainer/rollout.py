@@ -10,13 +10,14 @@ the same rewards). The update then takes whole groups per rank (`RolloutBatch.sh
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from groupo.algorithms import zero_variance_groups
 from groupo.distributed import Dist, gather_objects
 from groupo.rewards import score
+from groupo.rewards.trl_compat import RewardLog, RewardState
 from groupo.types import Completion, Problem, SamplingParams
 
 
@@ -32,6 +33,7 @@ class RolloutBatch:
     n_zero_var: int                          # groups drawn this step whose rewards were all equal
     n_groups: int                            # groups drawn this step (dynamic sampling draws more)
     group_size: int
+    reward_metrics: dict[str, float] = field(default_factory=dict)  # means of the rewards' log_metric calls
 
     @property
     def completion_ids(self) -> list[list[int]]:
@@ -62,7 +64,8 @@ class RolloutBatch:
 
 def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[[Problem], list[int]],
                     reward_fns: dict, *, data_position: int, prompts_per_step: int, params: SamplingParams,
-                    dynamic_sampling: bool, max_draws: int, world: Dist) -> tuple[RolloutBatch, int]:
+                    dynamic_sampling: bool, max_draws: int, world: Dist,
+                    reward_state: RewardState | None = None) -> tuple[RolloutBatch, int]:
     """Sample and score one step's groups; returns (batch, data position after the draws).
 
     Each draw takes the next `prompts_per_step` prompts of the training stream (`problems_at(i)`
@@ -70,7 +73,10 @@ def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: C
     rewards are all equal are dropped and further prompts drawn, at most `max_draws` times, until
     `prompts_per_step` groups are kept. With W ranks the kept groups are cut to a multiple of W
     (only dynamic sampling can leave a remainder: prompts_per_step itself is one).
+    reward_state is what reward functions see as TRL's `trainer_state`; what they pass to
+    `log_metric` is averaged into `RolloutBatch.reward_metrics` (this rank's calls).
     """
+    log = RewardLog()
     G = params.n
     kept: list[tuple[Problem, list[Completion], torch.Tensor, dict[str, list]]] = []
     n_zero_var = n_groups = 0
@@ -82,7 +88,8 @@ def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: C
         flat = [c for g in groups for c in g]
         rep = [p for p in mine for _ in range(G)]
         total, scores = score(reward_fns, [p.messages for p in rep], [c.text for c in flat],
-                              [p.columns for p in rep], completion_ids=[c.token_ids for c in flat])
+                              [p.columns for p in rep], completion_ids=[c.token_ids for c in flat],
+                              trainer_state=reward_state, log=log)
         # Back to the draw's order: rank r sampled prompts r, r + W, r + 2W, ...
         per_rank = gather_objects((groups, total, scores), world)
         ordered = [None] * len(drawn)
@@ -107,5 +114,5 @@ def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: C
         problems=[k[0] for k in kept], completions=[c for k in kept for c in k[1]],
         rewards_PG=torch.stack([k[2] for k in kept]) if kept else torch.zeros(0, G),
         per_fn=per_fn, prompt_ids=[prompt_ids(k[0]) for k in kept for _ in range(G)],
-        n_zero_var=n_zero_var, n_groups=n_groups, group_size=G)
+        n_zero_var=n_zero_var, n_groups=n_groups, group_size=G, reward_metrics=log.metric_means())
     return batch, data_position

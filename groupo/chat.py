@@ -1,0 +1,133 @@
+"""`groupo chat RUN_DIR | MODEL`: talk to a trained policy in the terminal, tokens streamed as they come.
+
+    groupo chat runs/quickstart            # the run's trained policy
+    groupo chat runs/quickstart --base     # the same run's untrained base model, to compare
+    groupo chat smollm2-135m-instruct      # any model groupo can load
+
+Each line read is a user turn; the conversation so far goes through the model's chat template
+(`groupo.data.prompts.encode_prompt`, as in training) and the answer streams through transformers'
+`TextIteratorStreamer`. Greedy decoding unless --temperature > 0. `/exit`, `/quit` or end of input
+(Ctrl-D) ends the session; `/reset` forgets the conversation. With input from a pipe no prompt
+is printed, so stdout holds one answer per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from groupo.config import ConfigError, read_yaml
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="RUN_DIR|MODEL", help="a training run, or a built-in name, folder, .gguf, hub id")
+    p.add_argument("--base", action="store_true", help="with a run: its untrained base model")
+    p.add_argument("--system", help="system prompt (default: none)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def load_chat_model(name: str, base: bool, device: str):
+    """(model, tokenizer, label): a run's policy (or with `base` its base model), or a model by name."""
+    from groupo.models import load_model, load_trained
+
+    p = Path(name).expanduser()
+    is_run = (p / "config.yaml").is_file() and (p / "final").is_dir()
+    if not is_run:
+        if base:
+            raise ConfigError(f"--base needs a run directory; {name} is not one (no config.yaml and final/)")
+        model, tok = load_model(name, device=device)
+        return model, tok, name
+    model_cfg = read_yaml(p / "config.yaml").get("model", {})
+    dtype = str(model_cfg.get("dtype", "float32"))
+    if base:
+        model, tok = load_model(model_cfg["name"], model_cfg.get("revision"), dtype, device)
+        return model, tok, f"{model_cfg['name']} (untrained base of {p})"
+    model, tok = load_trained(p, dtype=dtype, device=device)
+    return model, tok, f"{p} (trained)"
+
+
+def reply(model, tokenizer, messages: list[dict], out: TextIO, *, max_new_tokens: int,
+          temperature: float) -> str:
+    """Generate the assistant's answer to `messages`, writing it to `out` as it streams; returns it."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from groupo.data.prompts import encode_prompt
+
+    ids = torch.tensor([encode_prompt(tokenizer, messages)], device=model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                  streamer=streamer, pad_token_id=tokenizer.pad_token_id, **sampling)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    pieces = []
+    for piece in streamer:
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    thread.join()
+    out.write("\n")
+    out.flush()
+    if errors:
+        raise errors[0]
+    return "".join(pieces)
+
+
+def chat_loop(model, tokenizer, inp: TextIO, out: TextIO, *, system: str | None = None,
+              max_new_tokens: int = 256, temperature: float = 0.0, prompt: str = "") -> int:
+    """Read user turns from `inp` until /exit or EOF; stream each answer to `out`. Returns turns answered."""
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    start = len(messages)
+    turns = 0
+    while True:
+        if prompt:
+            out.write(prompt)
+            out.flush()
+        line = inp.readline()
+        if not line:  # EOF
+            break
+        text = line.strip()
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            del messages[start:]
+            continue
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        answer = reply(model, tokenizer, messages, out, max_new_tokens=max_new_tokens, temperature=temperature)
+        messages.append({"role": "assistant", "content": answer})
+        turns += 1
+    return turns
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    if args.max_new_tokens < 1 or args.temperature < 0:
+        raise ConfigError("--max-new-tokens must be >= 1 and --temperature >= 0")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, label = load_chat_model(args.model, args.base, device)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        Console(stderr=True).print(f"[bold]groupo chat[/]: {label}. /exit or Ctrl-D quits, /reset forgets.")
+    chat_loop(model, tokenizer, sys.stdin, sys.stdout, system=args.system, max_new_tokens=args.max_new_tokens,
+              temperature=args.temperature, prompt="> " if interactive else "")
+    return 0

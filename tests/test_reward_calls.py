@@ -1,0 +1,45 @@
+"""How groupo calls reward functions beyond TRL's convention (tests/test_rewards_trl.py checks the
+convention against TRL itself): plain-string completions on request, column aliases, errors."""
+
+import pytest
+
+from groupo.config import RewardsConfig
+from groupo.rewards import RewardError, resolve_rewards, score
+
+PROMPT = [{"role": "user", "content": "What is 3 + 4?"}]
+TEXTS = ["7", "<answer>7</answer>", "3 then 4"]
+ROWS = [{"question": "What is 3 + 4?", "answer": "7"}] * 3
+
+
+def test_text_completion_format_hands_user_functions_strings(tmp_path):
+    (tmp_path / "lens.py").write_text("def lens(prompts, completions, **kw):\n"
+                                      "    return [float(len(c)) for c in completions]\n")
+    name = f"{tmp_path / 'lens.py'}:lens"
+    # trl: each completion is a one-message list (length 1); text: the strings "7", "<answer>7</answer>", ...
+    for fmt, expected in (("trl", [1.0, 1.0, 1.0]), ("text", [1.0, 18.0, 8.0])):
+        fns = resolve_rewards(RewardsConfig(funcs={name: 1.0}, completion_format=fmt), {})
+        assert score(fns, [PROMPT] * 3, TEXTS, ROWS)[1][name] == expected
+
+
+def test_aliases_keep_the_built_in_rewards_settings_for_evaluation():
+    from groupo.eval.evaluate import _extract_order
+
+    cfg = RewardsConfig(column_aliases={"solution": "answer"}, extract_order=["last_number"])
+    fns = resolve_rewards(cfg, {"accuracy": 1.0})
+    assert _extract_order(fns, "accuracy") == ("last_number",)
+    assert fns["accuracy"][0](completions=[[{"role": "assistant", "content": "3 then 4"}]], answer=["4"]) == [1.0]
+
+
+def test_unknown_alias_column_is_a_clear_error():
+    fns = resolve_rewards(RewardsConfig(funcs={"format": 1.0}, column_aliases={"solution": "gold"}), {})
+    with pytest.raises(RewardError, match=r"'gold' is not a column of this task \(keywords: .*answer"):
+        score(fns, [PROMPT] * 3, TEXTS, ROWS)
+
+
+def test_built_in_rewards_read_both_completion_forms():
+    fns = resolve_rewards(RewardsConfig(), {"accuracy": 1.0, "answer_format": 0.5})
+    as_messages = score(fns, [PROMPT] * 3, TEXTS, ROWS)     # chat prompts: message-list completions
+    as_strings = score(fns, [""] * 3, TEXTS, ROWS)          # text prompts: strings
+    # accuracy: 7, 7, last number 4 -> 1, 1, 0; answer_format: only the tagged one
+    assert as_messages == as_strings == ([1.0, 1.5, 0.0], {"accuracy": [1.0, 1.0, 0.0],
+                                                          "answer_format": [0.0, 1.0, 0.0]})
