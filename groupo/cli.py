@@ -1,8 +1,8 @@
 """Command line: argument parsing only; the work happens in the layers below.
 
-    groupo train [CONFIG.yaml] [key=value ...] [--resume RUN_DIR]
+    groupo train [CONFIG.yaml] [--smoke] [key=value ...] [--resume RUN_DIR]
     groupo eval  --model NAME | --run RUN_DIR ...
-    groupo config [CONFIG.yaml] [key=value ...]
+    groupo config [CONFIG.yaml] [--smoke] [key=value ...]
     groupo presets [NAME]
     groupo serve [CONFIG.yaml] [key=value ...] [--host H] [--port P] [--dry-run] [-- VLLM_ARGS ...]
     groupo report RUN_DIR [RUN_DIR ...] [--out FILE]
@@ -21,12 +21,16 @@ from groupo.config import ConfigError
 EPILOG = """examples:
   groupo train                                   # the quickstart (built-in model and task, LoRA)
   groupo train configs/gsm8k.yaml train.steps=200 algorithm.preset=dapo
+  groupo train configs/dapo.yaml --smoke         # any recipe in seconds on a CPU (groupo/smoke.py)
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
   groupo serve --port 8000                       # a vLLM server for rollout.vllm_url=http://127.0.0.1:8000
   groupo export runs/quickstart exported/        # a merged Hugging Face folder (transformers, vLLM)
   groupo chat runs/quickstart                    # talk to the trained policy
 """
+
+SMOKE_HELP = ("shrink the recipe to a run of seconds on a CPU: the built-in model, 2 steps, tiny groups and "
+              "lengths, bundled sample data (groupo/smoke.py); applied before the key=value overrides")
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -47,6 +51,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from groupo.trainer.run import train_from_cli
 
     path, overrides = _split_args(args.items)
+    if args.smoke:
+        from groupo.smoke import announce, smoke_overrides
+
+        if args.resume:
+            raise ConfigError("--resume continues the run as configured; --smoke applies to new runs only")
+        smoke = smoke_overrides(path)
+        announce(path, smoke, overrides)
+        overrides = smoke + overrides
     return train_from_cli(path, overrides, resume=args.resume)
 
 
@@ -54,6 +66,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from groupo.config import dump_yaml, load_config
 
     path, overrides = _split_args(args.items)
+    if args.smoke:
+        from groupo.smoke import smoke_overrides
+
+        overrides = smoke_overrides(path) + overrides
     print(dump_yaml(load_config(path, overrides)), end="")
     return 0
 
@@ -130,12 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
                    help="optional YAML config, then dotted overrides such as train.steps=100")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("config", help="print the resolved configuration",
                        description="Load defaults, the YAML file and overrides, validate them, and print "
                        "the resolved config (what `train` would save to the run directory).")
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value")
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("presets", help="list the algorithm presets, or every setting of one",
@@ -209,6 +227,18 @@ def _quiet_libraries() -> None:
         log.setLevel(logging.INFO)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but `key=value` items may also follow an option (`train RECIPE --smoke a.b=1`):
+    argparse alone stops collecting a nargs="*" positional at the first option."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or not hasattr(args, "items")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
@@ -217,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"] and "--" in argv:  # `groupo serve ... -- VLLM_ARGS`: vLLM's, unparsed
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if passthrough:
         args.vllm_args = passthrough
     if not getattr(args, "func", None):

@@ -1,4 +1,4 @@
-"""Synthetic tasks, prompts, the task registry and splits (no files from /work/shared needed)."""
+"""Synthetic tasks, prompts, the task registry and splits (no data files needed)."""
 
 import json
 import random

@@ -1,6 +1,6 @@
 """The GRPO-family policy loss: one parameterised function, variants are presets.
 
-Notation (DESIGN.md): B sequences, T completion tokens each (right-padded, `mask_BT` marks
+Notation (docs/algorithms.md): B sequences, T completion tokens each (right-padded, `mask_BT` marks
 real tokens), rho_it = pi(o_it) / pi_old(o_it).
 
     clip  (GRPO, DAPO)  l_it = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL_it

@@ -16,7 +16,7 @@ Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_sum_norm"]
 
 @dataclass(frozen=True)
 class LossSettings:
-    """Every knob of the loss and the advantages (see DESIGN.md, "The algorithms, exactly")."""
+    """Every knob of the loss and the advantages (docs/algorithms.md)."""
 
     ratio_level: RatioLevel = "token"      # token rho_it, GSPO sequence s_i, or GSPO-token s_it
     loss_type: Literal["clip", "cispo"] = "clip"

@@ -6,12 +6,15 @@
     code_math    bilingual mix from a data root holding gsm8k/, mgsm/ and cmath/ (the layout of
                  the project's shared data): train = GSM8K train (en) + CMATH dev (zh), shuffled;
                  test = GSM8K test (en) and MGSM-zh (zh) alternating
+    code_math_zh Chinese only, from a data root holding cmath/ and mgsm/: train = CMATH dev,
+                 test = MGSM-zh (GSM8K's test problems in Chinese), both with the Chinese instruction
     mbpp         MBPP (mbpp.jsonl or sanitized-mbpp.json); splits by the upstream task ids:
                  prompt 1-10, test 11-510, validation 511-600, train 601-974
     humaneval    HumanEval.jsonl (test only)
 
 The math tasks ask for <think> reasoning then a ```python block whose last printed line is the
-answer (seed 004's format), rewarded by `python_output` plus the format and partial rewards.
+answer (the format of the blog post configs/code_solver.yaml cites), rewarded by `python_output`
+plus the format and partial rewards.
 The code benchmarks are rewarded by the fraction of tests passed and evaluated on all passing.
 Code tasks have no worked code solutions, so `task.few_shot` must be 0.
 """
@@ -119,6 +122,24 @@ def code_math_task(cfg) -> Task:
     return Task("code_math", problems(train, "train"), problems(test, "test"), dict(MATH_REWARDS), "python_output")
 
 
+def code_math_zh_task(cfg) -> Task:
+    _no_few_shot("code_math_zh", cfg)
+    if not cfg.path:
+        raise DataError("task 'code_math_zh' reads a data folder holding cmath/ and mgsm/: set task.path")
+    root = Path(cfg.path).expanduser()
+    files = {"cmath": root / "cmath" / "cmath_dev.jsonl", "mgsm_zh": root / "mgsm" / "mgsm_zh.tsv"}
+    absent = [str(p) for p in files.values() if not p.is_file()]
+    if absent:
+        raise DataError(f"task 'code_math_zh': missing data file(s) under {root}: {', '.join(absent)}")
+    zh = MATH_INSTRUCTIONS["zh"]
+    train = subsample(read_cmath(files["cmath"], cfg.skip_bad_rows), cfg.train_size, cfg.seed)
+    test = read_mgsm(files["mgsm_zh"], cfg.skip_bad_rows)[: cfg.eval_size or None]
+    return Task("code_math_zh",
+                [_problem(r, zh, cfg, f"code_math_zh-train-{i}", language="zh") for i, r in enumerate(train)],
+                [_problem(r, zh, cfg, f"code_math_zh-test-{i}", language="zh") for i, r in enumerate(test)],
+                dict(MATH_REWARDS), "python_output")
+
+
 # ---------------------------------------------------------------------------------------------
 # Code benchmarks
 
@@ -201,6 +222,7 @@ CODE_TASKS = {
     "mgsm_code": mgsm_code_task,
     "cmath_code": cmath_code_task,
     "code_math": code_math_task,
+    "code_math_zh": code_math_zh_task,
     "mbpp": mbpp_task,
     "humaneval": humaneval_task,
 }

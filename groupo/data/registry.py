@@ -25,3 +25,8 @@ def load_task(cfg) -> Task:
 from groupo.data.code_tasks import CODE_TASKS  # noqa: E402
 
 TASKS.update(CODE_TASKS)
+
+# Several tasks as one training pool (task.mix).
+from groupo.data.mix import mix_task  # noqa: E402
+
+TASKS["mix"] = lambda cfg: mix_task(cfg, load_task)

@@ -1,6 +1,6 @@
 """Rewards that run or check model-written Python (text in, float out; never raise on model output).
 
-Math solved with code (the "write a program that prints the answer" recipe of seed 004, with its
+Math solved with code (the "write a program that prints the answer" recipe of configs/code_solver.yaml, with its
 softer partial rewards), where the program is the completion's last ```python block:
 
     python_output    1.0 iff the program runs cleanly in the sandbox and its last printed line
