@@ -215,7 +215,9 @@ def summarise(run: dict, n_params: int, peak: float) -> dict:
     step_s = statistics.median(steps)
     tokens = statistics.mean(run["completion_tokens"])
     flops = step_flops(n_params, run["prompt_tokens"], tokens, run["sequences"])
-    return {"step_s": step_s, "completions_per_s": run["sequences"] / step_s,
+    gen = run.get("gen_s")
+    return {"step_s": step_s, "gen_s": statistics.median(gen[1:] or gen) if gen else float("nan"),
+            "completions_per_s": run["sequences"] / step_s,
             "tokens_per_s": run["sequences"] * tokens / step_s, "tokens_per_completion": tokens,
             "peak_rss_gb": run["peak_rss_mb"] / 1024, "tflop_per_step": flops / 1e12, "mfu": flops / step_s / peak}
 
@@ -261,7 +263,9 @@ def main() -> None:
         run = _launch(trainer, args.steps, args.threads)
         s = summarise(run, n_params, peak)
         results[trainer].append(s)
-        print(f"{trainer:6s} run {len(results[trainer])}: {s['step_s']:.1f} s/step, {s['tokens_per_s']:.0f} tokens/s, "
+        print(f"{trainer:6s} run {len(results[trainer])}: {s['step_s']:.1f} s/step"
+              + (f" ({s['gen_s']:.1f} s generation)" if s["gen_s"] == s["gen_s"] else "")
+              + f", {s['tokens_per_s']:.0f} tokens/s, "
               f"{s['completions_per_s']:.2f} completions/s, {s['tokens_per_completion']:.0f} tokens/completion, "
               f"peak RSS {s['peak_rss_gb']:.2f} GB, {s['tflop_per_step']:.2f} TFLOP/step, MFU {s['mfu']:.1%}; "
               f"steps {[round(x, 1) for x in run['step_s']]}, rewards {[_r(x) for x in run['reward']]}", flush=True)
