@@ -222,7 +222,7 @@ class _LogprobRecorder:
 def sample_inverse_cdf(probs_BV: torch.Tensor) -> torch.Tensor:
     """(B, 1) token ids drawn from each row's distribution `probs_BV` (need not sum to exactly 1)
     with one uniform per row, from torch's global generator."""
-    cdf_BV = probs_BV.cumsum(-1)
+    cdf_BV = probs_BV.cumsum(-1, dtype=torch.float64)  # float64: a token's share is exact to ~1e-16, not ~6e-8
     u_B1 = torch.rand((probs_BV.shape[0], 1), device=probs_BV.device, dtype=cdf_BV.dtype) * cdf_BV[:, -1:]
     # right=True: the first index with cdf > u, so a zero-probability token (cdf equal to the one
     # before it) is never the first. Where rounding makes u reach the total (no index qualifies),
