@@ -48,8 +48,26 @@ def _train(tmp: Path, **extra) -> Path:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory) -> Path:
-    # seed 1: a run whose greedy answers hold text (seed 0's are newlines only), for the chat test
-    return _train(tmp_path_factory.mktemp("lora"), **{"train.seed": 1})
+    return _train(tmp_path_factory.mktemp("lora"))
+
+
+@pytest.fixture(scope="module")
+def chat_run(lora_run, tmp_path_factory) -> Path:
+    """lora_run with its final adapter's B matrices set from a fixed seed: a policy that answers
+    with text (two steps of training on the tiny model may leave it answering newlines only, and
+    which it does depends on the sampler's draws), still a run directory chat loads like any."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    run = tmp_path_factory.mktemp("chat") / "run"
+    shutil.copytree(lora_run, run)
+    (run.parent / "model").symlink_to(lora_run.parent / "model")
+    path = run / "final" / "adapter_model.safetensors"
+    weights = load_file(path)
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=gen) * 0.5 if "lora_B" in k else v for k, v in weights.items()}, path)
+    return run
 
 
 def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -161,8 +179,9 @@ def test_export_refuses_a_non_empty_out_and_a_non_run(lora_run, tmp_path, capsys
     assert "holds no trained policy" in capsys.readouterr().err
 
 
-def test_chat_streams_the_greedy_answers_of_the_trained_policy(lora_run):
+def test_chat_streams_the_greedy_answers_of_the_trained_policy(chat_run):
     """Two turns through the command's stdin, then /exit (the line after it is never read)."""
+    lora_run = chat_run
     policy, tok = load_trained(lora_run)
     answer = lambda messages: tok.decode(_greedy(policy, tok, messages), skip_special_tokens=True)
     # questions the tiny trained policy answers with some text, not only newlines or an immediate
