@@ -91,6 +91,11 @@ PROMPTS = [[1, 20, 21, 22, 23], [1, 30, 31]]
 
 def test_completions_are_well_formed_and_their_logprobs_are_the_trainers(setup):
     engine, policy, _ = setup
+    check_samples_against_the_trainer(engine, policy)
+
+
+def check_samples_against_the_trainer(engine, policy) -> None:
+    """4 samples of each of PROMPTS: well-formed Completions, distinct, with the trainer's log-probs."""
     groups = engine.generate(PROMPTS, SamplingParams(n=4, temperature=0.9, max_new_tokens=8, seed=3))
     assert [len(g) for g in groups] == [4, 4]
     flat = [c for g in groups for c in g]

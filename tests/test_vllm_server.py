@@ -20,14 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_trainer import REWARD_FILE
-from test_vllm import TOL, _tiny_dir, _trainer_logprobs
+from test_vllm import TOL, _tiny_dir, _trainer_logprobs, check_samples_against_the_trainer
 
 from groupo.config import LoraConfig, load_config
 from groupo.models import load_policy_from
 from groupo.rollout import make_engine
 from groupo.rollout.serve import serve_command
 from groupo.trainer.loop import train
-from groupo.types import SamplingParams
 
 pytestmark = pytest.mark.vllm
 PROMPTS = [[1, 20, 21, 22, 23], [1, 30, 31]]
@@ -100,17 +99,7 @@ def test_completions_from_the_server_carry_the_trainers_logprobs(server, tmp_pat
     policy = _policy(model_dir)
     engine = make_engine("vllm", policy.model, policy.tokenizer, url=url, adapter_dir=tmp_path / "a", lora_rank=8)
     engine.sync_weights()
-    groups = engine.generate(PROMPTS, SamplingParams(n=4, temperature=0.9, max_new_tokens=8, seed=3))
-    assert [len(g) for g in groups] == [4, 4]
-    flat = [c for g in groups for c in g]
-    for prompt, group in zip(PROMPTS, groups, strict=True):
-        for c in group:
-            assert c.prompt_ids == prompt and 1 <= len(c.token_ids) <= 8 and len(c.logprobs) == len(c.token_ids)
-            assert c.finish_reason == ("length" if len(c.token_ids) == 8 else "stop")
-    assert len({tuple(c.token_ids) for c in flat}) > 2  # samples differ
-    trainer = _trainer_logprobs(policy, [c.prompt_ids for c in flat], [c.token_ids for c in flat], 0.9)
-    for c, t in zip(flat, trainer, strict=True):
-        torch.testing.assert_close(torch.tensor(c.logprobs), t, atol=TOL, rtol=0)
+    check_samples_against_the_trainer(engine, policy)
 
 
 def test_after_a_lora_update_the_server_samples_from_the_new_adapter(server, tmp_path):
