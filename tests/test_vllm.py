@@ -122,6 +122,12 @@ def test_seeded_prompts_beyond_one_steps_token_budget_sample_and_differ_by_promp
 
 def test_after_a_lora_update_the_engine_samples_from_the_new_adapter(setup):
     engine, policy, _ = setup
+    check_sync_moves_the_engine_to_the_new_adapter(engine, policy, lambda p, c: _engine_logprobs(engine, p, c))
+
+
+def check_sync_moves_the_engine_to_the_new_adapter(engine, policy, engine_logprobs) -> None:
+    """An adapter update: before sync_weights the engine's log-probs of fixed completions
+    (`engine_logprobs(prompts, completions)`) are the old trainer's, after it the new one's."""
     completions = [[40, 41, 42, 43], [50, 51, 52]]
     old_trainer = _trainer_logprobs(policy, PROMPTS, completions)
     with torch.no_grad():  # an update of the adapter
@@ -129,9 +135,9 @@ def test_after_a_lora_update_the_engine_samples_from_the_new_adapter(setup):
             if "lora_A" in n:
                 p.mul_(3.0)
     new_trainer = _trainer_logprobs(policy, PROMPTS, completions)
-    before = _engine_logprobs(engine, PROMPTS, completions)
+    before = engine_logprobs(PROMPTS, completions)
     engine.sync_weights()
-    after = _engine_logprobs(engine, PROMPTS, completions)
+    after = engine_logprobs(PROMPTS, completions)
     for o, n, b, a in zip(old_trainer, new_trainer, before, after, strict=True):
         assert (o - n).abs().max() > 20 * TOL  # the update moved the trainer's log-probs
         torch.testing.assert_close(b, o, atol=TOL, rtol=0)  # before the sync: the old adapter

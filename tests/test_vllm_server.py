@@ -20,7 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_trainer import REWARD_FILE
-from test_vllm import TOL, _tiny_dir, _trainer_logprobs, check_samples_against_the_trainer
+from test_vllm import (
+    TOL,
+    _tiny_dir,
+    _trainer_logprobs,
+    check_samples_against_the_trainer,
+    check_sync_moves_the_engine_to_the_new_adapter,
+)
 
 from groupo.config import LoraConfig, load_config
 from groupo.models import load_policy_from
@@ -107,20 +113,8 @@ def test_after_a_lora_update_the_server_samples_from_the_new_adapter(server, tmp
     policy = _policy(model_dir, seed=2)
     engine = make_engine("vllm", policy.model, policy.tokenizer, url=url, adapter_dir=tmp_path / "a", lora_rank=8)
     engine.sync_weights()
-    completions = [[40, 41, 42, 43], [50, 51, 52]]
-    old_trainer = _trainer_logprobs(policy, PROMPTS, completions)
-    with torch.no_grad():  # an update of the adapter
-        for n, p in policy.model.named_parameters():
-            if "lora_A" in n:
-                p.mul_(3.0)
-    new_trainer = _trainer_logprobs(policy, PROMPTS, completions)
-    before = _server_logprobs(url, engine.served, PROMPTS, completions)
-    engine.sync_weights()
-    after = _server_logprobs(url, engine.served, PROMPTS, completions)
-    for o, n, b, a in zip(old_trainer, new_trainer, before, after, strict=True):
-        assert (o - n).abs().max() > 20 * TOL  # the update moved the trainer's log-probs
-        torch.testing.assert_close(b, o, atol=TOL, rtol=0)  # before the sync: the old adapter
-        torch.testing.assert_close(a, n, atol=TOL, rtol=0)  # after it: the new one
+    check_sync_moves_the_engine_to_the_new_adapter(
+        engine, policy, lambda p, c: _server_logprobs(url, engine.served, p, c))  # engine.served: the newest
 
 
 def test_a_run_through_the_server_loads_each_steps_adapter_and_resumes_from_the_checkpoints(server, tmp_path):
