@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from machine import machine  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+
 
 def worker(args) -> None:
     import torch
@@ -55,6 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.chunk is not None:
         return worker(args)
+    print(f"CPU: {machine()}")
     out = {}
     for chunk in (0, LOGIT_CHUNK):
         cmd = [sys.executable, __file__, "--rows", str(args.rows), "--prompt", str(args.prompt),

@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from machine import machine  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from groupo.rollout.hf import sample_inverse_cdf
 
@@ -41,6 +42,7 @@ def main() -> None:
     probs = torch.softmax(3 * torch.randn(args.rows, args.vocab), dim=-1)
     t_mult = timed(lambda: torch.multinomial(probs, 1))
     t_icdf = timed(lambda: sample_inverse_cdf(probs))
+    print(f"CPU: {machine()}")
     print(f"{args.rows} x {args.vocab}, {torch.get_num_threads()} threads: torch.multinomial {1000 * t_mult:.1f} ms, "
           f"inverse CDF {1000 * t_icdf:.1f} ms ({t_mult / t_icdf:.1f}x)")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from machine import machine  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from groupo.config import quickstart_config
 from groupo.data import encode_prompt, load_task
@@ -169,19 +169,6 @@ def print_table(results: dict, args) -> None:
         if ratio and compare and vals[0]:
             line += f"{vals[1] / vals[0]:>10.2f}"
         print(line)
-
-
-def machine() -> str:
-    """CPU model, usable cores and the instruction sets that decide bf16 speed (x86 /proc/cpuinfo)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
-    flags = set(field("flags").split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    marks = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16", "avx2"))
-    return f"{field('model name') or platform.processor() or 'unknown CPU'}, {cores} usable cores; {marks}"
 
 
 def _version(package: str) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = ("Show your reasoning inside <think></think> tags, then give the final answer inside "
@@ -49,21 +50,6 @@ def problems(n: int, seed: int = 0) -> list[dict]:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         out.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
     return out
-
-
-def cpu_info() -> str:
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("?", "", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
 
 
 def bf16_peak_flops(threads: int) -> float:
@@ -241,7 +227,7 @@ def main() -> None:
         print(json.dumps(res), flush=True)
         return
 
-    print(f"CPU: {cpu_info()}; torch threads {args.threads}")
+    print(f"CPU: {machine()}; torch threads {args.threads}")
     peak = bf16_peak_flops(args.threads)
     print(f"measured bf16 matmul peak: {peak / 1e12:.2f} TFLOP/s")
     if args.creep:
