@@ -113,17 +113,25 @@ def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 
             keep = torch.arange(P - 1, P + T - 1, device=ids_BT.device)
             out_BTX = model(input_ids=packed.input_ids_BL, attention_mask=packed.attention_mask_BL,
                             position_ids=packed.position_ids_BL, logits_to_keep=keep, use_cache=False).logits
-    if head is None:
-        logp_BT, entropy_BT = _head_logprobs(out_BTX, None, ids_BT, temperature, with_entropy)
-    else:
-        from torch.utils.checkpoint import checkpoint
-
-        step = max(1, chunk // B)
-        parts = [checkpoint(_head_logprobs, out_BTX[:, t:t + step], head.weight, ids_BT[:, t:t + step], temperature,
-                            with_entropy, use_reentrant=False) for t in range(0, T, step)]
-        logp_BT = torch.cat([lp for lp, _ in parts], dim=1)
-        entropy_BT = torch.cat([e for _, e in parts], dim=1) if with_entropy else None
+    logp_BT, entropy_BT = head_logprobs(out_BTX, head, ids_BT, temperature, with_entropy, chunk)
     return logp_BT * mask_BT, (entropy_BT * mask_BT if with_entropy else None)
+
+
+def head_logprobs(out_BTX: torch.Tensor, head: torch.nn.Linear | None, ids_BT: torch.Tensor, temperature: float,
+                  with_entropy: bool, chunk: int = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs of `ids_BT`, entropy or None) from the model's outputs: logits when `head` is
+    None, else final hidden states that `head` turns into logits `chunk` (row, position) pairs at a
+    time, each chunk under activation checkpointing (see token_logprobs)."""
+    if head is None:
+        return _head_logprobs(out_BTX, None, ids_BT, temperature, with_entropy)
+    from torch.utils.checkpoint import checkpoint
+
+    B, T = ids_BT.shape
+    step = max(1, chunk // B)
+    parts = [checkpoint(_head_logprobs, out_BTX[:, t:t + step], head.weight, ids_BT[:, t:t + step], temperature,
+                        with_entropy, use_reentrant=False) for t in range(0, T, step)]
+    logp_BT = torch.cat([lp for lp, _ in parts], dim=1)
+    return logp_BT, (torch.cat([e for _, e in parts], dim=1) if with_entropy else None)
 
 
 def _head_logprobs(x_BTX: torch.Tensor, weight_VH: torch.Tensor | None, ids_BT: torch.Tensor, temperature: float,
