@@ -4,6 +4,7 @@
     groupo eval  --model NAME | --run RUN_DIR ...
     groupo config [CONFIG.yaml] [--smoke] [key=value ...]
     groupo presets [NAME]
+    groupo plan [CONFIG.yaml] [--smoke] [key=value ...] [--completion-tokens N] [--json]
     groupo serve [CONFIG.yaml] [key=value ...] [--host H] [--port P] [--dry-run] [-- VLLM_ARGS ...]
     groupo report RUN_DIR [RUN_DIR ...] [--out FILE]
     groupo export RUN_DIR OUT [--adapter]
@@ -24,6 +25,7 @@ EPILOG = """examples:
   groupo train configs/dapo.yaml --smoke         # any recipe in seconds on a CPU (groupo/smoke.py)
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
+  groupo plan configs/gsm8k.yaml                 # predicted step time and peak memory, before launch
   groupo serve --port 8000                       # a vLLM server for rollout.vllm_url=http://127.0.0.1:8000
   groupo export runs/quickstart exported/        # a merged Hugging Face folder (transformers, vLLM)
   groupo chat runs/quickstart                    # talk to the trained policy
@@ -96,6 +98,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from groupo.plan.cli import run
+
+    return run(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from groupo.report.cli import run
 
@@ -161,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "every setting of that preset.")
     p.add_argument("name", nargs="?", metavar="NAME", help="a preset: grpo, dr_grpo, dapo, gspo, gspo_token, cispo")
     p.set_defaults(func=_cmd_presets)
+
+    from groupo.plan import cli as plan_cli  # light: the planner's imports happen in its command
+
+    p = sub.add_parser("plan", help="predict a config's step time and peak memory on this machine",
+                       description=plan_cli.__doc__.split("\n\n")[0] + ". The passes run on fake tensors "
+                       "(no weights loaded); this machine's op costs are measured in a few seconds. Exit "
+                       "status 1 when the run would not fit, with the settings that would.")
+    plan_cli.add_arguments(p)
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("serve", help="start a vLLM server for rollout.vllm_url (vLLM's OpenAI-compatible API)",
                        description="Start vLLM's OpenAI-compatible server for the config's model, with runtime "

@@ -1,0 +1,141 @@
+"""groupo plan: traced counts against hand formulas, extrapolation against the full trace, the
+cost arithmetic by hand, and the command's fit / suggestion logic on a tiny model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+
+import pytest
+import torch
+from tiny import make_tiny, save_tiny
+
+from groupo.cli import main
+from groupo.config import LoraConfig, quickstart_config
+from groupo.plan import estimate as E
+from groupo.plan.machine import Machine
+from groupo.plan.trace import Counts, fake_mode, fake_model, generation_passes, update_pass
+
+
+def _config(layers: int = 2):
+    cfg = copy.deepcopy(make_tiny()[0].config)
+    cfg.num_hidden_layers = layers
+    return cfg
+
+
+def test_traced_matmul_flops_are_the_hand_count():
+    """A no-grad log-prob pass (prompts not shared) of B rows x (P + T) tokens: 2 FLOPs per weight per
+    token in every decoder layer, and the output head on the T completion positions only."""
+    cfg = _config()
+    H, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    hd = H // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    per_token = L * (H * q + 2 * H * kv + q * H + 3 * H * F)
+    B, P, T = 6, 9, 5
+    mode = fake_mode()
+    model = fake_model(cfg, torch.float32, "cpu", mode)
+    with mode:
+        c = update_pass(model, B, 3, P, T, None, "cpu", share_prompts=False, backward=False)
+    assert c.matmul_flops == 2 * B * (P + T) * per_token + 2 * B * T * H * V
+    assert c.ops_backward == 0 and c.other_flops > 0  # attention, counted apart
+
+
+def test_shared_prompts_encode_each_prompt_once():
+    """With groups of 3 the prompt's first P-1 tokens run once per group: the decoder layers'
+    FLOPs drop by exactly those tokens' share."""
+    cfg = _config()
+    mode = fake_mode()
+    model = fake_model(cfg, torch.float32, "cpu", mode)
+    B, G, P, T = 6, 3, 9, 5
+    with mode:
+        plain = update_pass(model, B, G, P, T, None, "cpu", share_prompts=False, backward=False)
+        shared = update_pass(model, B, G, P, T, None, "cpu", share_prompts=True, backward=False)
+    H, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    q, kv = H, H * cfg.num_key_value_heads // cfg.num_attention_heads
+    flops_per_token = 2 * L * (H * q + 2 * H * kv + q * H + 3 * H * F)
+    # plain: every row's P + T tokens; shared: B // G prompts' first P - 1 tokens, then T per row
+    saved_tokens = B * (P + T) - (B // G * (P - 1) + B * T)
+    assert plain.matmul_flops - shared.matmul_flops == saved_tokens * flops_per_token
+
+
+def test_extrapolated_counts_equal_the_full_trace():
+    lora = LoraConfig(rank=4, alpha=8)
+    traced = {}
+    for layers in (2, 3, 5):
+        mode = fake_mode()
+        model = fake_model(_config(layers), torch.float32, "cpu", mode, lora)
+        with mode:
+            traced[layers] = (update_pass(model, 4, 2, 7, 6, None, "cpu", True),
+                              *generation_passes(model, 2, 2, 7, 6, None, "cpu"))
+    for two, three, five in zip(traced[2], traced[3], traced[5], strict=True):
+        guess = Counts.extrapolate(two, three, 2, 5)
+        assert (guess.ops_forward, guess.ops_backward) == (five.ops_forward, five.ops_backward)
+        assert guess.matmuls == five.matmuls
+        assert guess.bytes_moved == pytest.approx(five.bytes_moved)
+        assert guess.peak_bytes == five.peak_bytes
+
+
+def test_the_decoding_step_peak_holds_the_kv_cache():
+    """Two steps whose caches differ by 10 positions: their peaks differ by those positions' keys
+    and values (2 x layers x kv heads x head dim x rows x 4 bytes each), give or take the mask."""
+    cfg = _config()
+    mode = fake_mode()
+    model = fake_model(cfg, torch.float32, "cpu", mode)
+    with mode:
+        _, short = generation_passes(model, 2, 4, 8, 10, None, "cpu")
+        _, long = generation_passes(model, 2, 4, 8, 20, None, "cpu")
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * hd * 8 * 4
+    assert long.peak_bytes - short.peak_bytes == pytest.approx(10 * per_position, rel=0.1)
+
+
+def test_seconds_add_fixed_matmul_attention_and_bandwidth_costs():
+    m = Machine("cpu", op_nograd_s=1e-5, op_forward_s=2e-5, op_backward_s=5e-6, generate_step_s=1e-3,
+                bandwidth=1e10, baseline_bytes=0, matmul_rate={(8, 16, 32, "float32"): 1e9, (4, 4, 4, "float32"): 5e8})
+    c = Counts(ops_forward=100, ops_backward=50, matmuls=Counter({(8, 16, 32, "float32"): 3, (4, 4, 4, "float32"): 2}),
+               other_flops=1e6, bytes_moved=2e8)
+    mm = 3 * 2 * 8 * 16 * 32 / 1e9 + 2 * 2 * 4 * 4 * 4 / 5e8
+    mean_rate = (3 * 2 * 8 * 16 * 32 + 2 * 2 * 4 * 4 * 4) / mm
+    assert E.seconds(c, m, grad=True) == pytest.approx(100 * 2e-5 + 50 * 5e-6 + mm + 1e6 / mean_rate + 2e8 / 1e10)
+    assert E.seconds(c, m, grad=False) == pytest.approx(100 * 1e-5 + 50 * 5e-6 + mm + 1e6 / mean_rate + 0.02)
+    step = E.seconds(c, m, grad=False) + 1e-3 + 3 * 7 * E.SAMPLING_BYTES_PER_LOGIT / 1e10
+    assert E.generation_seconds(c, c, 5, 3, 7, m) == pytest.approx(E.seconds(c, m, grad=False) + 5 * step)
+
+
+def test_batches_split_as_the_trainer_and_engine_split_them():
+    assert E.micro_batches(40, 16) == [16, 16, 8]
+    assert E.chunks(10, 8, 64) == [8, 2]  # whole groups: 64 // 8 prompts per generate call
+    assert E.chunks(3, 100, 64) == [1, 1, 1]
+    assert E.Memory(1, 2, 3, 10, 7, 4).peak == 1 + 2 + 3 + 4 + 10
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def test_plan_of_a_run_that_does_not_fit_names_settings_that_do(tiny_dir, capsys):
+    from groupo.plan.build import make_plan
+
+    over = [f"model.name={tiny_dir}", "task.name=arithmetic", "rollout.group_size=4", "train.prompts_per_step=4",
+            "train.micro_batch_size=16", "rollout.max_new_tokens=32", "model.autocast=none", "lora.rank=4"]
+    cfg = quickstart_config(over)  # what `groupo plan` without a config file plans
+    plan = make_plan(cfg)
+    assert plan.fits and plan.step_s > 0 and plan.rows == 16
+    m = plan.memory
+    assert m.update > m.generation  # 16 rows x ~60 tokens of activations against a 4-row... cache
+    # Room for everything but a third of the update's activations: a micro-batch of 8 fits, 16 does not.
+    tight = m.peak - m.update // 3
+    short = make_plan(cfg, machine=plan.machine, available=tight)  # the same measured machine
+    assert not short.fits and short.memory.peak == m.peak
+    fixes = dict(short.suggestions)
+    assert "train.micro_batch_size=8" in fixes and fixes["train.micro_batch_size=8"] <= tight
+    assert all(b <= tight for b in fixes.values())
+
+    assert main(["plan", *over, "--json", "--available-gb=0.01"]) == 1  # exit status 1: does not fit
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not out["fits"] and out["memory"]["update"] == m.update and out["completions_per_step"] == 16
+    assert main(["plan", *over]) == 0
+    text = capsys.readouterr().out
+    assert "fits" in text and "update" in text and "16 completions" in text
