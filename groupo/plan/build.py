@@ -168,6 +168,7 @@ def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Mac
             device: str) -> E.Memory:
     weights, trainable, each = params
     state = E.training_state_bytes(trainable, each)
+    grads = trainable * each  # the traced update allocates them; held between micro-batches
     if cfg.lora.rank == 0 and beta > 0:
         weights *= 2  # the frozen reference copy
     engine = 0
@@ -179,7 +180,9 @@ def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Mac
     def peak(*kinds: str) -> int:
         return max((c.peak_bytes for (k, _), c in traced.items() if k in kinds), default=0)
 
-    return E.Memory(machine.baseline_bytes, weights, state, peak("step"), peak("update", "ref"), engine)
+    rows = cfg.rollout.group_size * cfg.train.prompts_per_step
+    update = peak("update", "ref") + (grads if rows > cfg.train.micro_batch_size else 0)
+    return E.Memory(machine.baseline_bytes, weights, state, peak("step"), update, engine)
 
 
 def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens: int,

@@ -68,7 +68,7 @@ def describe(plan, name: str) -> str:
         f"update {fmt_s(plan.update_s)} ({plan.rows} completions)",
         f"  memory   {gib(m.peak)} at its peak, of {gib(plan.available)} available: "
         + ("fits" if plan.fits else "does NOT fit"),
-        f"           process {gib(m.baseline)} + weights {gib(m.weights)} + gradients and AdamW "
+        f"           process {gib(m.baseline)} + weights {gib(m.weights)} + AdamW "
         f"{gib(m.training_state)}" + (f" + vLLM {gib(m.engine)}" if m.engine else "")
         + f" + the larger of generation {gib(m.generation)} and update {gib(m.update)}",
     ]

@@ -41,9 +41,10 @@ class Memory:
 
     baseline: int       # the process before the model (CPU: torch and libraries; GPU: 0)
     weights: int        # every parameter (and a reference copy for full fine-tuning with beta > 0)
-    training_state: int  # gradients and AdamW's two moments of the trainable parameters
+    training_state: int  # AdamW's two moments of the trainable parameters (held all along)
     generation: int     # generation's peak beyond the weights: casts, merged LoRA, KV cache, a step
-    update: int         # the update's peak beyond the weights: one micro-batch's activations, head chunks
+    update: int         # the update's peak beyond the weights: a micro-batch's activations and head chunks,
+                        # the gradients (and, with several micro-batches, the ones already accumulated)
     engine: int = 0     # a vLLM engine's own weights and KV cache
 
     @property
@@ -52,8 +53,9 @@ class Memory:
 
 
 def training_state_bytes(trainable: int, param_bytes: int) -> int:
-    """A gradient per trainable parameter (its dtype) and AdamW's exp_avg and exp_avg_sq (same)."""
-    return 3 * trainable * param_bytes
+    """AdamW's exp_avg and exp_avg_sq per trainable parameter, in its dtype. (Gradients are part of
+    the traced update: they exist only from its backward pass on.)"""
+    return 2 * trainable * param_bytes
 
 
 def micro_batches(rows: int, size: int) -> list[int]:
