@@ -2,11 +2,15 @@
 
     python benchmarks/generation.py                      # 64 sequences x 48 tokens, bf16 and none
     python benchmarks/generation.py --threads 2 --lora 16 --sequences 64 --new-tokens 48
+    python benchmarks/generation.py --autocast none --compare-keep   # finished rows dropped vs decoded on
 
 Sampling as in training (temperature 1, EOS stops a sequence). Reports the wall time per call,
 the tokens actually generated per second, and the batch throughput: sequences x decode steps
 per second, where steps = the longest completion (a batch runs until its last sequence stops).
 Also prints the cached-model load time. Prompts are arithmetic questions in the chat template.
+`--compare-keep` alternates the engine as it runs (a row that stopped leaves the batch) with
+`drop_finished=False` (every row decoded until the batch's longest ends, as transformers'
+generate does): same seed, same completions, so the difference is the lever alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("--lora", type=int, default=0, help="wrap in a LoRA adapter of this rank")
     ap.add_argument("--autocast", nargs="+", default=["bf16", "none"])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--compare-keep", action="store_true", help="also time drop_finished=False, alternating")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,19 +52,24 @@ def main() -> None:
     prompts = [tok.apply_chat_template([{"role": "user", "content": f"What is {7 * i + 3} + {5 * i + 11}?"}],
                                        add_generation_prompt=True, return_dict=False)
                for i in range(n_prompts)]
+    from machine import machine  # benchmarks/machine.py
+
+    print(f"CPU: {machine()}")
+    variants = [True, False] if args.compare_keep else [True]
     for amp in args.autocast:
-        engine = HFEngine(model, tok, batch_size=args.batch_size, autocast=amp)
         params = SamplingParams(n=args.group, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
         for r in range(args.repeats):
-            t0 = time.perf_counter()
-            out = engine.generate(prompts, params)
-            dt = time.perf_counter() - t0
-            n_tok = sum(len(c.token_ids) for g in out for c in g)
-            n_seq = sum(len(g) for g in out)
-            steps = max(len(c.token_ids) for g in out for c in g)
-            print(f"autocast={amp:5s} run {r}: {n_seq} seqs in {dt:6.2f} s, {n_tok} tokens = "
-                  f"{n_tok / dt:6.1f} tok/s; {steps} steps = {n_seq * steps / dt:6.1f} seq-steps/s")
-
+            for drop in variants:
+                engine = HFEngine(model, tok, batch_size=args.batch_size, autocast=amp, drop_finished=drop)
+                t0 = time.perf_counter()
+                out = engine.generate(prompts, params)
+                dt = time.perf_counter() - t0
+                n_tok = sum(len(c.token_ids) for g in out for c in g)
+                n_seq = sum(len(g) for g in out)
+                steps = max(len(c.token_ids) for g in out for c in g)
+                label = "" if not args.compare_keep else (" drop finished" if drop else " keep finished")
+                print(f"autocast={amp:5s}{label} run {r}: {n_seq} seqs in {dt:6.2f} s, {n_tok} tokens = "
+                      f"{n_tok / dt:6.1f} tok/s; {steps} steps = {n_seq * steps / dt:6.1f} seq-steps/s", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -264,3 +264,61 @@ def test_frozen_weights_cast_once_give_autocasts_exact_tokens_and_logprobs_and_a
         assert p is obj and p.dtype == torch.float32 and torch.equal(p, value), n  # the same objects back
     head = policy.model.get_output_embeddings()
     assert head.weight is policy.model.get_input_embeddings().weight  # still tied
+
+
+def hand_sample(model, rows, steps, seed, temperature, eos):
+    """Each row decoded alone, without a cache; at every step one float64 uniform per row of the
+    batch, in row order, drawn for all rows (the engine's protocol); inverse CDF on each row's
+    tempered softmax."""
+    from groupo.rollout.hf import sample_inverse_cdf
+
+    seqs, out, done = [list(r) for r in rows], [[] for _ in rows], [False] * len(rows)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            u_B1 = torch.rand((len(rows), 1), dtype=torch.float64)
+            for b, seq in enumerate(seqs):
+                if done[b]:
+                    continue
+                logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0, -1].float() / temperature, -1)
+                token = int(sample_inverse_cdf(logp.exp()[None], u_B1[b:b + 1])[0, 0])
+                seq.append(token)
+                out[b].append((token, float(logp[token])))
+                done[b] = token == eos
+            if all(done):
+                break
+    return out
+
+
+def test_sampling_equals_decoding_each_row_alone_while_finished_rows_leave_the_batch():
+    """Rows stop at different lengths (an EOS-biased head). Each row's tokens and log-probs are
+    those of decoding it alone with the same uniforms, and the rows forwarded after the shared
+    prefix number exactly the tokens produced: a row that stopped is not decoded again."""
+    model, tok = eos_biased_tiny(bias=3.0)
+    prompts = prompts_for(tok)
+    forwarded = []
+    hook = model.model.register_forward_pre_hook(lambda m, args, kw: forwarded.append(kw["input_ids"].shape[0]),
+                                                 with_kwargs=True)
+    out = HFEngine(model, tok, batch_size=12, autocast="none").generate(
+        prompts, SamplingParams(n=4, temperature=0.8, max_new_tokens=12, seed=7))
+    hook.remove()
+    flat = [c for group in out for c in group]
+    expected = hand_sample(model, [p for p in prompts for _ in range(4)], 12, 7, 0.8, tok.eos_token_id)
+    for c, exp in zip(flat, expected, strict=True):
+        assert c.token_ids == [t for t, _ in exp]
+        torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor([lp for _, lp in exp]), atol=1e-5, rtol=0)
+    lengths = [len(c.token_ids) for c in flat]
+    assert len(set(lengths)) > 2 and max(lengths) == 12  # varied stops, and some ran to the limit
+    assert forwarded[0] == len(prompts)  # the shared prefix: each prompt once
+    assert sum(forwarded[1:]) == sum(lengths) < len(flat) * max(lengths)
+
+    forwarded.clear()  # drop_finished=False: every row decoded to the end, the same completions
+    hook = model.model.register_forward_pre_hook(lambda m, args, kw: forwarded.append(kw["input_ids"].shape[0]),
+                                                 with_kwargs=True)
+    kept = HFEngine(model, tok, batch_size=12, autocast="none", drop_finished=False).generate(
+        prompts, SamplingParams(n=4, temperature=0.8, max_new_tokens=12, seed=7))
+    hook.remove()
+    assert sum(forwarded[1:]) == len(flat) * max(lengths)
+    for c, k in zip(flat, [c for group in kept for c in group], strict=True):
+        assert (c.token_ids, c.finish_reason) == (k.token_ids, k.finish_reason)
+        torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor(k.logprobs), atol=1e-5, rtol=0)

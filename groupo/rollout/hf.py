@@ -1,15 +1,15 @@
-"""Rollouts with transformers `generate`: left-padded batches, KV cache, exact sampling log-probs.
+"""Rollouts from a transformers model: left-padded batches, a KV cache, a decoding loop that
+drops the rows that stopped, exact sampling log-probs.
 
 The engine samples from the module it is given, so with a peft PeftModel it always uses the
 current adapter weights and `sync_weights` has nothing to do.
 
-Sampling distribution. The checkpoint's own generation_config.json (e.g. temperature 0.7,
-repetition_penalty 1.05 on many hub models) would otherwise be merged into every call and
-silently change the distribution, so during a call the model's generation config is replaced by
-a blank one and only `SamplingParams` apply: temperature, then top-k, then top-p (transformers'
-own warpers, in transformers' order). The log-prob recorded for each token is
-log softmax(processed logits)[token], i.e. under the distribution actually sampled from. Greedy
-decoding (temperature 0) records log-probs under the unscaled softmax.
+Sampling distribution. Only `SamplingParams` apply: temperature, then top-k, then top-p
+(transformers' own warpers, in transformers' order). The checkpoint's generation_config.json
+(e.g. temperature 0.7, repetition_penalty 1.05 on many hub models) is not read, except for the
+EOS tokens it adds. The log-prob recorded for each token is log softmax(processed logits)[token],
+i.e. under the distribution actually sampled from. Greedy decoding (temperature 0) records
+log-probs under the unscaled softmax.
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ from groupo.types import Completion, SamplingParams
 
 
 class HFEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto"):
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto",
+                 drop_finished: bool = True):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; load it with groupo.models.load_model "
                              "or call groupo.models.prepare_tokenizer")
         self.model, self.tokenizer = model, tokenizer
+        # False: rows that stopped keep decoding (on pad tokens, nothing recorded) until the batch's
+        # longest ends, as transformers' generate does; for benchmarks/generation.py's comparison.
+        self.drop_finished = drop_finished
         device = next(model.parameters()).device
         self.batch_size, self.autocast = batch_size, resolve_autocast(autocast, device)
         if self.autocast != "none" and device.type == "cpu" and not native_half(self.autocast):
@@ -50,7 +54,7 @@ class HFEngine:
         """
         per_chunk = max(1, self.batch_size // params.n)
         device = next(self.model.parameters()).device
-        eos = self._eos_ids()  # read before _generation_mode blanks the model's generation config
+        eos = self._eos_ids()
         flat: list[Completion] = []
         amp = AUTOCAST_DTYPES[self.autocast]
         with self._generation_mode(), merged_for_inference(self.model), frozen_linear_weights_in(self.model, amp), \
@@ -71,47 +75,12 @@ class HFEngine:
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, eos: set[int],
                         device: torch.device) -> list[Completion]:
-        from transformers import (
-            GenerationConfig,
-            LogitsProcessorList,
-            StoppingCriteriaList,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
         unique = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
         prompts = [p for p in prompts for _ in range(params.n)]
         batch = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
-        greedy = params.temperature == 0
-        processors = LogitsProcessorList()
-        if not greedy:
-            # Ours rather than generate's, so the recorder below sees the final distribution
-            # (generate appends its own warpers after any processors it is given).
-            if params.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_k > 0:
-                processors.append(TopKLogitsWarper(params.top_k))
-            if params.top_p < 1.0:
-                processors.append(TopPLogitsWarper(params.top_p))
-        recorder = _LogprobRecorder(sample=not greedy)
-        processors.append(recorder)
-        # generate runs its greedy path: the recorder has drawn each row's token already (see
-        # _LogprobRecorder) and leaves it the only finite score.
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens, do_sample=False,
-            eos_token_id=sorted(eos),
-            pad_token_id=self.tokenizer.pad_token_id, use_cache=True, return_dict_in_generate=True)
-        P = batch.input_ids_BL.shape[1]
-        criteria = StoppingCriteriaList([_StopOnText(self.tokenizer, params.stop, P)] if params.stop else [])
         amp = AUTOCAST_DTYPES[self.autocast]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            cache = self._shared_prefix(unique, params.n)
-            out = self.model.generate(input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL,
-                                      past_key_values=cache, generation_config=config,
-                                      logits_processor=processors, stopping_criteria=criteria)
-        tokens_BS = out.sequences[:, P:]
-        logp_BS = recorder.finish(tokens_BS)
+            tokens_BS, logp_BS = self._decode(batch, self._shared_prefix(unique, params.n), params, eos)
         completions = []
         for b, prompt in enumerate(prompts):
             tokens = tokens_BS[b].tolist()
@@ -120,6 +89,77 @@ class HFEngine:
                 prompt_ids=list(prompt), token_ids=tokens[:cut], logprobs=logp_BS[b, :cut].tolist(),
                 text=self.tokenizer.decode(tokens[:cut], skip_special_tokens=True), finish_reason=reason))
         return completions
+
+    def _decode(self, batch, cache, params: SamplingParams, eos: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, log-probs), each (B, S), of decoding `batch`'s prompts; `cache` holds their first
+        P-1 tokens (None: nothing cached yet). Padded after a row stops.
+
+        A loop of our own rather than transformers' `generate`, which decodes every row until the
+        longest one ends: here a row that stopped (EOS or a stop string) leaves the batch and its
+        KV cache, so the steps after it cost only the rows still running (decoding is compute-bound
+        where the matmuls dominate: float32 on an AVX2 CPU, large batches on a GPU). Sampling is by
+        inverse CDF with one uniform per row of the original batch at every step (see
+        `sample_inverse_cdf`), drawn for all rows so that a row's draws do not depend on when
+        others stopped.
+        """
+        from transformers import (
+            DynamicCache,
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        greedy = params.temperature == 0
+        warpers = LogitsProcessorList()
+        if not greedy:  # transformers' own warpers, in transformers' order
+            if params.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k > 0:
+                warpers.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(params.top_p))
+        B, P = batch.input_ids_BL.shape
+        S, device = params.max_new_tokens, batch.input_ids_BL.device
+        tokens_BS = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        logp_BS = torch.zeros((B, S), dtype=torch.float32)
+        eos_E = torch.tensor(sorted(eos), device=device)
+        start = P - 1 if cache is not None else 0
+        if cache is None:
+            cache = DynamicCache(config=getattr(self.model, "config", None))
+        ids_AL, mask_AL, pos_AL = (batch.input_ids_BL[:, start:], batch.attention_mask_BL,
+                                   batch.position_ids_BL[:, start:])
+        rows_A = torch.arange(B, device=device)  # the rows in the batch now, as indices into the batch
+        live_A = torch.ones(B, dtype=torch.bool, device=device)  # not stopped (all, when they are dropped)
+        for s in range(S):
+            logits_AV = self.model(input_ids=ids_AL, attention_mask=mask_AL, position_ids=pos_AL,
+                                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            scores_AV = warpers(tokens_BS[rows_A, :s], logits_AV)
+            logp_AV = torch.log_softmax(scores_AV, dim=-1)
+            if greedy:
+                token_A = scores_AV.argmax(-1)
+            else:
+                u_B1 = torch.rand((B, 1), device=device, dtype=torch.float64)
+                token_A = sample_inverse_cdf(logp_AV.exp(), u_B1[rows_A])[:, 0]
+            token_A = torch.where(live_A, token_A, self.tokenizer.pad_token_id)
+            rec = rows_A[live_A]
+            tokens_BS[rec, s] = token_A[live_A]
+            logp_BS[rec.cpu(), s] = logp_AV.gather(-1, token_A[:, None])[:, 0][live_A].cpu()
+            done_A = torch.isin(token_A, eos_E)
+            if params.stop:
+                done_A |= _stopped_by_text(self.tokenizer, tokens_BS[rows_A, :s + 1], params.stop)
+            done_A &= live_A
+            if s == S - 1 or bool((done_A | ~live_A).all()):
+                break
+            if not self.drop_finished:
+                live_A &= ~done_A
+            elif bool(done_A.any()):
+                keep_A = (~done_A).nonzero()[:, 0]
+                cache.batch_select_indices(keep_A)
+                rows_A, token_A, mask_AL, live_A = rows_A[keep_A], token_A[keep_A], mask_AL[keep_A], live_A[keep_A]
+            mask_AL = torch.cat([mask_AL, mask_AL.new_ones((len(rows_A), 1))], dim=1)
+            ids_AL, pos_AL = token_A[:, None], mask_AL.sum(-1, keepdim=True) - 1
+        return tokens_BS.cpu(), logp_BS
 
     def _eos_ids(self) -> set[int]:
         """The tokenizer's EOS and any the checkpoint's generation config adds (e.g. end-of-turn)."""
@@ -142,88 +182,40 @@ class HFEngine:
 
     @contextlib.contextmanager
     def _generation_mode(self) -> Iterator[None]:
-        """Eval mode, no grad, and a blank generation config; all restored afterwards."""
-        from transformers import GenerationConfig
-
-        holders = [self.model]
-        if hasattr(self.model, "get_base_model"):  # peft copies its config onto the base model
-            holders.append(self.model.get_base_model())
-        saved = [(h, h.generation_config) for h in holders]
+        """Eval mode (no dropout) and no grad; the training mode restored afterwards."""
         was_training = self.model.training
         try:
-            for h, _ in saved:
-                h.generation_config = GenerationConfig()
             self.model.eval()
             with torch.no_grad():
                 yield
         finally:
-            for h, cfg in saved:
-                h.generation_config = cfg
             self.model.train(was_training)
 
 
-class _StopOnText:
-    """Stopping criterion: a stop string appears in the generated text (the prompt excluded).
-
-    Hand-rolled because transformers' `stop_strings` match the end of prompt + completion, so a
-    prompt ending in "...is" with stop "s i" would stop after a completion of just " is".
-    Decodes only the last few tokens each step: a stop string of c characters spans at most
-    4c byte-level tokens.
-    """
-
-    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_len: int) -> None:
-        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
-        self.window = 4 * max(len(s) for s in stops) + 1
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        start = max(self.prompt_len, input_ids.shape[1] - self.window)
-        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
-        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+def _stopped_by_text(tokenizer, tokens_AS: torch.Tensor, stops: tuple[str, ...]) -> torch.Tensor:
+    """(A,) bool: a stop string appears in the rows' generated text (never the prompt's: with
+    transformers' `stop_strings`, which match the end of prompt + completion, a prompt ending in
+    "...is" with stop "s i" would stop after a completion of just " is"). Decodes only the last
+    few tokens: a stop string of c characters spans at most 4c byte-level tokens."""
+    window = 4 * max(len(s) for s in stops) + 1
+    tails = tokenizer.batch_decode(tokens_AS[:, -window:], skip_special_tokens=False)
+    return torch.tensor([any(s in t for s in stops) for t in tails], device=tokens_AS.device)
 
 
-class _LogprobRecorder:
-    """A logits processor, run last, that keeps only one step of log-probs at a time and, when
-    sampling, draws the next tokens itself.
-
-    At step s it sees the tokens chosen at step s-1 and gathers their log-probs from the
-    previous step's distribution; memory is one (B, V) tensor instead of output_scores' (S, B, V).
-
-    Sampling by inverse CDF, one uniform per row: the first token whose cumulative probability
-    exceeds u * total. generate's own sampler (`torch.multinomial`) draws an exponential for
-    every one of the (B, V) entries, which measured 24-275 ms per decode step for 32 x 49k logits
-    on 2 CPU cores against 3-50 ms for this (benchmarks/sampling.py); the distribution is the same
-    (tokens of probability 0, e.g. outside top-k or top-p, can never be drawn: their cumulative
-    probability equals their predecessor's). The drawn token is returned as the row's only
-    finite score, and generate, in greedy mode, takes it.
-    """
-
-    def __init__(self, sample: bool = False) -> None:
-        self.sample = sample
-        self.steps: list[torch.Tensor] = []
-        self._prev_BV: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self._prev_BV is not None:
-            self.steps.append(self._prev_BV.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self._prev_BV = torch.log_softmax(scores.float(), dim=-1)
-        if not self.sample:
-            return scores
-        token_B1 = sample_inverse_cdf(self._prev_BV.exp())
-        return torch.full_like(scores, float("-inf")).scatter_(1, token_B1, 0.0)
-
-    def finish(self, tokens_BS: torch.Tensor) -> torch.Tensor:
-        """(B, S) log-probs of the generated tokens."""
-        if tokens_BS.shape[1] == 0 or self._prev_BV is None:
-            return torch.zeros(tokens_BS.shape, dtype=torch.float32)
-        last = self._prev_BV.gather(-1, tokens_BS[:, -1:]).squeeze(-1)
-        return torch.stack([*self.steps, last], dim=1).cpu()
-
-
-def sample_inverse_cdf(probs_BV: torch.Tensor) -> torch.Tensor:
+def sample_inverse_cdf(probs_BV: torch.Tensor, u_B1: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1) token ids drawn from each row's distribution `probs_BV` (need not sum to exactly 1)
-    with one uniform per row, from torch's global generator."""
+    with one uniform per row: `u_B1` in [0, 1), or drawn from torch's global generator.
+
+    The first token whose cumulative probability exceeds u * total. transformers' sampler
+    (`torch.multinomial`) draws an exponential for every one of the (B, V) entries, which measured
+    24-275 ms per decode step for 32 x 49k logits on 2 CPU cores against 3-50 ms for this
+    (benchmarks/sampling.py); the distribution is the same (tokens of probability 0, e.g. outside
+    top-k or top-p, can never be drawn: their cumulative probability equals their predecessor's).
+    """
     cdf_BV = probs_BV.cumsum(-1, dtype=torch.float64)  # float64: a token's share is exact to ~1e-16, not ~6e-8
-    u_B1 = torch.rand((probs_BV.shape[0], 1), device=probs_BV.device, dtype=cdf_BV.dtype) * cdf_BV[:, -1:]
+    if u_B1 is None:
+        u_B1 = torch.rand((probs_BV.shape[0], 1), device=probs_BV.device, dtype=cdf_BV.dtype)
+    u_B1 = u_B1.to(cdf_BV.dtype) * cdf_BV[:, -1:]
     # right=True: the first index with cdf > u, so a zero-probability token (cdf equal to the one
     # before it) is never the first. Where rounding makes u reach the total (no index qualifies),
     # the last token of non-zero probability: the first whose cdf reaches the total.
