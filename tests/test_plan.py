@@ -91,10 +91,10 @@ def test_the_decoding_step_peak_holds_the_kv_cache():
 
 
 def test_seconds_add_fixed_matmul_attention_and_bandwidth_costs():
+    big, small = (8, 16, 32, "float32", False, True), (4, 4, 4, "float32", False, False)
     m = Machine("cpu", op_nograd_s=1e-5, op_forward_s=2e-5, op_backward_s=5e-6, generate_step_s=1e-3,
-                bandwidth=1e10, baseline_bytes=0, matmul_rate={(8, 16, 32, "float32"): 1e9, (4, 4, 4, "float32"): 5e8})
-    c = Counts(ops_forward=100, ops_backward=50, matmuls=Counter({(8, 16, 32, "float32"): 3, (4, 4, 4, "float32"): 2}),
-               other_flops=1e6, bytes_moved=2e8)
+                bandwidth=1e10, baseline_bytes=0, matmul_rate={big: 1e9, small: 5e8})
+    c = Counts(ops_forward=100, ops_backward=50, matmuls=Counter({big: 3, small: 2}), other_flops=1e6, bytes_moved=2e8)
     mm = 3 * 2 * 8 * 16 * 32 / 1e9 + 2 * 2 * 4 * 4 * 4 / 5e8
     mean_rate = (3 * 2 * 8 * 16 * 32 + 2 * 2 * 4 * 4 * 4) / mm
     assert E.seconds(c, m, grad=True) == pytest.approx(100 * 2e-5 + 50 * 5e-6 + mm + 1e6 / mean_rate + 2e8 / 1e10)

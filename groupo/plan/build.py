@@ -32,6 +32,7 @@ class Plan:
     available: int
     machine: Machine
     suggestions: list[tuple[str, int]] = field(default_factory=list)  # (overrides, predicted peak)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def step_s(self) -> float | None:
@@ -130,6 +131,11 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     memory = _memory(cfg, params, beta, machine, traced, device)
     plan = Plan(device, amp, max(P_gen, P_upd), S, rows, gen_s, reference_s, update_s, memory,
                 available or available_bytes(device), machine)
+    from groupo.models.precision import native_half
+
+    if device == "cpu" and amp != "none" and not native_half(amp):
+        plan.notes.append(f"autocast {amp} is emulated on this CPU (no native {amp} kernels): float32 "
+                          "(model.autocast=none) is several times faster here; planned as configured")
     if suggest and not plan.fits:
         plan.suggestions = _suggestions(cfg, plan, prompt_tokens or P_upd, S, machine)
     return plan

@@ -51,7 +51,7 @@ def as_dict(plan) -> dict:
             "peak_bytes": m.peak, "available_bytes": plan.available, "fits": plan.fits,
             "memory": {k: getattr(m, k) for k in ("baseline", "weights", "training_state", "generation", "update",
                                                    "engine")},
-            "suggestions": [{"override": o, "peak_bytes": b} for o, b in plan.suggestions]}
+            "suggestions": [{"override": o, "peak_bytes": b} for o, b in plan.suggestions], "notes": plan.notes}
 
 
 def describe(plan, name: str) -> str:
@@ -79,6 +79,7 @@ def describe(plan, name: str) -> str:
         else:
             lines.append("  no single setting tried (micro-batch, gradient checkpointing, rollout batch, LoRA) fits; "
                          "shorten rollout.max_new_tokens or use a smaller model")
+    lines += [f"  note: {n}" for n in plan.notes]
     if plan.completion_tokens and plan.gen_s is not None:
         lines.append("  (an upper bound when completions stop before the limit: generation runs until a batch's "
                      "longest completion ends, and each micro-batch is as wide as its longest)")

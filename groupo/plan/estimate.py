@@ -23,7 +23,7 @@ SAMPLING_BYTES_PER_LOGIT = 40
 def seconds(c: Counts, m: Machine, grad: bool) -> float:
     """Time of a pass with counts `c`; `grad`: its forward records autograd."""
     fixed = c.ops_forward * (m.op_forward_s if grad else m.op_nograd_s) + c.ops_backward * m.op_backward_s
-    mm = sum(2 * M * K * N * n / m.matmul_rate[(M, K, N, d)] for (M, K, N, d), n in c.matmuls.items())
+    mm = sum(2 * key[0] * key[1] * key[2] * n / m.matmul_rate[key] for key, n in c.matmuls.items())
     mean_rate = c.matmul_flops / mm if mm else max(m.matmul_rate.values(), default=1e11)
     return fixed + mm + c.other_flops / mean_rate + c.bytes_moved / m.bandwidth
 

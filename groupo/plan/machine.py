@@ -1,8 +1,9 @@
 """What this machine's ops cost, measured in a few seconds: the rates the planner turns traced
 op counts into seconds with (groupo.plan.estimate).
 
-- Matmuls: each distinct (M, K, N, dtype) the traced passes issue, timed on random tensors (best
-  of three; shapes over ~2 GFLOP are timed with fewer rows, at the same per-FLOP rate).
+- Matmuls: each distinct (K, N, dtype, layout) the traced passes issue, timed on random tensors at the
+  power of two of rows at or above each M (best of three; a shape over ~0.5 GFLOP is timed with
+  fewer rows, at the same per-FLOP rate; a run slower than 0.2 s is not repeated).
 - Other ops: one memory bandwidth, from a large elementwise add.
 - The process itself: a fresh interpreter's memory once it has imported the trainer.
 - Fixed costs: eager PyTorch pays microseconds per op (Python, dispatch, kernel launch) whatever
@@ -20,11 +21,12 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-TIMED_FLOPS = 2e9  # larger matmuls are timed with fewer rows
+TIMED_FLOPS = 5e8  # larger matmuls are timed with fewer rows
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Machine:
     generate_step_s: float    # generate's own loop, per decoding step
     bandwidth: float          # bytes/s of an elementwise op
     baseline_bytes: int       # the process before any model: torch, transformers, peft, groupo
-    matmul_rate: dict = field(default_factory=dict)  # (M, K, N, dtype) -> FLOP/s
+    matmul_rate: dict = field(default_factory=dict)  # trace.Counts.matmuls keys -> FLOP/s
 
 
 def _sync(device: str) -> None:
@@ -44,9 +46,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best(f, device: str, repeats: int = 3) -> float:
+def _best(f, device: str, repeats: int = 3, slow_s: float = 0.2) -> float:
+    """Best time of `repeats` calls after a warm-up; one call only where the warm-up took over `slow_s`."""
+    t = time.perf_counter()
     f()
     _sync(device)
+    best = time.perf_counter() - t
+    if best > slow_s:
+        return best
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
@@ -94,14 +101,19 @@ def available_bytes(device: str) -> int:
 
 
 def matmul_rates(keys, device: str) -> dict:
-    """FLOP/s of each (M, K, N, dtype) matmul on `device`."""
+    """FLOP/s of each (M, K, N, dtype, a transposed, b transposed) matmul on `device` (see the
+    module docstring)."""
+    timed: dict[tuple, float] = {}
     rates = {}
     for key in set(keys):
-        M, K, N, dtype = key
-        m = max(1, min(M, int(TIMED_FLOPS / (2 * K * N))))
-        a = torch.randn(m, K, dtype=getattr(torch, dtype), device=device)
-        b = torch.randn(K, N, dtype=getattr(torch, dtype), device=device)
-        rates[key] = 2 * m * K * N / _best(lambda a=a, b=b: a @ b, device)
+        M, K, N, dtype, a_t, b_t = key
+        m = max(1, min(1 << max(0, M - 1).bit_length(), int(TIMED_FLOPS / (2 * K * N))))
+        if (m, *key[1:]) not in timed:
+            kw = {"dtype": getattr(torch, dtype), "device": device}
+            a = torch.randn(K, m, **kw).t() if a_t else torch.randn(m, K, **kw)
+            b = torch.randn(N, K, **kw).t() if b_t else torch.randn(K, N, **kw)
+            timed[(m, *key[1:])] = 2 * m * K * N / _best(lambda a=a, b=b: a @ b, device)
+        rates[key] = timed[(m, *key[1:])]
     return rates
 
 
@@ -165,8 +177,10 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
     op_forward = t_fwd / upd.ops_forward
     op_backward = max(0.0, t_both - t_fwd) / max(1, upd.ops_backward)
     tok = make_tokenizer()
-    engine = HFEngine(model, tok, batch_size=rows, autocast="none" if amp is None else
-                      {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp])
+    with warnings.catch_warnings():  # the engine's warning about emulated bf16: the plan says it once
+        warnings.simplefilter("ignore")
+        engine = HFEngine(model, tok, batch_size=rows, autocast="none" if amp is None else
+                          {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp])
     params = SamplingParams(n=group, max_new_tokens=T, temperature=1.0, seed=0)
     prompts = [[5] * P] * (rows // group)
     done = []
