@@ -4,18 +4,21 @@
     python benchmarks/vs_trl.py                       # 2 runs each, alternating, 5 steps per run
     python benchmarks/vs_trl.py --runs 1 --steps 4 --only groupo
     python benchmarks/vs_trl.py --creep 200           # groupo's resident memory over 200 short steps
+    python benchmarks/vs_trl.py --precision fp32      # both in float32 (auto: bf16 where the CPU has it natively)
 
 The work (both trainers): the built-in SmolLM2-135M-Instruct, LoRA r=16 alpha=16 on q/k/v/o,
 two-digit sums with a think/answer system prompt, the same accuracy and format reward functions
 (groupo's, called by TRL through a wrapper that reads its message-list completions), 4 prompts x
 8 samples per step, at most 64 new tokens, temperature 1.0, beta 0.04 (a KL term, so both run a
-reference forward), lr 1e-5, bf16 autocast, one update per batch, 16 sequences per forward pass
+reference forward), lr 1e-5, bf16 autocast where this CPU runs bf16 natively and float32
+elsewhere (`--precision`: emulated bf16 on an AVX2 CPU is several times slower than float32 for
+both trainers), one update per batch, 16 sequences per forward pass
 (TRL: per-device batch 16 and 2 accumulation steps, i.e. the same 32 completions per step),
 no gradient checkpointing (TRL turns it on by default; here off for both), no evaluation.
 
 Each run is its own process (so its peak RSS is its own): per-step time (median after the first
 step, a warm-up), completions/s, generated tokens/s, peak RSS, and the model FLOPs per step with
-the achieved share of this machine's measured bf16 matmul peak (MFU). The FLOPs count is the same
+the achieved share of this machine's measured matmul peak in the chosen precision (MFU). The FLOPs count is the same
 formula for both: 2N per token of every forward (generation: prompt + completion per sequence;
 the reference pass) and 6N per token of the policy's forward + backward, N = parameters; it ignores
 attention's T^2 term (sequences are ~100 tokens) and the fact that LoRA's backward skips the
@@ -52,13 +55,14 @@ def problems(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def bf16_peak_flops(threads: int) -> float:
-    """Best of a few 1024^3 bf16 matmuls: the machine's practical matmul peak with `threads`."""
+def peak_flops(threads: int, bf16: bool = True) -> float:
+    """Best of a few 1024^3 matmuls in bf16 (or float32): the machine's practical matmul peak with `threads`."""
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(1024, 1024, dtype=torch.bfloat16)
-    b = torch.randn(1024, 1024, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a = torch.randn(1024, 1024, dtype=dtype)
+    b = torch.randn(1024, 1024, dtype=dtype)
     for _ in range(3):
         a @ b
     best = min(_timed(lambda: a @ b) for _ in range(10))
@@ -80,14 +84,15 @@ def step_flops(n_params: int, prompt_tokens: float, completion_tokens: float, se
 # --------------------------------------------------------------------------------------------
 # workers: one run of one trainer; print one JSON line
 
-def run_groupo(steps: int, workdir: Path, creep: int = 0) -> dict:
+def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True) -> dict:
     from groupo.config import load_config
     from groupo.trainer.loop import train
 
     data = workdir / "sums.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in problems(2000)))
     small = creep > 0  # the memory-creep check: many short steps
-    over = {"model.name": "smollm2-135m-instruct", "model.autocast": "bf16", "lora.rank": 16, "lora.alpha": 16,
+    over = {"model.name": "smollm2-135m-instruct", "model.autocast": "bf16" if bf16 else "none",
+            "lora.rank": 16, "lora.alpha": 16,
             "task.name": str(data), "task.prompt_style": "r1", "task.system_prompt": SYSTEM, "task.eval_size": 1,
             "rewards.funcs": json.dumps({"accuracy": 1.0, "format": 1.0}),
             "rollout.group_size": 4 if small else 8, "rollout.max_new_tokens": 16 if small else 64,
@@ -108,7 +113,7 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0) -> dict:
             "prompt_tokens": _prompt_tokens(), "sequences": 2 * 4 if small else 32}
 
 
-def run_trl(steps: int, workdir: Path) -> dict:
+def run_trl(steps: int, workdir: Path, bf16: bool = True) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -146,7 +151,7 @@ def run_trl(steps: int, workdir: Path) -> dict:
         def on_log(self, args, state, control, logs=None, **kw):
             self.logs.append(dict(logs or {}))
 
-    args = GRPOConfig(output_dir=str(workdir / "trl"), use_cpu=True, bf16=True, learning_rate=1e-5, beta=0.04,
+    args = GRPOConfig(output_dir=str(workdir / "trl"), use_cpu=True, bf16=bf16, learning_rate=1e-5, beta=0.04,
                       num_generations=8, per_device_train_batch_size=16, gradient_accumulation_steps=2,
                       max_completion_length=64, temperature=1.0, max_steps=steps, logging_steps=1,
                       report_to="none", save_strategy="no", gradient_checkpointing=False, seed=0,
@@ -185,10 +190,10 @@ def _prompt_tokens() -> float:
 # --------------------------------------------------------------------------------------------
 # the driver: alternate runs, summarise
 
-def _launch(trainer: str, steps: int, threads: int, creep: int = 0) -> dict:
+def _launch(trainer: str, steps: int, threads: int, creep: int = 0, bf16: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--worker", trainer, "--steps", str(steps), "--workdir", tmp,
-               "--threads", str(threads), "--creep", str(creep)]
+               "--threads", str(threads), "--creep", str(creep), "--precision", "bf16" if bf16 else "fp32"]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode or not lines:
@@ -215,23 +220,31 @@ def main() -> None:
     ap.add_argument("--only", choices=["groupo", "trl"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--creep", type=int, default=0, help="groupo only: this many short steps, RSS slope")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="both trainers' precision; auto = bf16 where the CPU has native bf16, else fp32")
     ap.add_argument("--worker", choices=["groupo", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.precision == "auto":
+        from groupo.models.precision import native_half
+
+        args.precision = "bf16" if native_half("bf16") else "fp32"
+    bf16 = args.precision == "bf16"
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
         work = Path(args.workdir)
-        res = run_groupo(args.steps, work, args.creep) if args.worker == "groupo" else run_trl(args.steps, work)
+        res = (run_groupo(args.steps, work, args.creep, bf16) if args.worker == "groupo"
+               else run_trl(args.steps, work, bf16))
         print(json.dumps(res), flush=True)
         return
 
-    print(f"CPU: {machine()}; torch threads {args.threads}")
-    peak = bf16_peak_flops(args.threads)
-    print(f"measured bf16 matmul peak: {peak / 1e12:.2f} TFLOP/s")
+    print(f"CPU: {machine()}; torch threads {args.threads}; precision {args.precision} for both")
+    peak = peak_flops(args.threads, bf16)
+    print(f"measured {args.precision} matmul peak: {peak / 1e12:.2f} TFLOP/s")
     if args.creep:
-        run = _launch("groupo", 0, args.threads, creep=args.creep)
+        run = _launch("groupo", 0, args.threads, creep=args.creep, bf16=bf16)
         rss = run["rss_mb"]
         half = rss[len(rss) // 2:]
         slope = (half[-1] - half[0]) / max(1, len(half) - 1)
@@ -246,7 +259,7 @@ def main() -> None:
     order = [t for _ in range(args.runs) for t in ("groupo", "trl") if args.only in (None, t)]
     results: dict[str, list[dict]] = {"groupo": [], "trl": []}
     for trainer in order:
-        run = _launch(trainer, args.steps, args.threads)
+        run = _launch(trainer, args.steps, args.threads, bf16=bf16)
         s = summarise(run, n_params, peak)
         results[trainer].append(s)
         print(f"{trainer:6s} run {len(results[trainer])}: {s['step_s']:.1f} s/step"

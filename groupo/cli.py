@@ -25,7 +25,7 @@ EPILOG = """examples:
   groupo train configs/dapo.yaml --smoke         # any recipe in seconds on a CPU (groupo/smoke.py)
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
-  groupo plan configs/gsm8k.yaml                 # predicted step time and peak memory, before launch
+  groupo plan configs/countdown.yaml             # predicted step time and peak memory, before launch
   groupo serve --port 8000                       # a vLLM server for rollout.vllm_url=http://127.0.0.1:8000
   groupo export runs/quickstart exported/        # a merged Hugging Face folder (transformers, vLLM)
   groupo chat runs/quickstart                    # talk to the trained policy

@@ -3,7 +3,7 @@ op counts into seconds with (groupo.plan.estimate).
 
 - Matmuls: each distinct (K, N, dtype, layout) the traced passes issue, timed on random tensors at the
   power of two of rows at or above each M (best of three; a shape over ~0.5 GFLOP is timed with
-  fewer rows, at the same per-FLOP rate; a run slower than 0.2 s is not repeated).
+  fewer rows, but at least 128, at the same per-FLOP rate; a run slower than 0.2 s is not repeated).
 - Other ops: one memory bandwidth, from a large elementwise add.
 - The process itself: a fresh interpreter's memory once it has imported the trainer.
 - Fixed costs: eager PyTorch pays microseconds per op (Python, dispatch, kernel launch) whatever
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-TIMED_FLOPS = 5e8  # larger matmuls are timed with fewer rows
+TIMED_FLOPS = 5e8  # larger matmuls are timed with fewer rows,
+MIN_TIMED_ROWS = 128  # but not so few that the rate drops (an output head timed on 8 rows ran at a tenth)
 
 
 @dataclass
@@ -107,7 +108,7 @@ def matmul_rates(keys, device: str) -> dict:
     rates = {}
     for key in set(keys):
         M, K, N, dtype, a_t, b_t = key
-        m = max(1, min(1 << max(0, M - 1).bit_length(), int(TIMED_FLOPS / (2 * K * N))))
+        m = min(1 << max(0, M - 1).bit_length(), max(MIN_TIMED_ROWS, int(TIMED_FLOPS / (2 * K * N))))
         if (m, *key[1:]) not in timed:
             kw = {"dtype": getattr(torch, dtype), "device": device}
             a = torch.randn(K, m, **kw).t() if a_t else torch.randn(m, K, **kw)
