@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from groupo.config import Config, ConfigError
+from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
 from groupo.plan import estimate as E
-from groupo.plan.machine import Machine, available_bytes, measure
+from groupo.plan.machine import Machine, available_bytes, matmul_rates, measure
 from groupo.plan.trace import Counts, fake_mode, fake_model, generation_passes, update_pass
 
 
@@ -85,7 +86,6 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     measured on the task's prompts); completion_tokens: default rollout.max_new_tokens, the worst
     case (generate decodes until its longest row stops); available: bytes the run may take (default:
     what this machine has free)."""
-    from groupo.models.precision import AUTOCAST_DTYPES, resolve_autocast
     from groupo.trainer.step import loss_settings
 
     device = _device(cfg)
@@ -118,8 +118,6 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     machine = machine or measure(hf_config, cfg.lora, amp_dtype, device, keys)
     missing = [k for k in keys if k not in machine.matmul_rate]
     if missing:
-        from groupo.plan.machine import matmul_rates
-
         machine.matmul_rate.update(matmul_rates(missing, device))
 
     update_s = A.num_iterations * sum(E.seconds(traced["update", m], machine, grad=True) for m in micro)
@@ -131,8 +129,6 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     memory = _memory(cfg, params, beta, machine, traced, device)
     plan = Plan(device, amp, max(P_gen, P_upd), S, rows, gen_s, reference_s, update_s, memory,
                 available or available_bytes(device), machine)
-    from groupo.models.precision import native_half
-
     if device == "cpu" and amp != "none" and not native_half(amp):
         plan.notes.append(f"autocast {amp} is emulated on this CPU (no native {amp} kernels): float32 "
                           "(model.autocast=none) is several times faster here; planned as configured")

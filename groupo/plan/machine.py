@@ -163,13 +163,12 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
         prefill, step = generation_passes(fake, rows // group, group, P, T, amp, device)
     from groupo.models.logprobs import pack, token_logprobs
 
-    packed = pack([[5] * P] * rows, [[6] * T] * rows, 0)
-    packed.to(device)
+    packed = pack([[5] * P] * rows, [[6] * T] * rows, 0).to(device)
     auto = torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None)
 
     def forward(grad: bool):
         with auto, torch.set_grad_enabled(grad):
-            return token_logprobs(model, packed.to(device), with_entropy=grad)[0]
+            return token_logprobs(model, packed, with_entropy=grad)[0]
 
     t_ref = _best(lambda: forward(False), device)
     t_fwd = _best(lambda: forward(True), device)
