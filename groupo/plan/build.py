@@ -126,7 +126,7 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     gen_s = None if R.engine == "vllm" else sum(
         E.generation_seconds(traced["prefill", p], traced["step", p], S, p * G, hf_config.vocab_size, machine)
         for p in calls)
-    memory = _memory(cfg, params, beta, machine, traced, device)
+    memory = _memory(cfg, params, beta, machine, traced, device, several_micro_batches=len(micro) > 1)
     plan = Plan(device, amp, max(P_gen, P_upd), S, rows, gen_s, reference_s, update_s, memory,
                 available or available_bytes(device), machine)
     if device == "cpu" and amp != "none" and not native_half(amp):
@@ -167,7 +167,7 @@ def _traced(cfg: Config, hf_config, device: str, passes) -> tuple[dict, tuple[in
 
 
 def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Machine, traced: dict,
-            device: str) -> E.Memory:
+            device: str, several_micro_batches: bool) -> E.Memory:
     weights, trainable, each = params
     state = E.training_state_bytes(trainable, each)
     grads = trainable * each  # the traced update allocates them; held between micro-batches
@@ -182,8 +182,7 @@ def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Mac
     def peak(*kinds: str) -> int:
         return max((c.peak_bytes for (k, _), c in traced.items() if k in kinds), default=0)
 
-    rows = cfg.rollout.group_size * cfg.train.prompts_per_step
-    update = peak("update", "ref") + (grads if rows > cfg.train.micro_batch_size else 0)
+    update = peak("update", "ref") + (grads if several_micro_batches else 0)
     return E.Memory(machine.baseline_bytes, weights, state, peak("step"), update, engine)
 
 
@@ -193,8 +192,8 @@ def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens:
     out = []
     T, R = cfg.train, cfg.rollout
 
-    def peak(**over) -> int:
-        c = _replace(cfg, over)
+    def peak(key: str, value) -> int:
+        c = _replace(cfg, key, value)
         p = make_plan(c, prompt_tokens, completion_tokens, suggest=False, machine=machine, available=plan.available)
         return p.memory.peak
 
@@ -202,35 +201,31 @@ def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens:
     if m.update >= m.generation:
         size = T.micro_batch_size // 2
         while size >= 1:
-            p = peak(**{"train.micro_batch_size": size})
+            p = peak("train.micro_batch_size", size)
             if p <= plan.available:
                 out.append((f"train.micro_batch_size={size}", p))
                 break
             size //= 2
         if not cfg.model.gradient_checkpointing:
-            p = peak(**{"model.gradient_checkpointing": True})
+            p = peak("model.gradient_checkpointing", True)
             if p <= plan.available:
                 out.append(("model.gradient_checkpointing=true", p))
     if m.generation >= m.update or not out:
         size = R.batch_size // 2
         while size >= R.group_size:
-            p = peak(**{"rollout.batch_size": size})
+            p = peak("rollout.batch_size", size)
             if p <= plan.available:
                 out.append((f"rollout.batch_size={size}", p))
                 break
             size //= 2
     if cfg.lora.rank == 0:
-        p = peak(**{"lora.rank": 16})
+        p = peak("lora.rank", 16)
         if p <= plan.available:
             out.append(("lora.rank=16", p))
     return out
 
 
-def _replace(cfg: Config, over: dict) -> Config:
-    """`cfg` with dotted overrides applied (values already typed)."""
-    sections = {}
-    for key, value in over.items():
-        sec, name = key.split(".")
-        sections.setdefault(sec, {})[name] = value
-    return dataclasses.replace(cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **kv)
-                                      for sec, kv in sections.items()})
+def _replace(cfg: Config, key: str, value) -> Config:
+    """`cfg` with the dotted key `section.name` set to `value` (already typed)."""
+    section, name = key.split(".")
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: value})})

@@ -142,8 +142,10 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
     the same pass has on fake tensors."""
     from transformers import AutoModelForCausalLM
 
+    from groupo.models.logprobs import pack, token_logprobs
     from groupo.models.lora import apply_lora
     from groupo.models.offline_tokenizer import make_tokenizer
+    from groupo.models.precision import AUTOCAST_DTYPES
     from groupo.plan.trace import fake_mode, fake_model, generation_passes, update_pass
     from groupo.rollout.hf import HFEngine
     from groupo.types import SamplingParams
@@ -161,8 +163,6 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
         ref = update_pass(fake, rows, group, P, T, amp, device, True, backward=False)
         upd = update_pass(fake, rows, group, P, T, amp, device, True)
         prefill, step = generation_passes(fake, rows // group, group, P, T, amp, device)
-    from groupo.models.logprobs import pack, token_logprobs
-
     packed = pack([[5] * P] * rows, [[6] * T] * rows, 0).to(device)
     auto = torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None)
 
@@ -179,13 +179,13 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
     tok = make_tokenizer()
     with warnings.catch_warnings():  # the engine's warning about emulated bf16: the plan says it once
         warnings.simplefilter("ignore")
-        engine = HFEngine(model, tok, batch_size=rows, autocast="none" if amp is None else
-                          {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp])
+        engine = HFEngine(model, tok, batch_size=rows,
+                          autocast=next(kind for kind, dtype in AUTOCAST_DTYPES.items() if dtype == amp))
     params = SamplingParams(n=group, max_new_tokens=T, temperature=1.0, seed=0)
     prompts = [[5] * P] * (rows // group)
     done = []
     t_gen = _best(lambda: done.append(engine.generate(prompts, params)), device, repeats=2)
-    steps = max(len(c.token_ids) for c in done[-1][0] + done[-1][-1])
+    steps = max(len(c.token_ids) for group_out in done[-1] for c in group_out)
     forward_s = (prefill.ops_forward + steps * step.ops_forward) * op_nograd
     generate_step = max(0.0, t_gen - forward_s) / max(1, steps)
     return op_nograd, op_forward, op_backward, generate_step

@@ -45,12 +45,6 @@ class Counts:
     def matmul_flops(self) -> float:
         return sum(2 * key[0] * key[1] * key[2] * c for key, c in self.matmuls.items())
 
-    def scaled(self, f: float) -> Counts:
-        """The costs of `f` such passes in a row (the peak is one pass's)."""
-        return Counts(round(self.ops_forward * f), round(self.ops_backward * f),
-                      Counter({k: v * f for k, v in self.matmuls.items()}), self.other_flops * f,
-                      self.bytes_moved * f, self.peak_bytes)
-
     @staticmethod
     def extrapolate(a: Counts, b: Counts, depth: int, layers: int) -> Counts:
         """A pass of a `layers`-layer model from the same pass with `depth` and `depth` + 1 identical
@@ -65,11 +59,6 @@ class Counts:
                       Counter({key: lin(a.matmuls[key], b.matmuls[key]) for key in b.matmuls}),
                       lin(a.other_flops, b.other_flops), lin(a.bytes_moved, b.bytes_moved),
                       round(lin(a.peak_bytes, b.peak_bytes)))
-
-    def __add__(self, o: Counts) -> Counts:
-        return Counts(self.ops_forward + o.ops_forward, self.ops_backward + o.ops_backward,
-                      self.matmuls + o.matmuls, self.other_flops + o.other_flops,
-                      self.bytes_moved + o.bytes_moved, max(self.peak_bytes, o.peak_bytes))
 
 
 def _transposed(t: torch.Tensor) -> bool:
