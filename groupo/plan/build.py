@@ -171,13 +171,13 @@ def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Mac
     weights, trainable, each = params
     state = E.training_state_bytes(trainable, each)
     grads = trainable * each  # the traced update allocates them; held between micro-batches
-    if cfg.lora.rank == 0 and beta > 0:
-        weights *= 2  # the frozen reference copy
     engine = 0
     if cfg.rollout.engine == "vllm":  # its own copy of the weights, in the autocast dtype, and its KV cache
         share = (int(cfg.rollout.vllm_memory_share * torch.cuda.mem_get_info()[1]) if device.startswith("cuda")
                  else cfg.rollout.vllm_kv_cache_gb * 2**30)
         engine = weights // (2 if cfg.model.autocast != "none" and cfg.model.dtype == "float32" else 1) + share
+    if cfg.lora.rank == 0 and beta > 0:
+        weights *= 2  # the frozen reference copy (the trainer's; vLLM holds only the policy)
 
     def peak(*kinds: str) -> int:
         return max((c.peak_bytes for (k, _), c in traced.items() if k in kinds), default=0)
