@@ -17,6 +17,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from groupo.rewards import symbolic
 from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.trl_compat import RewardLog, RewardState, trl_completions
 
@@ -104,8 +105,10 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
               "log_extra": log.log_extra, "log_metric": log.log_metric}
     prompts, texts = list(prompts), list(completions)
     completions = trl_completions(prompts, texts)
+    timeouts_before = symbolic.stats["timeouts"]
     per_fn = {name: _call(name, fn, prompts, completions, kwargs, shared)
               for name, (fn, _) in reward_fns.items()}
+    log.timeouts += symbolic.stats["timeouts"] - timeouts_before
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]
     return [float(t) for t in total], per_fn

@@ -18,7 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from groupo.config import Config, ConfigError, from_dict, parse_override, read_yaml, set_key
+from groupo.commands.resolve import run_config
+from groupo.config import Config, ConfigError, check_together, parse_override, set_key
+
+HELP = "evaluate a model, an adapter or a training run on a task"
+DESCRIPTION = "Greedy accuracy, pass@k and maj@k of a model or a run's final weights."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,11 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from groupo.config_rules import validate
+
     if args.run:
-        path = Path(args.run) / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"--run {args.run}: no config.yaml there (is it a groupo run directory?)")
-        cfg = from_dict(read_yaml(path))
+        cfg = run_config(args.run)
         if args.limit is None:
             args.limit = cfg.task.eval_size
     else:
@@ -71,6 +74,8 @@ def _config(args: argparse.Namespace) -> Config:
             set_key(cfg, key, value, source="command line")
     for text in args.overrides:
         set_key(cfg, *parse_override(text), source="command line")
+    check_together(cfg)  # the same checks as every command's (groupo.commands.resolve)
+    validate(cfg)
     return cfg
 
 
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from groupo.data import load_task
     from groupo.eval.evaluate import evaluate
     from groupo.rewards import resolve_rewards
-    from groupo.rollout import make_engine
+    from groupo.rollout import EngineContext, build_engine
 
     if args.base and not args.run:
         raise ConfigError("--base needs --run RUN_DIR")
@@ -105,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     model, tokenizer = _load(args, cfg, device)
     load_s = time.monotonic() - t0
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size,
-                         autocast=cfg.model.autocast)
+    engine = build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast))
     what = f"{args.run} ({'base' if args.base else 'final'})" if args.run else cfg.model.name
     print(f"evaluating {what} on {task.name} [{cfg.task.eval_split}]: {len(problems)} problems, "
           f"samples={args.samples}, temperature={temperature}, max_new_tokens={cfg.rollout.max_new_tokens}",
