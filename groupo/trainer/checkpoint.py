@@ -1,9 +1,10 @@
-"""Atomic checkpoints: a run killed at any moment resumes from the newest complete one.
+"""Atomic, verified checkpoints: a run killed at any moment resumes from the newest intact one.
 
 Layout of `RUN/checkpoints/step-N/`:
     trainable.safetensors   the trained parameters (LoRA adapter weights, or all weights)
-    optimizer.pt            AdamW and LR-scheduler state
+    optimizer.pt            AdamW and LR-scheduler state (tensors and plain values only)
     state.json              step, data position, RNG states, wall time spent so far
+    manifest.json           every other file's size and SHA-256 (groupo/trainer/manifest.py)
 
 With several processes (torchrun) the weights and the optimizer state are sharded under FSDP2,
 so they are written with torch.distributed.checkpoint (DCP) instead: every rank writes its shards
@@ -11,33 +12,58 @@ into `dcp/`, and `state.json` holds every rank's RNG state and the world size:
     dcp/                    DCP files: trainable parameters and AdamW state, one shard per rank
     scheduler.pt            LR-scheduler state
     state.json              as above, with "world_size" and one RNG state per rank
+    manifest.json           as above, covering dcp/ too
 Such a checkpoint resumes at the same world size only (a different one is a clear error): DCP
 could reshard the weights, but each rank's sampling seed and data share depend on its rank, so
 the run would not continue as it began.
 
-A checkpoint is written into `checkpoints/.tmp-step-N/`, flushed to disk, then renamed to
-`step-N` in one `os.rename`: a crash while writing leaves only a `.tmp-*` folder, which is
-ignored and removed by the next save, so every `step-*` folder is complete. With several
-processes the run directory must be on a filesystem every rank sees (one machine, or a shared
-filesystem across machines).
+A checkpoint is written into `checkpoints/.tmp-step-N/`, flushed to disk, its manifest written
+last, then renamed to `step-N` in one `os.rename`: a crash while writing leaves only a `.tmp-*`
+folder, which is ignored and removed by the next save. A save that fails (full disk, read-only
+folder) removes its `.tmp-*` folder and raises CheckpointError; the checkpoints already saved
+are untouched. With several processes the run directory must be on a filesystem every rank sees.
+
+Loading never unpickles: `.pt` files are read with `torch.load(weights_only=True)` (tensors,
+numbers, strings, lists, tuples, dicts: exactly what optimizer and scheduler states hold) and
+DCP's pickled `.metadata` with an unpickler that builds DCP's own classes only (dcp_safe.py); a
+file holding anything else is refused. `load_latest` verifies the newest checkpoint against its
+manifest and falls back to the newest intact one, warning with the damaged file's name.
+Checkpoints written before manifests existed are accepted with best-effort checks: every file is
+there and parses completely (JSON, safetensors header against the file size, the .pt archive);
+damage inside tensor data goes unnoticed in them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from groupo.config import ConfigError
-from groupo.distributed import Dist, barrier, gather_objects
+from groupo.distributed import Dist, barrier, broadcast_object, gather_objects
+from groupo.trainer.manifest import check_manifest, has_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or none in the run directory can be loaded."""
+
+
+class _Damaged(Exception):
+    """One checkpoint is unusable; the message names the file. load_latest tries an older one."""
 
 
 @dataclass
@@ -46,6 +72,13 @@ class TrainerState:
     data_position: int             # prompts consumed from the training stream
     elapsed_s: float               # training wall time spent before this checkpoint
     rng: dict[str, Any] | None = None
+
+
+@dataclass
+class Resumed:
+    state: TrainerState
+    path: Path                     # the checkpoint loaded
+    skipped: list[str] = field(default_factory=list)  # why each newer one was not (damaged file named)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -75,40 +108,83 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, state: TrainerState,
                     keep: int = 2, world: Dist = Dist()) -> Path:
-    """Write `checkpoints/step-N` atomically. With several processes every rank must call it."""
+    """Write `checkpoints/step-N` atomically. With several processes every rank must call it.
+
+    Raises CheckpointError when the disk is full or the folder is not writable; what was saved
+    before stays as it was and the partial folder is removed."""
     ckpt_root = run_dir / "checkpoints"
     final = ckpt_root / f"step-{state.step}"
     tmp = ckpt_root / f".tmp-step-{state.step}"
-    if world.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_root.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
-    payload = {"step": state.step, "data_position": state.data_position, "elapsed_s": state.elapsed_s}
-    if world.enabled:
-        barrier(world)
-        _save_sharded(tmp, model, optimizer, scheduler, payload, world)
-        if not world.is_main:
-            barrier(world)  # rank 0 renames and prunes
-            return final
-    else:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({**payload, "rng": _rng_state()}, default=_json_default))
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(ckpt_root)
+    try:
+        if world.is_main:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            for stale in ckpt_root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        payload = {"step": state.step, "data_position": state.data_position, "elapsed_s": state.elapsed_s}
+        if world.enabled:
+            barrier(world)
+            _save_sharded(tmp, model, optimizer, scheduler, payload, world)
+            if not world.is_main:
+                barrier(world)  # rank 0 verifies, renames and prunes
+                return final
+        else:
+            save_file(trainable_state(model), tmp / "trainable.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                       tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({**payload, "rng": _rng_state()}, default=_json_default))
+        _fsync_files(tmp)
+        write_manifest(tmp)  # last: a manifest vouches for files already on disk
+        _fsync_files(tmp)
+        _fsync_dir(tmp)
+        _replace(tmp, final)
+        _fsync_dir(ckpt_root)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_save_failure(ckpt_root, state.step, e, list_checkpoints(run_dir))) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     barrier(world)
     return final
+
+
+def _fsync_files(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` (the same step saved again, e.g. Ctrl-C right
+    after a periodic save) is moved aside first and removed only once the new one is in place."""
+    aside = final.with_name(f".old-{final.name}")
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(final, aside)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        os.rename(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _save_failure(ckpt_root: Path, step: int, e: Exception, saved: list[Path]) -> str:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+    # safetensors and torch.save report OS errors in their own types: the errno is only in the text
+    code = getattr(e, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or any(t in reason for t in ("os error 28", "iostream error"))
+    locked = code in (errno.EACCES, errno.EPERM, errno.EROFS) or any(
+        t in reason for t in ("os error 13", "os error 30", "os error 1)"))
+    hint = ("the disk is full: free space there" if full else
+            "the folder is read-only or not yours: make it writable or choose another run.dir" if locked else
+            "check the disk and the folder's permissions")
+    kept = f"the newest saved checkpoint, {saved[-1].name}, is intact" if saved else "no checkpoint was saved before"
+    return (f"could not save checkpoint step-{step} in {ckpt_root} ({reason}): {hint}; {kept}, and "
+            "`groupo train --resume` continues from it")
 
 
 def _save_sharded(tmp: Path, model, optimizer, scheduler, payload: dict, world: Dist) -> None:
@@ -142,7 +218,7 @@ def _json_default(o: Any) -> Any:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoints renamed into place (complete when written), oldest first."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
@@ -150,25 +226,111 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNG from `path`; return the trainer state."""
-    raw = json.loads((path / "state.json").read_text())
+def load_pt(path: Path) -> Any:
+    """A .pt file's tensors and plain values; never unpickles anything else (which could run code)."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise _Damaged(f"{path} is missing") from None
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("Weights only load failed"):  # an object weights_only does not build
+            raise CheckpointError(
+                f"refused to load {path}: it holds objects other than tensors and plain values, and "
+                "unpickling them could run code; a file groupo wrote never does, so the run directory was "
+                "altered: do not resume it") from None
+        raise _Damaged(f"{path} is damaged ({type(e).__name__})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise _Damaged(f"{path} is truncated or damaged ({type(e).__name__})") from None
+
+
+def check_dcp_metadata(f: Path) -> None:
+    """Read DCP's pickled `.metadata` with the unpickler that builds DCP's own classes only."""
+    from groupo.trainer.dcp_safe import load_metadata
+
+    try:
+        load_metadata(f.read_bytes())
+    except FileNotFoundError:
+        raise _Damaged(f"{f} is missing") from None
+    except pickle.UnpicklingError as e:
+        if "is not a type" in str(e):
+            raise CheckpointError(f"refused to load {f}: {e}, and unpickling it could run code; a file groupo "
+                                  "wrote never holds it, so the run directory was altered: do not resume it") from None
+        raise _Damaged(f"{f} is truncated or damaged (UnpicklingError)") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise _Damaged(f"{f} is truncated or damaged ({type(e).__name__})") from None
+
+
+def _state_json(path: Path) -> dict[str, Any]:
+    f = path / "state.json"
+    try:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+        if not all(k in raw for k in ("step", "data_position", "elapsed_s", "rng")):
+            raise ValueError("keys missing")
+        return raw
+    except FileNotFoundError:
+        raise _Damaged(f"{f} is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise _Damaged(f"{f} is truncated or damaged ({type(e).__name__})") from None
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(state.json, weights, optimizer.pt) of a one-process checkpoint, all read before any is applied."""
+    problem = check_manifest(path) if has_manifest(path) else None
+    if problem:
+        raise _Damaged(problem)
+    raw = _state_json(path)
+    if raw.get("world_size", 1) != 1:
+        return raw, {}, {}
+    f = path / "trainable.safetensors"
+    try:
+        weights = load_file(f)
+    except FileNotFoundError:
+        raise _Damaged(f"{f} is missing") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _Damaged(f"{f} is truncated or damaged ({type(e).__name__})") from None
+    opt = load_pt(path / "optimizer.pt")
+    if not (isinstance(opt, dict) and "optimizer" in opt and "scheduler" in opt):
+        raise _Damaged(f"{path / 'optimizer.pt'} lacks the optimizer or scheduler state")
+    return raw, weights, opt
+
+
+def _check_world(path: Path, raw: dict[str, Any], world: Dist) -> None:
     saved_world = raw.get("world_size", 1)
     if saved_world != world.world_size:
         raise ConfigError(f"{path} was written by {saved_world} process(es) and this run has "
                           f"{world.world_size}: resume with the same number (torchrun --nproc_per_node "
                           "times the number of machines)")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNG from `path`; return the trainer state.
+
+    A damaged checkpoint raises CheckpointError naming the file (load_latest falls back instead)."""
+    try:
+        return _load(path, model, optimizer, scheduler, world)
+    except _Damaged as e:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from None
+
+
+def _load(path: Path, model, optimizer, scheduler, world: Dist) -> TrainerState:
     if world.enabled:
+        problem = check_manifest(path) if has_manifest(path) else None
+        if problem:
+            raise _Damaged(problem)
+        raw = _state_json(path)
+        _check_world(path, raw, world)
+        check_dcp_metadata(path / "dcp" / ".metadata")
         return _load_sharded(path, model, optimizer, scheduler, raw, world)
-    weights = load_file(path / "trainable.safetensors")
+    raw, weights, opt = _read(path)
+    _check_world(path, raw, world)
     params = dict(model.named_parameters())
     missing = sorted(set(weights) - set(params))
     if missing:
-        raise ValueError(f"{path}: checkpoint has parameters the model lacks, e.g. {missing[:3]}")
+        raise CheckpointError(f"{path}: the checkpoint has parameters the model lacks, e.g. {missing[:3]}: "
+                              "resume with the run's own model and lora settings")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    opt = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     _set_rng_state(raw["rng"])
@@ -176,17 +338,63 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, wo
                         rng=raw["rng"])
 
 
+def _usable(path: Path, world: Dist) -> str | None:
+    """None when `path` passes its checks (manifest, or best-effort ones without it), else the problem."""
+    try:
+        if world.enabled:
+            problem = check_manifest(path) if has_manifest(path) else None
+            if problem:
+                return problem
+            _state_json(path)
+            load_pt(path / "scheduler.pt")
+            check_dcp_metadata(path / "dcp" / ".metadata")
+        else:
+            _read(path)
+    except _Damaged as e:
+        return str(e)
+    return None
+
+
+def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> Resumed | None:
+    """Load the newest intact checkpoint of `run_dir`; None when there is none at all.
+
+    Each newer damaged one is skipped with a warning naming the damaged file; CheckpointError when
+    every checkpoint is damaged, or a file holds objects that loading would have to unpickle."""
+    skipped: list[str] = []
+    chosen: Path | None = None
+    if world.is_main:
+        for path in reversed(list_checkpoints(run_dir)):
+            problem = _usable(path, world)
+            if problem is None:
+                chosen = path
+                break
+            skipped.append(problem)
+            log.warning(f"checkpoint {path.name} skipped: {problem}")
+    chosen, skipped = broadcast_object((chosen, skipped), world)  # every rank loads the same one
+    if chosen is None:
+        if skipped:
+            raise CheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'}: " + "; ".join(skipped)
+                                  + ". Start a new run (another run.dir), or restore the files from a copy")
+        return None
+    state = load_checkpoint(chosen, model, optimizer, scheduler, world)
+    if skipped:
+        log.warning(f"resuming from {chosen.name}, the newest intact checkpoint")
+    return Resumed(state, chosen, skipped)
+
+
 def _load_sharded(path: Path, model, optimizer, scheduler, raw: dict, world: Dist) -> TrainerState:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    from groupo.trainer.dcp_safe import SafeReader
+
     model_sd, optim_sd = _state_dicts(model, optimizer)  # templates: DCP loads into them in place
-    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "dcp"))
+    dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=SafeReader(str(path / "dcp")))
     # strict=False: the frozen base weights are not in the checkpoint (they come from the model);
     # every trainable one is, or dcp.load above has already failed naming it.
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    scheduler.load_state_dict(load_pt(path / "scheduler.pt"))
     rng = raw["rng"][world.rank]
     _set_rng_state(rng)
     return TrainerState(step=raw["step"], data_position=raw["data_position"], elapsed_s=raw["elapsed_s"], rng=rng)
