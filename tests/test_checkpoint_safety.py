@@ -6,11 +6,11 @@ import json
 import logging
 import os
 import pickle
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from faults import read_only, small_disk
 
 from groupo.trainer import checkpoint as ck
 from groupo.trainer.checkpoint import CheckpointError, TrainerState, load_latest, save_checkpoint
@@ -215,50 +215,22 @@ class _Patched:
         return getattr(self._real, name)
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
-    if os.geteuid() != 0:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 def test_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
-    run = tmp_path / "small"
-    if not _mount_tmpfs(run, "600k"):
-        pytest.skip("mounting a small tmpfs needs root and CAP_SYS_ADMIN")
-    try:
+    with small_disk(tmp_path / "small", "600k") as run:
         step1 = _save(run, 1, size=192)  # ~0.44 MB a checkpoint: the second does not fit beside it
         with pytest.raises(CheckpointError, match="disk is full") as e:
             _save(run, 2, size=192, keep=1)
         assert "\n" not in str(e.value)
         _assert_step1_intact(run, step1)
-    finally:
-        subprocess.run(["umount", str(run)], check=True)
 
 
 def test_read_only_run_directory_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
-    run = tmp_path / "ro"
-    mounted = _mount_tmpfs(run, "4m")
-    if os.geteuid() == 0 and not mounted:
-        pytest.skip("as root chmod does not stop writes, and no tmpfs could be mounted read-only")
-    try:
-        step1 = _save(run, 1)
-        if mounted:
-            subprocess.run(["mount", "-o", "remount,ro", str(run)], check=True)
-        else:
-            for d in (run, run / "checkpoints"):
-                d.chmod(0o555)
+    saved = {}
+    with read_only(tmp_path / "ro", lambda run: saved.update(_save(run, 1))) as run:
         with pytest.raises(CheckpointError, match=r"step-2 .*read-only .*step-1, is intact") as e:
             _save(run, 2)
         assert "\n" not in str(e.value)
-        _assert_step1_intact(run, step1)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(run)], check=True)
-        else:
-            for d in (run, run / "checkpoints"):
-                d.chmod(0o755)
+        _assert_step1_intact(run, saved)
 
 
 def test_saving_the_same_step_again_replaces_it(tmp_path):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import read_only
 
 from groupo.trainer.lock import RunDirLocked, run_lock
 
@@ -96,20 +97,7 @@ def _children_holding(path: Path) -> list[int]:
 
 
 def test_a_read_only_run_directory_is_one_clear_line(tmp_path):
-    run = tmp_path / "ro"
-    run.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(run)], capture_output=True).returncode == 0
-    if not mounted:
-        if os.geteuid() == 0:
-            pytest.skip("as root chmod does not stop writes, and no read-only tmpfs could be mounted")
-        run.chmod(0o555)
-    try:
+    with read_only(tmp_path / "ro") as run:
         with pytest.raises(RunDirLocked, match=rf"cannot lock run.dir {run}: .*writable folder") as e, run_lock(run):
             pass
         assert "\n" not in str(e.value)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(run)], check=True)
-        else:
-            run.chmod(0o755)

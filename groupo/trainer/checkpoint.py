@@ -369,7 +369,7 @@ def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, wor
                 chosen = path
                 break
             skipped.append(problem)
-            log.warning(f"checkpoint {path.name} skipped: {problem}")
+            log.warning("checkpoint %s skipped: %s", path.name, problem)
     chosen, skipped = broadcast_object((chosen, skipped), world)  # every rank loads the same one
     if chosen is None:
         if skipped:
@@ -378,7 +378,7 @@ def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, wor
         return None
     state = load_checkpoint(chosen, model, optimizer, scheduler, world)
     if skipped:
-        log.warning(f"resuming from {chosen.name}, the newest intact checkpoint")
+        log.warning("resuming from %s, the newest intact checkpoint", chosen.name)
     return Resumed(state, chosen, skipped)
 
 
