@@ -115,3 +115,23 @@ def test_eval_out_into_a_read_only_folder_fails_before_evaluating(tmp_path, caps
         assert main(["eval", "--model", str(tmp_path / "no-model"), "--out", str(ro / "eval.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--out {ro / 'eval.jsonl'}: cannot write there" in err
+
+
+def test_report_imports_no_code_a_run_names(tmp_path, monkeypatch):
+    """docs/run-directory.md: `groupo report` reads the run's files as data only."""
+    run = write_run(tmp_path / "r", healthy(2))
+    marker = tmp_path / "imported"
+    for name in ("evil.py", "evilmod.py"):
+        (tmp_path / name).write_text(f"open({str(marker)!r}, 'w').close()\ndef f(*a, **k):\n    return [0.0]\n")
+    (run / "config.yaml").write_text("model:\n  name: ./evil-model\nrewards:\n  funcs:\n    evil.py:f: 1.0\n"
+                                     "    evilmod:f: 1.0\nrun:\n  sinks: [wandb]\n")
+    monkeypatch.chdir(tmp_path)  # where the relative reward path and the module would be found
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["report", str(run)]) == 0
+    assert not marker.exists()
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "evil.py:f" in page  # the config is shown as text
+    from groupo.rewards.registry import load_user_fn
+
+    load_user_fn("evil.py:f")  # what --resume would do with the same config: the marker appears
+    assert marker.exists()
