@@ -23,10 +23,10 @@ folder, which is ignored and removed by the next save. A save that fails (full d
 folder) removes its `.tmp-*` folder and raises CheckpointError; the checkpoints already saved
 are untouched. With several processes the run directory must be on a filesystem every rank sees.
 
-Loading never unpickles: `.pt` files are read with `torch.load(weights_only=True)` (tensors,
-numbers, strings, lists, tuples, dicts: exactly what optimizer and scheduler states hold) and
-DCP's pickled `.metadata` with an unpickler that builds DCP's own classes only (dcp_safe.py); a
-file holding anything else is refused. `load_latest` verifies the newest checkpoint against its
+Loading never unpickles (ckpt_files.py): `.pt` files are read with `torch.load(weights_only=True)`
+(tensors, numbers, strings, lists, tuples, dicts: exactly what optimizer and scheduler states
+hold) and DCP's pickled `.metadata` with an unpickler that builds DCP's own classes only
+(dcp_safe.py); a file holding anything else is refused. `load_latest` verifies the newest checkpoint against its
 manifest and falls back to the newest intact one, warning with the damaged file's name.
 Checkpoints written before manifests existed are accepted with best-effort checks: every file is
 there and parses completely (JSON, safetensors header against the file size, the .pt archive);
@@ -39,7 +39,6 @@ import errno
 import json
 import logging
 import os
-import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -49,21 +48,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from groupo.config import ConfigError
 from groupo.distributed import Dist, barrier, broadcast_object, gather_objects
-from groupo.trainer.manifest import check_manifest, has_manifest, write_manifest
+from groupo.trainer.ckpt_files import CheckpointError, Damaged, check_sharded, load_pt, read_single, read_state_json
+from groupo.trainer.manifest import write_manifest
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, or none in the run directory can be loaded."""
-
-
-class _Damaged(Exception):
-    """One checkpoint is unusable; the message names the file. load_latest tries an older one."""
 
 
 @dataclass
@@ -226,74 +218,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def load_pt(path: Path) -> Any:
-    """A .pt file's tensors and plain values; never unpickles anything else (which could run code)."""
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise _Damaged(f"{path} is missing") from None
-    except pickle.UnpicklingError as e:
-        if str(e).startswith("Weights only load failed"):  # an object weights_only does not build
-            raise CheckpointError(
-                f"refused to load {path}: it holds objects other than tensors and plain values, and "
-                "unpickling them could run code; a file groupo wrote never does, so the run directory was "
-                "altered: do not resume it") from None
-        raise _Damaged(f"{path} is damaged ({type(e).__name__})") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise _Damaged(f"{path} is truncated or damaged ({type(e).__name__})") from None
-
-
-def check_dcp_metadata(f: Path) -> None:
-    """Read DCP's pickled `.metadata` with the unpickler that builds DCP's own classes only."""
-    from groupo.trainer.dcp_safe import load_metadata
-
-    try:
-        load_metadata(f.read_bytes())
-    except FileNotFoundError:
-        raise _Damaged(f"{f} is missing") from None
-    except pickle.UnpicklingError as e:
-        if "is not a type" in str(e):
-            raise CheckpointError(f"refused to load {f}: {e}, and unpickling it could run code; a file groupo "
-                                  "wrote never holds it, so the run directory was altered: do not resume it") from None
-        raise _Damaged(f"{f} is truncated or damaged (UnpicklingError)") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise _Damaged(f"{f} is truncated or damaged ({type(e).__name__})") from None
-
-
-def _state_json(path: Path) -> dict[str, Any]:
-    f = path / "state.json"
-    try:
-        raw = json.loads(f.read_text(encoding="utf-8"))
-        if not all(k in raw for k in ("step", "data_position", "elapsed_s", "rng")):
-            raise ValueError("keys missing")
-        return raw
-    except FileNotFoundError:
-        raise _Damaged(f"{f} is missing") from None
-    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-        raise _Damaged(f"{f} is truncated or damaged ({type(e).__name__})") from None
-
-
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """(state.json, weights, optimizer.pt) of a one-process checkpoint, all read before any is applied."""
-    problem = check_manifest(path) if has_manifest(path) else None
-    if problem:
-        raise _Damaged(problem)
-    raw = _state_json(path)
-    if raw.get("world_size", 1) != 1:
-        return raw, {}, {}
-    f = path / "trainable.safetensors"
-    try:
-        weights = load_file(f)
-    except FileNotFoundError:
-        raise _Damaged(f"{f} is missing") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise _Damaged(f"{f} is truncated or damaged ({type(e).__name__})") from None
-    opt = load_pt(path / "optimizer.pt")
-    if not (isinstance(opt, dict) and "optimizer" in opt and "scheduler" in opt):
-        raise _Damaged(f"{path / 'optimizer.pt'} lacks the optimizer or scheduler state")
-    return raw, weights, opt
-
-
 def _check_world(path: Path, raw: dict[str, Any], world: Dist) -> None:
     saved_world = raw.get("world_size", 1)
     if saved_world != world.world_size:
@@ -302,27 +226,61 @@ def _check_world(path: Path, raw: dict[str, Any], world: Dist) -> None:
                           "times the number of machines)")
 
 
+def _read(path: Path, world: Dist) -> tuple:
+    """Everything rank 0 can check before anything is applied: (state.json, weights, optimizer.pt)
+    of a one-process checkpoint; a DCP one's state.json (its shards are read by every rank)."""
+    if world.enabled:
+        return check_sharded(path), None, None
+    return read_single(path)
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> TrainerState:
     """Restore weights, optimizer, scheduler and RNG from `path`; return the trainer state.
 
     A damaged checkpoint raises CheckpointError naming the file (load_latest falls back instead)."""
     try:
-        return _load(path, model, optimizer, scheduler, world)
-    except _Damaged as e:
+        read = _read(path, world)
+    except Damaged as e:
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from None
+    return _apply(path, read, model, optimizer, scheduler, world)
 
 
-def _load(path: Path, model, optimizer, scheduler, world: Dist) -> TrainerState:
-    if world.enabled:
-        problem = check_manifest(path) if has_manifest(path) else None
-        if problem:
-            raise _Damaged(problem)
-        raw = _state_json(path)
-        _check_world(path, raw, world)
-        check_dcp_metadata(path / "dcp" / ".metadata")
-        return _load_sharded(path, model, optimizer, scheduler, raw, world)
-    raw, weights, opt = _read(path)
+def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> Resumed | None:
+    """Load the newest intact checkpoint of `run_dir`; None when there is none at all.
+
+    Each newer damaged one is skipped with a warning naming the damaged file. CheckpointError when
+    every checkpoint is damaged, or when a file holds objects that loading would have to unpickle
+    (then no checkpoint of that run directory is trusted)."""
+    skipped: list[str] = []
+    chosen, read = None, None
+    if world.is_main:
+        for path in reversed(list_checkpoints(run_dir)):
+            try:
+                chosen, read = path, _read(path, world)
+                break
+            except Damaged as e:
+                chosen = None
+                skipped.append(str(e))
+                log.warning("checkpoint %s skipped: %s", path.name, e)
+    chosen, skipped = broadcast_object((chosen, skipped), world)  # every rank loads the same one
+    if chosen is None:
+        if skipped:
+            raise CheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'}: " + "; ".join(skipped)
+                                  + ". Start a new run (another run.dir), or restore the files from a copy")
+        return None
+    if world.enabled and not world.is_main:
+        read = (read_state_json(chosen), None, None)
+    state = _apply(chosen, read, model, optimizer, scheduler, world)
+    if skipped:
+        log.warning("resuming from %s, the newest intact checkpoint", chosen.name)
+    return Resumed(state, chosen, skipped)
+
+
+def _apply(path: Path, read: tuple, model, optimizer, scheduler, world: Dist) -> TrainerState:
+    raw, weights, opt = read
     _check_world(path, raw, world)
+    if world.enabled:
+        return _load_sharded(path, model, optimizer, scheduler, raw, world)
     params = dict(model.named_parameters())
     missing = sorted(set(weights) - set(params))
     if missing:
@@ -338,50 +296,6 @@ def _load(path: Path, model, optimizer, scheduler, world: Dist) -> TrainerState:
                         rng=raw["rng"])
 
 
-def _usable(path: Path, world: Dist) -> str | None:
-    """None when `path` passes its checks (manifest, or best-effort ones without it), else the problem."""
-    try:
-        if world.enabled:
-            problem = check_manifest(path) if has_manifest(path) else None
-            if problem:
-                return problem
-            _state_json(path)
-            load_pt(path / "scheduler.pt")
-            check_dcp_metadata(path / "dcp" / ".metadata")
-        else:
-            _read(path)
-    except _Damaged as e:
-        return str(e)
-    return None
-
-
-def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> Resumed | None:
-    """Load the newest intact checkpoint of `run_dir`; None when there is none at all.
-
-    Each newer damaged one is skipped with a warning naming the damaged file; CheckpointError when
-    every checkpoint is damaged, or a file holds objects that loading would have to unpickle."""
-    skipped: list[str] = []
-    chosen: Path | None = None
-    if world.is_main:
-        for path in reversed(list_checkpoints(run_dir)):
-            problem = _usable(path, world)
-            if problem is None:
-                chosen = path
-                break
-            skipped.append(problem)
-            log.warning("checkpoint %s skipped: %s", path.name, problem)
-    chosen, skipped = broadcast_object((chosen, skipped), world)  # every rank loads the same one
-    if chosen is None:
-        if skipped:
-            raise CheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'}: " + "; ".join(skipped)
-                                  + ". Start a new run (another run.dir), or restore the files from a copy")
-        return None
-    state = load_checkpoint(chosen, model, optimizer, scheduler, world)
-    if skipped:
-        log.warning("resuming from %s, the newest intact checkpoint", chosen.name)
-    return Resumed(state, chosen, skipped)
-
-
 def _load_sharded(path: Path, model, optimizer, scheduler, raw: dict, world: Dist) -> TrainerState:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -394,7 +308,10 @@ def _load_sharded(path: Path, model, optimizer, scheduler, raw: dict, world: Dis
     # every trainable one is, or dcp.load above has already failed naming it.
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
-    scheduler.load_state_dict(load_pt(path / "scheduler.pt"))
+    try:
+        scheduler.load_state_dict(load_pt(path / "scheduler.pt"))
+    except Damaged as e:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from None
     rng = raw["rng"][world.rank]
     _set_rng_state(rng)
     return TrainerState(step=raw["step"], data_position=raw["data_position"], elapsed_s=raw["elapsed_s"], rng=rng)
