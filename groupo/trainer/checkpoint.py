@@ -126,8 +126,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
                        tmp / "optimizer.pt")
             (tmp / "state.json").write_text(json.dumps({**payload, "rng": _rng_state()}, default=_json_default))
         _fsync_files(tmp)
-        write_manifest(tmp)  # last: a manifest vouches for files already on disk
-        _fsync_files(tmp)
+        _fsync_file(write_manifest(tmp))  # last: a manifest vouches for files already on disk
         _fsync_dir(tmp)
         _replace(tmp, final)
         _fsync_dir(ckpt_root)
@@ -140,11 +139,15 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     return final
 
 
+def _fsync_file(f: Path) -> None:
+    with open(f, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def _fsync_files(folder: Path) -> None:
     for f in folder.rglob("*"):
         if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            _fsync_file(f)
 
 
 def _replace(tmp: Path, final: Path) -> None:
