@@ -240,3 +240,18 @@ def test_saving_the_same_step_again_replaces_it(tmp_path):
     model, opt, sched = _fresh()
     load_latest(tmp_path, model, opt, sched)
     assert torch.equal(model.weight, again["weight"])
+
+
+def test_the_manifest_is_written_last_before_the_rename(tmp_path, monkeypatch):
+    seen = {}
+
+    def spy(folder):
+        seen["folder"] = folder.name
+        seen["files"] = {p.name: p.stat().st_size for p in folder.iterdir()}
+        return write_manifest(folder)
+
+    monkeypatch.setattr(ck, "write_manifest", spy)
+    _save(tmp_path, 3)
+    final = tmp_path / "checkpoints" / "step-3"
+    assert seen["folder"] == ".tmp-step-3"  # not yet renamed into place
+    assert seen["files"] == {p.name: p.stat().st_size for p in final.iterdir() if p.name != "manifest.json"}
