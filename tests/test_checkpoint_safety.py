@@ -255,3 +255,30 @@ def test_the_manifest_is_written_last_before_the_rename(tmp_path, monkeypatch):
     final = tmp_path / "checkpoints" / "step-3"
     assert seen["folder"] == ".tmp-step-3"  # not yet renamed into place
     assert seen["files"] == {p.name: p.stat().st_size for p in final.iterdir() if p.name != "manifest.json"}
+
+
+def test_resume_through_the_training_loop_refuses_a_crafted_optimizer_pt(tmp_path):
+    """The probe's attack end to end: a real run, a crafted optimizer.pt (manifest rewritten), --resume."""
+    from tiny import make_tiny, save_tiny
+
+    from groupo.config import load_config
+    from groupo.models import load_policy_from
+    from groupo.trainer.loop import train
+
+    run = tmp_path / "run"
+    overrides = {"model.name": str(save_tiny(tmp_path / "model")), "model.autocast": "none", "lora.rank": 4,
+                 "task.name": "arithmetic", "task.difficulty": 1, "task.eval_size": 2, "rollout.group_size": 2,
+                 "rollout.max_new_tokens": 4, "train.prompts_per_step": 2, "train.steps": 2, "train.save_every": 1,
+                 "train.eval_every": 0, "run.progress": "off", "run.dir": str(run), "run.tensorboard": "false"}
+    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    model, tok = make_tiny()
+    train(cfg, run, policy=load_policy_from(model, tok, cfg.lora, beta=0.0))
+    ckpt = run / "checkpoints" / "step-2"
+    marker = tmp_path / "pwned"
+    torch.save({**torch.load(ckpt / "optimizer.pt", weights_only=True), "x": _RunsCode(marker)}, ckpt / "optimizer.pt")
+    (ckpt / "manifest.json").unlink()
+    write_manifest(ckpt)
+    model, tok = make_tiny()
+    with pytest.raises(CheckpointError, match="refused to load"):
+        train(cfg, run, resume=True, policy=load_policy_from(model, tok, cfg.lora, beta=0.0))
+    assert not marker.exists()
