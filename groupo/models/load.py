@@ -54,8 +54,8 @@ def safetensors_problem(f: Path) -> str | None:
 
 
 def check_model_folder(path: Path) -> None:
-    """One clear ModelFilesError for a Hugging Face folder without weights, with a truncated or
-    missing weight file, or without tokenizer files, before transformers fails on it."""
+    """One clear ModelFilesError for a Hugging Face folder without weights, or with a truncated or
+    missing safetensors file, before transformers fails on it with a traceback."""
     fix = "copy the complete model folder again (or point model.name at one)"
     if not any((path / w).is_file() for w in _WEIGHTS):
         raise ModelFilesError(f"{path} has config.json but no weights ({' or '.join(_WEIGHTS[:2])}): {fix}")

@@ -150,7 +150,7 @@ def load_trained(path: str | Path, base_name: str | None = None, dtype: str = "f
         p = p / "final"
     if not (p / META).is_file():
         raise ModelFilesError(f"{p} holds no trained policy (no {META}; expected a folder written "
-                                "by save_policy or a run folder with final/)")
+                              "by save_policy or a run folder with final/)")
     meta = json.loads((p / META).read_text())
     check_trained_folder(p, meta["kind"])
     tokenizer = AutoTokenizer.from_pretrained(p)
