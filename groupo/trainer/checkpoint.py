@@ -110,7 +110,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     try:
         if world.is_main:
             ckpt_root.mkdir(parents=True, exist_ok=True)
-            for stale in ckpt_root.glob(".tmp-*"):
+            for stale in [*ckpt_root.glob(".tmp-*"), *ckpt_root.glob(".old-*")]:  # left by a killed save
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
         payload = {"step": state.step, "data_position": state.data_position, "elapsed_s": state.elapsed_s}
@@ -168,7 +168,8 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def _save_failure(ckpt_root: Path, step: int, e: Exception, saved: list[Path]) -> str:
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or
+                                                                        [type(e).__name__])[0]
     # safetensors and torch.save report OS errors in their own types: the errno is only in the text
     code = getattr(e, "errno", None)
     full = code in (errno.ENOSPC, errno.EDQUOT) or any(t in reason for t in ("os error 28", "iostream error"))
