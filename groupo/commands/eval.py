@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise ConfigError("--samples must be >= 1")
     cfg = _config(args)
+    if args.out:
+        check_out(args.out)
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = load_task(cfg.task)
@@ -128,12 +130,30 @@ def run(args: argparse.Namespace) -> int:
                "samples": args.samples, "temperature": temperature,
                "max_new_tokens": cfg.rollout.max_new_tokens, "load_s": round(load_s, 1),
                "eval_s": round(time.monotonic() - t1, 1)}
+    print(json.dumps(summary))  # first: a failed --out below must not lose the result
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
-            for r in res.records:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary))
+        try:
+            with Path(args.out).open("w", encoding="utf-8") as fh:
+                for r in res.records:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        except OSError as e:
+            raise ConfigError(_cannot_write(args.out, e)) from None
     return 0
+
+
+def _cannot_write(out: str, e: OSError) -> str:
+    return f"--out {out}: cannot write there ({e.strerror or e}); choose a writable place for --out"
+
+
+def check_out(out: str) -> None:
+    """Fail before the evaluation, not after it, when --out's folder cannot be written."""
+    import tempfile
+
+    folder = Path(out).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".groupo-write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(_cannot_write(out, e)) from None
