@@ -47,8 +47,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from groupo.report.alarms import TrainingStopped
     from groupo.rewards.base import RewardError
     from groupo.rollout.base import EngineError
+    from groupo.trainer.checkpoint import CheckpointError
 
-    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped
+    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped, CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from groupo.trainer import checkpoint as ck
 from groupo.trainer.checkpoint import CheckpointError, TrainerState, load_latest, save_checkpoint
 from groupo.trainer.dcp_safe import load_metadata
 from groupo.trainer.manifest import write_manifest
-from groupo.trainer.step import build_optimizer
+from groupo.trainer.update import build_optimizer
 
 
 def _trained(seed: int, size: int = 4):

@@ -101,3 +101,25 @@ def test_a_read_only_run_directory_is_one_clear_line(tmp_path):
         with pytest.raises(RunDirLocked, match=rf"cannot lock run.dir {run}: .*writable folder") as e, run_lock(run):
             pass
         assert "\n" not in str(e.value)
+
+
+def test_a_second_groupo_train_on_the_same_run_dir_is_refused_naming_the_first(tmp_path):
+    """Two `groupo train` on one run.dir: the second exits 2 with the first's PID, and the first
+    run's files are its own (one metrics line per step)."""
+    from test_trainer import _cli, _overrides
+
+    run = tmp_path / "run"
+    over = _overrides(tmp_path, 4, **{"run.dir": str(run)})
+    first = _cli(over)
+    deadline = time.monotonic() + 120
+    while not (run / "config.yaml").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "groupo", "train", *over], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    assert second.returncode == 2, second.stderr
+    assert f"pid {first.pid}" in second.stderr.lower() and second.stderr.count("\n") == 1, second.stderr
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -51,21 +52,23 @@ def run(args: argparse.Namespace) -> int:
 def start(cfg: Config, resume: Path | None) -> int:
     """Join the process group (under torchrun), settle the run directory, hand over to the loop."""
     from groupo.distributed import barrier, broadcast_object, setup, shutdown
+    from groupo.trainer.lock import run_lock
     from groupo.trainer.loop import train  # heavy imports only once the config is valid
 
     world, _ = setup(cfg.run.device, cfg.train.backend)
-    if resume is None:
-        run_dir = broadcast_object(default_run_dir(cfg), world)  # rank 0's timestamp for every rank
-        if (run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"run.dir {run_dir} already holds a run; continue it with "
-                              f"`groupo train --resume {run_dir}` or choose another run.dir")
-        barrier(world)  # every rank has checked before rank 0 writes there
-        cfg.run.dir = str(run_dir)
-    else:
-        run_dir = resume
-    try:
-        train(cfg, run_dir, resume=resume is not None)
-    except KeyboardInterrupt:
-        return 130
+    run_dir = resume if resume is not None else broadcast_object(default_run_dir(cfg), world)  # rank 0's timestamp
+    # Rank 0 holds the run directory's lock while the run lasts: a second trainer is refused with the
+    # holder's PID and host; the kernel drops the lock of a killed process, so --resume is never blocked.
+    with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
+        if resume is None:
+            if (run_dir / "metrics.jsonl").exists():
+                raise ConfigError(f"run.dir {run_dir} already holds a run; continue it with "
+                                  f"`groupo train --resume {run_dir}` or choose another run.dir")
+            barrier(world)  # every rank has checked before rank 0 writes there
+            cfg.run.dir = str(run_dir)
+        try:
+            train(cfg, run_dir, resume=resume is not None)
+        except KeyboardInterrupt:
+            return 130
     shutdown(world)
     return 0

@@ -35,7 +35,7 @@ from groupo.rewards import resolve_rewards
 from groupo.rewards.trl_compat import RewardState
 from groupo.rollout import EngineContext, build_engine, describe
 from groupo.trainer import parallel
-from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_latest, save_checkpoint
 from groupo.trainer.collect import collect
 from groupo.trainer.held_out import held_out_accuracy
 from groupo.trainer.interrupts import Interrupted, finish_first, sigterm_as_interrupt
@@ -100,8 +100,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
                                            T.steps * A.num_iterations, T.lr_schedule)
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
-    if resume and (ckpts := list_checkpoints(run_dir)):
-        state = load_checkpoint(ckpts[-1], policy.model, optimizer, scheduler, world)
+    if resume and (resumed := load_latest(run_dir, policy.model, optimizer, scheduler, world)):
+        state = resumed.state  # the newest intact checkpoint; damaged newer ones are named in a warning
     engine = build_engine(cfg, EngineContext(policy.model, policy.tokenizer, run_dir, world, device, amp))
     engine.sync_weights()  # an engine with its own weights samples from the checkpoint's
     eval_problems = task.test[: cfg.task.eval_size or None]
