@@ -35,7 +35,10 @@ def calculator(expression: str) -> str:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError:
         raise ValueError(f"not an arithmetic expression: {expression!r}") from None
-    return _show(_eval(tree.body))
+    try:
+        return _show(_eval(tree.body))
+    except ZeroDivisionError:  # Fraction's message would be "Fraction(1, 0)"
+        raise ZeroDivisionError("division by zero") from None
 
 
 def _eval(node: ast.AST) -> Number:
@@ -71,7 +74,9 @@ def _sqrt(x: Number) -> Number:
     return math.sqrt(x)
 
 
-def _check(x: Number) -> Number:
+def _check(x: Number | int) -> Number:
+    if isinstance(x, int):  # Fraction // Fraction is an int
+        x = Fraction(x)
     if isinstance(x, complex):
         raise ValueError("the result is not a real number")
     if isinstance(x, Fraction) and max(x.numerator.bit_length(), x.denominator.bit_length()) > 3.33 * MAX_DIGITS:

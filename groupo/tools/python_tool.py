@@ -31,6 +31,7 @@ with open(_os.devnull, "w") as _null:
     for _i, _cell in enumerate(_json.load(open("_cells.json"))):
         exec(compile(_cell, f"<cell {_i + 1}>", "exec"), _g)
     _sys.stdout, _sys.stderr = _out, _err
+_out.reconfigure(line_buffering=True)  # what a cell printed before a time limit killed it is kept
 _cell = open("_cell.py").read()
 exec(compile(_cell, "<cell>", "exec"), _g)
 """
