@@ -10,7 +10,17 @@ import pytest
 
 from groupo.episodes import EpisodeSettings, episode_metrics, episode_segments, round_seed, run_episodes
 from groupo.models.offline_tokenizer import make_tokenizer
-from groupo.tools import Toolbox, ToolSettings, load_environment, load_tools
+from groupo.tools import (
+    ChatTemplate,
+    Toolbox,
+    ToolCall,
+    ToolResult,
+    ToolSettings,
+    load_environment,
+    load_tools,
+    make_format,
+    with_observation,
+)
 from groupo.types import Completion, SamplingParams
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -137,11 +147,11 @@ def episode(tok, scripts, tools, *, fmt="chat_template", env=None, max_turns=4, 
     toolbox = Toolbox(tools, env, ToolSettings(**settings), tok)
     messages = [[{"role": "user", "content": q}] for q in questions]
     columns = columns or [{} for _ in questions]
-    from groupo.tools import make_format, with_observation
     f = make_format(fmt, tok, toolbox)
     prompts = [f.prompt_ids(m) for m in messages]
     if env is not None:  # the engine knows each episode's prompt, observation included
-        prompts = [f.prompt_ids(with_observation(m, env.factory().reset(**c))) for m, c in zip(messages, columns)]
+        prompts = [f.prompt_ids(with_observation(m, env.factory().reset(**c)))
+                   for m, c in zip(messages, columns, strict=True)]
     engine = ScriptedEngine(tok, prompts, scripts)
     params = SamplingParams(n=len(scripts[0]), max_new_tokens=max_new_tokens, seed=5)
     groups = run_episodes(engine, tok, messages, columns, params, EpisodeSettings(fmt, max_turns), toolbox)
@@ -162,7 +172,7 @@ def assert_layout(c: Completion, pieces: list[tuple[list[int], bool]]):
     """token_ids, sampled_mask and logprobs are the pieces in order (sampled or tool)."""
     assert c.token_ids == [t for ids, _ in pieces for t in ids]
     assert c.sampled_mask == [int(s) for ids, s in pieces for _ in ids]
-    tool_lp = [lp for lp, m in zip(c.logprobs, c.sampled_mask) if not m]
+    tool_lp = [lp for lp, m in zip(c.logprobs, c.sampled_mask, strict=True) if not m]
     assert len(c.logprobs) == len(c.token_ids) and set(tool_lp) <= {0.0}
 
 
@@ -185,7 +195,8 @@ def test_a_chat_template_call_gives_the_documented_episode():
     assert c.prompt_ids == prompt and c.finish_reason == "stop"
     assert c.messages == [
         {"role": "assistant", "content": "",
-         "tool_calls": [{"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12 * 34"}}}]},
+         "tool_calls": [{"type": "function",
+                         "function": {"name": "calculator", "arguments": {"expression": "12 * 34"}}}]},
         {"role": "tool", "name": "calculator", "content": "408"},
         {"role": "assistant", "content": "It is 408."}]
     stats = dict(c.tool_stats)
@@ -193,7 +204,8 @@ def test_a_chat_template_call_gives_the_documented_episode():
     assert stats == {"turns": 2, "calls": 1, "errors": 0, "truncated": 0, "calls_by_tool": {"calculator": 1},
                      "ended": "answer"}
     # the engine saw the prompt, then prompt + turn 1 + the tool tokens: nothing re-encoded
-    assert [(n, p.n, p.max_new_tokens) for n, p in engine.calls] == [(1, 1, 200), (1, 1, 200 - len(c.token_ids) + len(s2))]
+    rest = 200 - len(c.token_ids) + len(s2)
+    assert [(n, p.n, p.max_new_tokens) for n, p in engine.calls] == [(1, 1, 200), (1, 1, rest)]
     assert engine.calls[1][1].seed == round_seed(5, 1) != 5 and engine.calls[0][1].seed == 5
     assert episode_segments(c, tok) == [(tok.decode(s1), False), (tool_suffix("408"), True), (tok.decode(s2), False)]
 
@@ -204,7 +216,7 @@ def test_sampled_ids_are_kept_even_where_decoding_and_encoding_again_would_chang
     canonical = ids_of(tok, text)
     # " answer" as seven byte-level tokens: decodes to the same text, which encodes to one token (273)
     spelled = canonical[:-1] + [tok.convert_tokens_to_ids(ch) for ch in "Ġanswer"] + [tok.eos_token_id]
-    assert tok.decode(spelled) == text + EOS and ids_of(tok, tok.decode(spelled)) == canonical + [2] != spelled
+    assert tok.decode(spelled) == text + EOS and ids_of(tok, tok.decode(spelled)) == [*canonical, 2] != spelled
     [[c]], engine, _ = episode(tok, [[[spelled, "42" + EOS]]], load_tools(["calculator"]))
     assert engine.sampled[(0, 0)][0] == spelled
     assert_layout(c, [(spelled, True), (ids_of(tok, tool_suffix("42")), False), (ids_of(tok, "42" + EOS), True)])
@@ -275,7 +287,7 @@ def test_the_budget_bounds_the_whole_episode():
     answer = "The answer is four, of course." + EOS
     # room for turn 1, the tool tokens and 3 tokens of the answer
     [[c]], engine, _ = episode(tok, [[[turn1, answer]]], load_tools(["calculator"]), max_new_tokens=n1 + n_tool + 3)
-    s1, s2 = engine.sampled[(0, 0)]
+    _s1, s2 = engine.sampled[(0, 0)]
     assert s2 == ids_of(tok, answer)[:3] and len(c.token_ids) == n1 + n_tool + 3
     assert (c.finish_reason, c.tool_stats["ended"]) == ("length", "length")
     # a tool result that does not fit (with a token to spare) ends the episode without it
@@ -288,13 +300,11 @@ def test_the_budget_bounds_the_whole_episode():
 def test_a_turn_stopped_without_its_end_token_gets_it_as_a_tool_token():
     tok = hermes_tokenizer()
     toolbox_tools = load_tools(["calculator"])
-    from groupo.tools import ChatTemplate
     fmt = ChatTemplate(tok, Toolbox(toolbox_tools, None, ToolSettings(), tok))
-    from groupo.tools import ToolCall, ToolResult
     calls, results = [ToolCall("calculator", {"expression": "1"})], [ToolResult("calculator", "1")]
     turn = ids_of(tok, call("calculator", '{"expression": "1"}'))
-    assert fmt.tool_ids(turn, calls, results) == [tok.eos_token_id] + ids_of(tok, tool_suffix("1"))
-    assert fmt.tool_ids(turn + [tok.eos_token_id], calls, results) == ids_of(tok, tool_suffix("1"))
+    assert fmt.tool_ids(turn, calls, results) == [tok.eos_token_id, *ids_of(tok, tool_suffix("1"))]
+    assert fmt.tool_ids([*turn, tok.eos_token_id], calls, results) == ids_of(tok, tool_suffix("1"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,8 +345,8 @@ def test_an_untagged_fence_continues_the_turn_and_an_error_comes_back_as_output(
     [[c]], engine, _ = episode(tok, [[[turn1, "Oops." + EOS]]], load_tools(["python"]), fmt="python_block")
     pieces = engine.sampled[(0, 0)]
     # stops after "```\n" twice without a python block (the turn goes on), then at the block's end
-    assert [tok.decode(p) for p in pieces] == ["Plain:\n```\n", "not code\n```\n", "Then:\n```python\nprint(1 / 0)\n```\n",
-                                               "Oops." + EOS]
+    assert [tok.decode(p) for p in pieces] == ["Plain:\n```\n", "not code\n```\n",
+                                               "Then:\n```python\nprint(1 / 0)\n```\n", "Oops." + EOS]
     out = ids_of(tok, "```output\nZeroDivisionError: division by zero\n```\n")
     assert_layout(c, [(pieces[0] + pieces[1] + pieces[2], True), (out, False), (pieces[3], True)])
     assert (c.tool_stats["turns"], c.tool_stats["errors"]) == (2, 1)
@@ -351,7 +361,7 @@ def test_an_environment_episode_resets_plays_and_is_rewarded():
     env = load_environment(f"{EXAMPLES / 'env_game.py'}:GuessTheNumber")
     scripts = [[[call("guess", '{"n": 50}') + EOS, call("guess", '{"n": 25}') + EOS, call("guess", '{"n": 30}') + EOS,
                  "Never reached." + EOS]]]
-    [[c]], engine, [prompt] = episode(tok, scripts, {}, env=env, columns=[{"secret": 30}], max_turns=6,
+    [[c]], _engine, [prompt] = episode(tok, scripts, {}, env=env, columns=[{"secret": 30}], max_turns=6,
                                       max_new_tokens=400)
     assert tok.decode(prompt).endswith("What is 12 * 34?\nGuess my number between 1 and 100.<|im_end|>\n"
                                        "<|im_start|>assistant\n")
