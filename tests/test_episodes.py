@@ -369,3 +369,54 @@ def test_an_environment_episode_resets_plays_and_is_rewarded():
     assert c.tool_stats["ended"] == "done" and c.tool_stats["turns"] == 3
     assert c.environment.get_reward() == 1.0 / 3  # found on the third guess
     assert c.sampled_mask[-1] == 0  # the episode ends with the last tool result
+
+
+# ---------------------------------------------------------------------------------------------
+# The real HF engine after a tool turn
+
+
+class ToolFirst:
+    """The first round is a scripted calculator call; later rounds are sampled by `engine`."""
+
+    def __init__(self, engine, tok):
+        self.engine, self.tok, self.rounds = engine, tok, 0
+
+    def generate(self, prompts, params):
+        self.rounds += 1
+        if self.rounds > 1:
+            return self.engine.generate(prompts, params)
+        turn = ids_of(self.tok, call("calculator", '{"expression": "2 + 3"}') + EOS)
+        return [[Completion(list(p), turn, [0.0] * len(turn), "", "stop") for _ in range(params.n)] for p in prompts]
+
+
+def test_hf_engine_episodes_are_reproducible_and_their_logprobs_match_a_forward_pass():
+    import torch
+    from tiny import make_tiny
+
+    from groupo.models.logprobs import pack, token_logprobs
+    from groupo.rollout.hf import HFEngine
+
+    model, tok = make_tiny()
+    tok.chat_template = HERMES
+    toolbox = Toolbox(load_tools(["calculator"]), None, ToolSettings(), tok)
+    messages = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "Add 2 and 3.")]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=126, seed=11)
+    run = lambda: run_episodes(ToolFirst(HFEngine(model, tok, batch_size=8, autocast="none"), tok), tok, messages,
+                               [{}, {}], params, EpisodeSettings("chat_template", max_turns=2), toolbox)
+    first, again = run(), run()
+    flat = [c for g in first for c in g]
+    assert [(c.token_ids, c.logprobs) for c in flat] == [(c.token_ids, c.logprobs) for g in again for c in g]
+    turn1 = ids_of(tok, call("calculator", '{"expression": "2 + 3"}') + EOS)
+    suffix = ids_of(tok, tool_suffix("5"))
+    for c in flat:
+        assert c.token_ids[:len(turn1) + len(suffix)] == turn1 + suffix
+        rest = len(c.token_ids) - len(turn1) - len(suffix)
+        assert c.sampled_mask == [1] * len(turn1) + [0] * len(suffix) + [1] * rest
+    packed = pack([c.prompt_ids for c in flat], [c.token_ids for c in flat], tok.pad_token_id)
+    with torch.no_grad():
+        logp_BT, _ = token_logprobs(model, packed, 1.0)
+    start = len(turn1) + len(suffix)  # the turn the engine sampled after the tool result
+    assert all(len(c.token_ids) > start for c in flat)
+    for b, c in enumerate(flat):
+        torch.testing.assert_close(torch.tensor(c.logprobs[start:]), logp_BT[b, start:len(c.token_ids)],
+                                   atol=1e-4, rtol=0)

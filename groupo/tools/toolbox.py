@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from groupo.config import ConfigError
 from groupo.tools.base import Tool, ToolCall, ToolResult, ToolSettings, is_async
 from groupo.tools.load import Environment
 from groupo.tools.python_tool import PythonSession
@@ -36,7 +37,6 @@ class Toolbox:
                  tokenizer):
         clash = set(tools) & set(environment.tools) if environment else set()
         if clash:
-            from groupo.config import ConfigError
             raise ConfigError(f"rollout.tools: {sorted(clash)} also named by rollout.environment "
                               f"{environment.spec!r}; rename one of them")
         self.tools = {**tools, **(environment.tools if environment else {})}
@@ -54,8 +54,12 @@ class Toolbox:
         `reset(**columns)`), and its own Python session."""
         env = observation = None
         if self.environment is not None:
-            env = self.environment.factory()
-            observation = env.reset(**columns)
+            try:
+                env = self.environment.factory()
+                observation = env.reset(**columns)
+            except Exception as e:  # the user's code, on a dataset row: name both
+                raise ConfigError(f"rollout.environment: {self.environment.spec} reset(**columns) failed on a row "
+                                  f"with columns {sorted(columns)}: {type(e).__name__}: {e}") from e
         return EpisodeTools(self, env, None if observation is None else str(observation))
 
     def run_async(self, coro, timeout_s: float) -> Any:
