@@ -365,3 +365,15 @@ def test_async_loop_is_shared_by_the_calls(tool_file):
 
 async def _current_loop():
     return id(asyncio.get_running_loop())
+
+
+def test_the_example_tool_file_loads_and_its_tools_answer():
+    root = Path(__file__).resolve().parent.parent
+    tools = load_tools([f"{root}/examples/tools_example.py:constant", f"{root}/examples/tools_example.py:to_metres"])
+    assert tools["to_metres"].schema["function"]["parameters"]["required"] == ["value", "unit"]
+    ep = Toolbox(tools, None, ToolSettings(), make_tokenizer()).new_episode({})
+    assert ep.call(ToolCall("constant", {"name": "pi"})).content == "3.141592653589793"
+    assert ep.call(ToolCall("to_metres", {"value": 3, "unit": "mile"})).content == "4828.03"  # 3 x 1609.344
+    miss = ep.call(ToolCall("constant", {"name": "tau"}))
+    assert miss.error
+    assert miss.content == "Error: ValueError: no constant 'tau'; known: pi, e, speed_of_light_m_s, avogadro"
