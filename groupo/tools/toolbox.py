@@ -74,10 +74,11 @@ class Toolbox:
     def truncate(self, text: str) -> tuple[str, bool]:
         """`text` cut to max_output_tokens tokens of the policy's tokenizer, with a marker."""
         limit = self.settings.max_output_tokens
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= limit:
-            return text, False
-        kept = self.tokenizer.decode(ids[:limit], skip_special_tokens=False)
+        with self._lock:  # a fast tokenizer called from two threads at once can fail ("Already borrowed")
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= limit:
+                return text, False
+            kept = self.tokenizer.decode(ids[:limit], skip_special_tokens=False)
         return kept + TRUNCATION_MARK.format(n=len(ids) - limit), True
 
 
