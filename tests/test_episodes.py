@@ -3,6 +3,7 @@ log-probs, messages and metrics."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from groupo.tools import (
     ToolCall,
     ToolResult,
     ToolSettings,
+    encode_episode_prompt,
+    environment_rewards,
     load_environment,
     load_tools,
     make_format,
@@ -420,3 +423,27 @@ def test_hf_engine_episodes_are_reproducible_and_their_logprobs_match_a_forward_
     for b, c in enumerate(flat):
         torch.testing.assert_close(torch.tensor(c.logprobs[start:]), logp_BT[b, start:len(c.token_ids)],
                                    atol=1e-4, rtol=0)
+
+
+def test_episode_prompts_render_the_tools_and_environment_rewards_are_read():
+    tok = hermes_tokenizer()
+    toolbox = Toolbox(load_tools(["calculator"]), None, ToolSettings(), tok)
+    messages = with_observation([{"role": "user", "content": "Hi"}], " (more)")
+    schema = toolbox.tools["calculator"].schema
+    expected = (f"<|im_start|>system\nTools:\n{json.dumps(schema)}\n<|im_end|>\n"
+                "<|im_start|>user\nHi (more)<|im_end|>\n<|im_start|>assistant\n")
+    assert encode_episode_prompt(tok, messages, toolbox, "chat_template") == ids_of(tok, expected)
+    plain = Toolbox(load_tools(["python"]), None, ToolSettings(), tok)
+    assert encode_episode_prompt(tok, messages, plain, "python_block") == ids_of(
+        tok, "<|im_start|>user\nHi (more)<|im_end|>\n<|im_start|>assistant\n")
+    game = load_environment(f"{EXAMPLES / 'env_game.py'}:GuessTheNumber").factory()
+    game.reset(secret=7)
+    game.guess(3), game.guess(7)
+    assert environment_rewards([game, object()]) == [0.5, None]
+
+
+def test_round_seeds_are_the_callers_first_then_distinct_hashes():
+    assert round_seed(None, 3) is None and round_seed(17, 0) == 17
+    seeds = {round_seed(s, r) for s in range(50) for r in range(1, 9)}
+    assert len(seeds) == 400 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert round_seed(17, 2) == round_seed(17, 2)  # a rerun draws the same
