@@ -4,6 +4,8 @@ the call formats."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import sys
 import time
@@ -316,6 +318,14 @@ def test_the_sandbox_holds_for_python_tool_calls(tmp_path):
                "    n += 1\nprint('forked', n)")
     forked = int(fork.content.split()[1])
     assert not fork.error and forked < 32  # RLIMIT_NPROC of the default limits
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
+    try:
+        kill = run(f"import os, signal\nos.kill({os.getpid()}, signal.SIGUSR1)\nprint('sent')")
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert received == [] and kill.error and "sent" not in kill.content
 
 
 # ---------------------------------------------------------------------------------------------
