@@ -348,6 +348,8 @@ def test_python_block_offers_only_python_and_chat_template_needs_a_tool_template
     tok = make_tokenizer()
     with pytest.raises(ConfigError, match=r"^rollout.tool_format=python_block .* rollout.tool_format=chat_template"):
         make_format("python_block", tok, toolbox(["python", "calculator"]))
+    with pytest.raises(ConfigError, match=r"^rollout.tool_format=python_block runs .* set rollout.tools=\[python\]$"):
+        make_format("python_block", tok, toolbox([]))
     assert isinstance(make_format("python_block", tok, toolbox(["python"])), PythonBlock)
     with pytest.raises(ConfigError, match=r"^rollout.tool_format=chat_template: the tokenizer's chat template "
                                           r"does not render the tools \['calculator'\].*tool_format=python_block"):

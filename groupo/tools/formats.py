@@ -45,10 +45,14 @@ class PythonBlock:
     stop = ("```\n",)
 
     def __init__(self, tokenizer, toolbox: Toolbox):
-        if set(toolbox.tools) != {"python"}:
-            raise ConfigError(f"rollout.tool_format=python_block runs ```python blocks with the python tool "
-                              f"only, not {sorted(set(toolbox.tools) - {'python'}) or 'no tools'}; set "
-                              f"rollout.tools=[python], or use rollout.tool_format=chat_template for other tools")
+        others = sorted(set(toolbox.tools) - {"python"})
+        if others:
+            raise ConfigError(f"rollout.tool_format=python_block offers only the python tool, not {others} "
+                              f"(its code runs in the sandbox, out of their reach); use "
+                              f"rollout.tool_format=chat_template for them")
+        if "python" not in toolbox.tools:
+            raise ConfigError("rollout.tool_format=python_block runs ```python blocks with the python tool; "
+                              "set rollout.tools=[python]")
         self.tokenizer = tokenizer
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
