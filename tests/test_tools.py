@@ -20,6 +20,7 @@ from groupo.tools import (
     PythonBlock,
     Toolbox,
     ToolCall,
+    ToolResult,
     ToolSettings,
     calculator,
     load_environment,
@@ -366,7 +367,7 @@ def test_python_block_reads_only_a_closed_python_block_at_the_end_of_the_turn():
     assert (call.name, call.arguments) == ("python", {"code": "print(2)\n"})
     assert fmt.parse(ids("Text\n```\n")) == []                      # an untagged fence opening
     assert fmt.parse(ids("```python\nprint(2)\n```\nSo 2.")) == []  # not at the end: already answered
-    assert fmt.tool_ids([], [call], [type("R", (), {"content": "2\n"})()]) == ids("```output\n2\n```\n")
+    assert fmt.tool_ids([], [call], [ToolResult("python", "2\n")]) == ids("```output\n2\n```\n")
 
 
 def test_async_loop_is_shared_by_the_calls(tool_file):
