@@ -115,6 +115,10 @@ class Counter:
     def _private(self):
         pass
 
+class BadReset:
+    def reset(self, **columns):
+        raise KeyError("level")
+
 class NoReset:
     def act(self, x: int) -> str:
         """Act.
@@ -227,6 +231,12 @@ def test_episodes_get_fresh_environments_reset_with_their_columns(env_file):
     assert a.call(ToolCall("bump", {"by": 4})).content == "7" and not a.done
     assert b.call(ToolCall("bump", {"by": 4})).content == "12" and b.done
     assert [s["function"]["name"] for s in box.schemas] == ["calculator", "bump"]
+    bad = Toolbox({}, load_environment(f"{env_file}:BadReset"), ToolSettings(), make_tokenizer())
+    with pytest.raises(ConfigError, match=r"^rollout.environment: .*BadReset reset\(\*\*columns\) failed on a row "
+                                          r"with columns \['answer'\]: KeyError: 'level'$"):
+        bad.new_episode({"answer": "1"})
+    with pytest.raises(ConfigError, match=r"^rollout.tools: \['bump'\] also named by rollout.environment"):
+        Toolbox({"bump": box.tools["calculator"]}, load_environment(f"{env_file}:Counter"), ToolSettings(), None)
 
 
 # ---------------------------------------------------------------------------------------------
