@@ -49,8 +49,11 @@ class Completion:
     logprobs: list[float]            # log-prob of each generated token under the sampling policy
     text: str                        # decoded completion (special tokens skipped)
     finish_reason: Literal["stop", "length"]
-    sampled_mask: list[int] | None = None  # per token: 1 sampled by the policy, 0 tool / environment
-                                           # output of an episode; None: all sampled (one turn)
+    # Episodes with tools (groupo.episodes); None in single-turn rollouts, where every token is sampled.
+    sampled_mask: list[int] | None = None   # per token of token_ids: 1 sampled by the policy, 0 tool/environment
+    messages: list[dict] | None = None      # the assistant and tool turns, as TRL passes completions to rewards
+    tool_stats: dict | None = None          # turns, calls, errors, calls per tool, seconds (groupo.episodes)
+    environment: Any = None                 # the episode's environment instance (rewards get `environments=`)
 
 
 def _knob(default: Any, help: str, **bounds: Any) -> Any:
