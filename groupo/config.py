@@ -126,6 +126,19 @@ class RolloutConfig:
     vllm_url: str = _f("", "vllm as a server: base URL of a running `vllm serve` (groupo serve), e.g. "
                        "http://127.0.0.1:8000; empty = the colocated engine in this process")
     vllm_timeout_s: float = _f(600.0, "vllm server: seconds to wait for one request", min=0, min_exclusive=True)
+    tool_format: Literal["", "python_block", "chat_template"] = _f(
+        "", "episodes with tools (docs/tools.md): python_block = ```python blocks run by the python tool, their "
+        "output appended as ```output blocks (any model); chat_template = the model's own tool calls, rendered by "
+        "its chat template (Hermes-style <tool_call> JSON); empty = one completion per prompt, no tools")
+    tools: list[str] = _f([], "tools offered in episodes: python (sandboxed), calculator, file.py:function or "
+                          "module:function (plain typed, documented functions, as TRL's tools=); python_block: "
+                          "python only (the default)")
+    environment: str = _f("", "a TRL-style environment, file.py:Class or module:factory: one instance per episode, "
+                          "reset(**columns) at its start, its public methods are tools, get_reward() a reward")
+    max_turns: int = _f(4, "assistant turns per episode at most (TRL's max_tool_calling_iterations + 1)", min=1)
+    max_tool_output_tokens: int = _f(256, "a tool result longer than this many tokens is cut and marked", min=1)
+    tool_timeout_s: float = _f(10.0, "wall-clock limit of one tool call, seconds (python: also its CPU limit)",
+                               min=0, min_exclusive=True)
 
 
 def _optional_key(f: dataclasses.Field, tp: Any) -> tuple[str, Any, Any]:
@@ -482,6 +495,12 @@ def check_together(cfg: Config) -> None:
     if R.engine == "vllm" and cfg.train.parallel == "fsdp2":
         raise ConfigError("rollout.engine = 'vllm' runs beside train.parallel = 'ddp' only (each rank hands "
                           "its engine whole weights; FSDP2 would gather them first): use train.parallel=ddp")
+    if (R.tools or R.environment) and not R.tool_format:
+        raise ConfigError("rollout.tools / rollout.environment are set but rollout.tool_format is empty: set "
+                          "rollout.tool_format=chat_template (the model's own tool calls) or python_block")
+    if R.tool_format == "python_block" and (set(R.tools) - {"python"} or R.environment):
+        raise ConfigError("rollout.tool_format=python_block runs ```python blocks with the python tool only; other "
+                          "tools and environments need rollout.tool_format=chat_template")
     if A.engine_old_logprobs and A.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{A.num_iterations} (later updates need the trainer's own old log-probs)")

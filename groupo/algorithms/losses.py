@@ -109,7 +109,16 @@ def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Ten
     """
     s = (preset if isinstance(preset, LossSettings) else get_preset(preset)).with_overrides(beta=beta, **overrides)
     mask = mask_BT.to(logp_BT.dtype)
-    old_logp_BT = old_logp_BT.detach()
+    # Positions outside the mask (padding; tool and environment tokens of an episode) take no part,
+    # not even as inf * 0 = NaN: a tool token the model finds very unlikely (log-prob below -88)
+    # would make exp() in the ratio or the KL inf there, and the NaN would reach every gradient.
+    counted = mask.bool()
+    logp_BT = torch.where(counted, logp_BT, torch.zeros_like(logp_BT))
+    old_logp_BT = torch.where(counted, old_logp_BT.detach(), 0.0)
+    if ref_logp_BT is not None:
+        ref_logp_BT = torch.where(counted, ref_logp_BT, 0.0)
+    if is_weight_BT is not None:
+        is_weight_BT = torch.where(counted, is_weight_BT, 0.0)
     adv_BT = (adv[:, None] if adv.ndim == 1 else adv).to(logp_BT.dtype).expand_as(logp_BT).detach()
     lo, hi = 1.0 - s.eps_low, 1.0 + s.eps_high
 

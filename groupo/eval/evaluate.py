@@ -74,24 +74,27 @@ def _extract_order(reward_fns: dict, eval_reward: str) -> tuple[str, ...]:
         else DEFAULT_ORDER
 
 
-def _generate(engine: RolloutEngine, prompt_ids: list[list[int]], params: SamplingParams,
+def _generate(sample: Callable, problems: list[Problem], params: SamplingParams,
               batch_size: int, progress: Callable[[int, int], None] | None) -> list[list]:
-    """Completions for every prompt, `batch_size` sequences per engine call."""
+    """Completions for every problem, `batch_size` sequences per sampling call."""
     per_call = max(1, batch_size // params.n)
     out: list[list] = []
-    for start in range(0, len(prompt_ids), per_call):
-        out += engine.generate(prompt_ids[start:start + per_call], params)
+    for start in range(0, len(problems), per_call):
+        out += sample(problems[start:start + per_call], params)
         if progress is not None:
-            progress(len(out), len(prompt_ids))
+            progress(len(out), len(problems))
     return out
 
 
-def _run(engine, tokenizer, task: Task, problems: list[Problem], prompt_ids, params: SamplingParams,
+def _run(sample: Callable, task: Task, problems: list[Problem], params: SamplingParams,
          batch_size: int, reward_fns: dict, progress, greedy: bool) -> list[dict]:
-    groups = _generate(engine, prompt_ids, params, batch_size, progress)
+    groups = _generate(sample, problems, params, batch_size, progress)
     flat = [(p, j, c) for p, g in zip(problems, groups, strict=True) for j, c in enumerate(g)]
+    episodes = any(c.messages is not None for _, _, c in flat)
     total, per_fn = score(reward_fns, [p.messages for p, _, _ in flat], [c.text for _, _, c in flat],
-                          [p.columns for p, _, _ in flat], completion_ids=[c.token_ids for _, _, c in flat])
+                          [p.columns for p, _, _ in flat], completion_ids=[c.token_ids for _, _, c in flat],
+                          messages=[c.messages for _, _, c in flat] if episodes else None,
+                          environments=[c.environment for _, _, c in flat] if episodes else None)
     order = _extract_order(reward_fns, task.eval_reward)
     records = []
     for i, (p, j, c) in enumerate(flat):
@@ -103,6 +106,7 @@ def _run(engine, tokenizer, task: Task, problems: list[Problem], prompt_ids, par
             "correct": per_fn[task.eval_reward][i] == 1.0, "reward": total[i],
             "rewards": {name: values[i] for name, values in per_fn.items()},
             "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+            **({"tool_calls": c.tool_stats.get("calls", 0)} if c.tool_stats else {}),
         })
     return records
 
@@ -110,7 +114,7 @@ def _run(engine, tokenizer, task: Task, problems: list[Problem], prompt_ids, par
 def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Problem], *, samples: int = 1,
              max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
              batch_size: int = 64, reward_fns: dict | None = None, seed: int = 0, greedy: bool = True,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             progress: Callable[[int, int], None] | None = None, sampler: Callable | None = None) -> EvalResult:
     """Evaluate `problems` of `task` with the model behind `engine`.
 
     samples: completions per problem (k). With samples = 1 and temperature = 0 this is one greedy
@@ -119,6 +123,8 @@ def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Proble
     reward_fns: name -> (fn, weight), as from `resolve_rewards` (default: the task's rewards); the
         task's `eval_reward` is added from the registry if missing.
     progress: called with (prompts done, prompts total) after each generation batch.
+    sampler: `sampler(problems, params)` -> completions per problem (groupo.episodes.sampler: e.g.
+        episodes with the run's tools); default: one turn from `engine` on each chat-templated prompt.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -127,20 +133,21 @@ def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Proble
     fns = dict(reward_fns) if reward_fns is not None else resolve_rewards({}, task)
     if task.eval_reward not in fns:
         fns[task.eval_reward] = (REWARDS[task.eval_reward], 0.0)
-    prompt_ids = [encode_prompt(tokenizer, p.messages) for p in problems]
+    sample = sampler or (lambda probs, params: engine.generate([encode_prompt(tokenizer, p.messages)
+                                                                for p in probs], params))
     n = len(problems)
     records: list[dict] = []
     accuracy = None
     if greedy and (samples > 1 or temperature == 0):
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
-        greedy_recs = _run(engine, tokenizer, task, problems, prompt_ids, params, batch_size, fns, progress, True)
+        greedy_recs = _run(sample, task, problems, params, batch_size, fns, progress, True)
         accuracy = sum(r["correct"] for r in greedy_recs) / n if n else 0.0
         records += greedy_recs
     sampled = records if samples == 1 and temperature == 0 else []
     if not sampled:
         params = SamplingParams(n=samples, temperature=temperature, top_p=top_p,
                                 max_new_tokens=max_new_tokens, seed=seed)
-        sampled = _run(engine, tokenizer, task, problems, prompt_ids, params, batch_size, fns, progress, False)
+        sampled = _run(sample, task, problems, params, batch_size, fns, progress, False)
         records += sampled
     by_problem: dict[int, list[dict]] = {}
     for i, r in enumerate(sampled):

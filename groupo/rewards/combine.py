@@ -80,6 +80,7 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
           columns: Sequence[dict[str, Any]],
           completion_ids: Sequence[Sequence[int]] | None = None, *,
           trainer_state: RewardState | None = None, log: RewardLog | None = None,
+          messages: Sequence[list[dict]] | None = None, environments: Sequence[Any] | None = None,
           ) -> tuple[list[float], dict[str, list[float | None]]]:
     """(total_N, {name: values_N}): the weighted sum per sample and each function's raw values.
 
@@ -90,6 +91,9 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
         lengths as `completion_lengths`.
     trainer_state: handed to functions as `trainer_state` (default: step 0 of 0).
     log: collects what functions pass to `log_extra` / `log_metric` (default: discarded).
+    messages: for episodes with tools, each completion as its assistant and tool messages; functions
+        then get these as `completions` (TRL's convention: the final answer is the last message).
+    environments: each episode's environment instance, passed as `environments` (TRL's keyword).
     """
     n = len(completions)
     if len(prompts) != n or len(columns) != n:
@@ -103,8 +107,10 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
     log = log if log is not None else RewardLog()
     shared = {"trainer_state": trainer_state if trainer_state is not None else RewardState(),
               "log_extra": log.log_extra, "log_metric": log.log_metric}
+    if environments is not None:
+        kwargs["environments"] = list(environments)
     prompts, texts = list(prompts), list(completions)
-    completions = trl_completions(prompts, texts)
+    completions = [list(m) for m in messages] if messages is not None else trl_completions(prompts, texts)
     timeouts_before = symbolic.stats["timeouts"]
     per_fn = {name: _call(name, fn, prompts, completions, kwargs, shared)
               for name, (fn, _) in reward_fns.items()}

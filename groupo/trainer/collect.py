@@ -29,7 +29,7 @@ class RolloutBatch:
     completions: list[Completion]            # (P*G,) token ids, engine log-probs, finish reasons
     rewards_PG: torch.Tensor                 # (P, G) weighted total reward, float32
     per_fn: dict[str, list[float | None]]    # reward name -> (P*G,) unweighted scores
-    prompt_ids: list[list[int]]              # (P*G,) the encoded prompt of every row
+    prompt_ids: list[list[int]]              # (P*G,) the encoded prompt of every row (an episode's own)
     n_zero_var: int                          # groups drawn this step whose rewards were all equal
     n_groups: int                            # groups drawn this step (dynamic sampling draws more)
     group_size: int
@@ -63,15 +63,17 @@ class RolloutBatch:
         return self.groups(list(range(world.rank, len(self.problems), world.world_size)))
 
 
-def collect(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[[Problem], list[int]],
-                    reward_fns: dict, *, data_position: int, prompts_per_step: int, params: SamplingParams,
-                    dynamic_sampling: bool, max_draws: int, world: Dist,
-                    reward_state: RewardState | None = None) -> tuple[RolloutBatch, int]:
+def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completion]]],
+            problems_at: Callable[[int], Problem], reward_fns: dict, *, data_position: int, prompts_per_step: int,
+            params: SamplingParams, dynamic_sampling: bool, max_draws: int, world: Dist,
+            reward_state: RewardState | None = None) -> tuple[RolloutBatch, int]:
     """Sample and score one step's groups; returns (batch, data position after the draws).
 
-    Each draw takes the next `prompts_per_step` prompts of the training stream (`problems_at(i)`
-    is prompt i). Without dynamic sampling the batch is the first draw. With it, groups whose
-    rewards are all equal are dropped and further prompts drawn, at most `max_draws` times, until
+    `sample(problems, params)` gives each problem's `params.n` completions (one turn each, or whole
+    episodes with tools: groupo.episodes.sampler). Each draw takes the next `prompts_per_step`
+    prompts of the training stream (`problems_at(i)` is prompt i). Without dynamic sampling the
+    batch is the first draw. With it, groups whose rewards are all equal are dropped and further
+    prompts drawn, at most `max_draws` times, until
     `prompts_per_step` groups are kept. With W ranks the kept groups are cut to a multiple of W
     (only dynamic sampling can leave a remainder: prompts_per_step itself is one).
     reward_state is what reward functions see as TRL's `trainer_state`; what they pass to
@@ -86,12 +88,17 @@ def collect(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[
         drawn = [problems_at(data_position + i) for i in range(prompts_per_step)]
         data_position += prompts_per_step
         mine = drawn[world.rank::world.world_size]
-        groups = engine.generate([prompt_ids(p) for p in mine], replace(params, seed=params.seed + draw))
+        groups = sample(mine, replace(params, seed=params.seed + draw))
         flat = [c for g in groups for c in g]
         rep = [p for p in mine for _ in range(G)]
+        episodes = any(c.messages is not None for c in flat)
         total, scores = score(reward_fns, [p.messages for p in rep], [c.text for c in flat],
                               [p.columns for p in rep], completion_ids=[c.token_ids for c in flat],
-                              trainer_state=reward_state, log=log)
+                              trainer_state=reward_state, log=log,
+                              messages=[c.messages for c in flat] if episodes else None,
+                              environments=[c.environment for c in flat] if episodes else None)
+        for c in flat:
+            c.environment = None  # scored; a user's instance need not survive pickling to the other ranks
         # Back to the draw's order: rank r sampled prompts r, r + W, r + 2W, ...
         per_rank = gather_objects((groups, total, scores), world)
         ordered = [None] * len(drawn)
@@ -120,7 +127,7 @@ def collect(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[
     batch = RolloutBatch(
         problems=[k[0] for k in kept], completions=[c for k in kept for c in k[1]],
         rewards_PG=torch.stack([k[2] for k in kept]) if kept else torch.zeros(0, G),
-        per_fn=per_fn, prompt_ids=[prompt_ids(k[0]) for k in kept for _ in range(G)],
+        per_fn=per_fn, prompt_ids=[c.prompt_ids for k in kept for c in k[1]],
         n_zero_var=n_zero_var, n_groups=n_groups, group_size=G,
         reward_metrics={f"reward_log/{k}": sum(v) / len(v) for k, v in metrics.items() if v},
         reward_timeouts=sum(t for t, _ in logs))

@@ -16,7 +16,6 @@ writes logs, metrics, samples, the report and `final/`. One process is rank 0 of
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ import torch
 from groupo.config import Config, ConfigError, dump_yaml
 from groupo.config_rules import validate
 from groupo.data import load_task
-from groupo.data.prompts import encode_prompt
 from groupo.distributed import Dist, broadcast_object, setup
+from groupo.episodes.sampler import make_sampler, with_environment_reward
 from groupo.models import load_policy, save_policy
 from groupo.models.precision import resolve_autocast
 from groupo.report.alarms import TrainingStopped, loss_note
@@ -64,19 +63,6 @@ def check_world(cfg: Config, world: Dist) -> None:
                           "groups")
 
 
-class PromptIds:
-    """Token ids of a problem's prompt, encoded once per distinct chat."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.cache = tokenizer, {}
-
-    def __call__(self, problem) -> list[int]:
-        key = json.dumps(problem.messages)
-        if key not in self.cache:
-            self.cache[key] = encode_prompt(self.tokenizer, problem.messages)
-        return self.cache[key]
-
-
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> dict[str, Any]:
     """Run (or resume) training as `cfg` says, writing everything under `run_dir`."""
     started = time.monotonic()
@@ -104,13 +90,14 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
         state = resumed.state  # the newest intact checkpoint; damaged newer ones are named in a warning
     engine = build_engine(cfg, EngineContext(policy.model, policy.tokenizer, run_dir, world, device, amp))
     engine.sync_weights()  # an engine with its own weights samples from the checkpoint's
+    sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
+    reward_fns = with_environment_reward(reward_fns, sampler)
     eval_problems = task.test[: cfg.task.eval_size or None]
 
     def held_out() -> tuple[float, int, float]:
-        return held_out_accuracy(engine, module, policy.tokenizer, task, eval_problems, reward_fns,
-                                 max_new_tokens=R.max_new_tokens, batch_size=R.batch_size, world=world)
+        return held_out_accuracy(sampler, module, task, eval_problems, reward_fns, max_new_tokens=R.max_new_tokens,
+                                 batch_size=R.batch_size, world=world)
 
-    prompt_ids = PromptIds(policy.tokenizer)
     with RunLog(cfg, run_dir, world, state.step, state.elapsed_s) as run, sigterm_as_interrupt():
         for line in _opening(cfg, run_dir, policy, world, device, amp, s, state, engine):
             run.log(line)
@@ -134,7 +121,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                 # --- 1. collect: G completions for each of P prompts (this rank's share), scored, gathered
                 with parallel.full_params(module):
                     rollout, position = collect(
-                        engine, lambda i: task.train[i % len(task.train)], prompt_ids, reward_fns,
+                        sampler, lambda i: task.train[i % len(task.train)], reward_fns,
                         data_position=state.data_position, prompts_per_step=T.prompts_per_step, params=params,
                         dynamic_sampling=s.loss.dynamic_sampling, max_draws=A.max_draws, world=world,
                         reward_state=RewardState(state.step, T.steps, epoch=state.data_position / len(task.train)))

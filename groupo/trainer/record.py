@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from groupo.episodes.metrics import episode_metrics
 from groupo.report.keys import UPDATE_KEYS, fn_key
 from groupo.rewards.extract import parse_number
 from groupo.rewards.math import looks_symbolic
@@ -42,6 +43,7 @@ def step_record(step: int, rollout, update_metrics: dict[str, float], eval_rewar
         "completion/multi_answer_frac": _mean([float(answer_count(c.text) > 1) for c in completions]),
         "rollout/zero_var_group_frac": rollout.n_zero_var / max(1, rollout.n_groups),
         "rollout/groups_used": len(rollout.problems),
+        **(episode_metrics(completions) if any(c.tool_stats for c in completions) else {}),
         **update, "time/step_s": step_time, "time/gen_s": gen_time,
         "time/update_s": max(0.0, step_time - gen_time - sync) if update else None,
         "time/tokens_per_s": sum(lengths) / step_time, **memory_metrics(device),
@@ -77,7 +79,8 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 def write_samples(path: Path, step: int, rollout, k: int) -> None:
-    """The first completion of each of the first `k` prompts, with its rewards."""
+    """The first completion of each of the first `k` prompts, with its rewards; an episode with tools
+    also as its messages (assistant turns, and `tool` turns holding what the tools returned)."""
     G = rollout.group_size
     with open(path, "a", encoding="utf-8") as fh:
         for i, problem in enumerate(rollout.problems[:k]):
@@ -85,6 +88,7 @@ def write_samples(path: Path, step: int, rollout, k: int) -> None:
             fh.write(json.dumps({
                 "step": step, "prompt": problem.question, "answer": problem.answer, "completion": c.text,
                 "finish_reason": c.finish_reason, "rewards": {n: v[i * G] for n, v in rollout.per_fn.items()},
+                **({"messages": c.messages} if c.messages is not None else {}),
             }, ensure_ascii=False) + "\n")
 
 

@@ -1,0 +1,75 @@
+"""How a run samples its completions: one turn per prompt (the engine's `generate` on the prompt's
+token ids), or multi-turn episodes with tools (`run_episodes`), as `rollout.tool_format` says. The
+trainer's collect stage, its held-out evaluation and `groupo eval` all sample through this.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from groupo.config import Config
+from groupo.data.prompts import encode_prompt
+from groupo.episodes.driver import EpisodeSettings, run_episodes
+from groupo.tools import Toolbox, ToolSettings, encode_episode_prompt, load_environment, load_tools, make_format
+from groupo.tools.toolbox import environment_rewards
+from groupo.types import Completion, Problem, SamplingParams
+
+
+class Sampler:
+    """`sampler(problems, params)` -> for each problem, `params.n` completions (whole episodes
+    when tools are on: `Completion.sampled_mask` then marks the policy's own tokens)."""
+
+    def __init__(self, engine, tokenizer, episodes: EpisodeSettings | None = None, toolbox: Toolbox | None = None):
+        self.engine, self.tokenizer, self.episodes, self.toolbox = engine, tokenizer, episodes, toolbox
+        self._prompts: dict[str, list[int]] = {}
+
+    @property
+    def tools(self) -> bool:
+        return self.toolbox is not None
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        """The token ids of a problem's prompt (with the tools rendered in, for chat_template),
+        encoded once per distinct chat."""
+        key = json.dumps(problem.messages)
+        if key not in self._prompts:
+            self._prompts[key] = (encode_prompt(self.tokenizer, problem.messages) if self.toolbox is None else
+                                  encode_episode_prompt(self.tokenizer, problem.messages, self.toolbox,
+                                                        self.episodes.tool_format))
+        return self._prompts[key]
+
+    def __call__(self, problems: list[Problem], params: SamplingParams) -> list[list[Completion]]:
+        if self.toolbox is None:
+            return self.engine.generate([self.prompt_ids(p) for p in problems], params)
+        return run_episodes(self.engine, self.tokenizer, [p.messages for p in problems],
+                            [p.columns for p in problems], params, self.episodes, self.toolbox)
+
+
+def make_sampler(cfg: Config, engine, tokenizer) -> Sampler:
+    """The run's sampler: tools, environment and format loaded and checked (a ConfigError names
+    the rollout.* key at fault before training starts)."""
+    R = cfg.rollout
+    if not R.tool_format:
+        return Sampler(engine, tokenizer)
+    tools = load_tools(R.tools or (["python"] if R.tool_format == "python_block" else []))
+    environment = load_environment(R.environment) if R.environment else None
+    settings = ToolSettings(timeout_s=R.tool_timeout_s, max_output_tokens=R.max_tool_output_tokens,
+                            python_memory_mb=cfg.rewards.sandbox_memory_mb, workers=cfg.rewards.sandbox_workers)
+    toolbox = Toolbox(tools, environment, settings, tokenizer)
+    make_format(R.tool_format, tokenizer, toolbox)  # a template that cannot render tools: ConfigError now
+    return Sampler(engine, tokenizer, EpisodeSettings(R.tool_format, R.max_turns, cfg.rewards.sandbox_workers),
+                   toolbox)
+
+
+def environment_reward(completions: list, environments: list | None = None, **_: Any) -> list[float | None]:
+    """The reward an environment owns (its `get_reward()`), as TRL adds it: None where it has none."""
+    return environment_rewards(environments) if environments is not None else [None] * len(completions)
+
+
+def with_environment_reward(reward_fns: dict, sampler: Sampler) -> dict:
+    """`reward_fns` plus, when the run's environment defines get_reward, its reward as `environment`
+    (weight 1.0, as TRL adds it), unless `rewards.funcs` names one so already."""
+    env = sampler.toolbox.environment if sampler.toolbox is not None else None
+    if env is None or not env.has_reward or "environment" in reward_fns:
+        return reward_fns
+    return {**reward_fns, "environment": (environment_reward, 1.0)}
