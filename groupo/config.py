@@ -73,7 +73,7 @@ class TaskConfig:
     eval_size: int = _f(100, "held-out problems evaluated (0 = all)", min=0)
     train_size: int = _f(0, "training problems kept after shuffling (0 = all)", min=0)
     difficulty: int = _f(2, "difficulty level for synthetic tasks (1 = easiest)", min=1, max=5)
-    prompt_style: Literal["plain", "answer_tag", "r1", "boxed"] = _f(
+    prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool"] = _f(
         "answer_tag", "instruction added to each question (see groupo.data.prompts)")
     system_prompt: str | None = _f(None, "system prompt; None = the prompt style's own")
     few_shot: int = _f(0, "worked examples prepended to each prompt", min=0)

@@ -6,8 +6,10 @@
 
 With --run, the run's saved config.yaml supplies the model, the task, the prompt style and the
 answer parsing, so the evaluation asks and grades exactly as training did; --base evaluates the
-untrained base model under the same settings. Prints greedy accuracy, pass@k and maj@k; --out
-writes one JSON line per sample and the summary next to it (FILE.summary.json).
+untrained base model under the same settings. A run trained with tools (rollout.tool_format) is
+evaluated on episodes with the same tools, --base included (the "before" figure); with --model,
+`--set rollout.tool_format=python_block` gives any model the python tool. Prints greedy accuracy,
+pass@k and maj@k; --out writes one JSON line per sample and the summary next to it (FILE.summary.json).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     task.add_argument("--split", help="split to evaluate (default: the task's eval split, test)")
     task.add_argument("--limit", type=int, help="evaluate the first N problems (0 = all; default all, "
                       "or the run's task.eval_size)")
-    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed"])
+    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed", "python_tool"])
     task.add_argument("--few-shot", type=int)
     gen = p.add_argument_group("generation")
     gen.add_argument("--samples", type=int, default=1, help="completions per problem (k for pass@k, maj@k)")
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from groupo.data import load_task
+    from groupo.episodes.sampler import make_sampler, with_environment_reward
     from groupo.eval.evaluate import evaluate
     from groupo.rewards import resolve_rewards
     from groupo.rollout import EngineContext, build_engine
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args, cfg, device)
     load_s = time.monotonic() - t0
     engine = build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast))
+    sampler = make_sampler(cfg, engine, tokenizer)  # a run with tools is evaluated on episodes with them
+    reward_fns = with_environment_reward(reward_fns, sampler)
     what = f"{args.run} ({'base' if args.base else 'final'})" if args.run else cfg.model.name
     print(f"evaluating {what} on {task.name} [{cfg.task.eval_split}]: {len(problems)} problems, "
           f"samples={args.samples}, temperature={temperature}, max_new_tokens={cfg.rollout.max_new_tokens}",
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {done}/{total} prompts ({time.monotonic() - t1:.0f}s)", file=sys.stderr)
 
     t1 = time.monotonic()
-    res = evaluate(engine, tokenizer, task, problems, samples=args.samples,
+    res = evaluate(engine, tokenizer, task, problems, samples=args.samples, sampler=sampler,
                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=temperature,
                    top_p=cfg.rollout.top_p, batch_size=cfg.rollout.batch_size, reward_fns=reward_fns,
                    seed=args.seed, progress=progress)

@@ -7,6 +7,8 @@ Styles (`TaskConfig.prompt_style`):
     r1          DeepSeek-R1 style: reasoning in <think>...</think>, then <answer>...</answer>
                 (the R1-Zero system prompt of arXiv 2501.12948, table 1, is the default)
     boxed       the question, then: final answer in \\boxed{}
+    python_tool the question, then: write a ```python block that prints the result (run by the
+                python tool of an episode, rollout.tool_format=python_block), then <answer>...</answer>
 
 The instruction goes into the user turn (small instruct models follow it more reliably there than
 in a system prompt). Few-shot examples become prior user/assistant turns whose assistant answers
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from groupo.types import Message
 
-STYLES = ("plain", "answer_tag", "r1", "boxed")
+STYLES = ("plain", "answer_tag", "r1", "boxed", "python_tool")
 
 R1_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves "
@@ -37,9 +39,11 @@ INSTRUCTIONS = {
     "r1": "Show your reasoning inside <think></think> tags, then give the final answer inside "
           "<answer></answer> tags.",
     "boxed": "Reason step by step, and put your final answer within \\boxed{}.",
+    "python_tool": "Write a short Python program in a ```python block that prints the result; you will see "
+                   "what it prints. Then give the final answer inside <answer></answer> tags.",
 }
 
-DEFAULT_SYSTEM = {"plain": None, "answer_tag": None, "r1": R1_SYSTEM_PROMPT, "boxed": None}
+DEFAULT_SYSTEM = {"plain": None, "answer_tag": None, "r1": R1_SYSTEM_PROMPT, "boxed": None, "python_tool": None}
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,10 @@ def user_turn(question: str, style: str) -> str:
 def assistant_turn(example: Example, style: str) -> str:
     """How a model answering in `style` should write `example`'s solution."""
     r, a = example.reasoning.strip(), example.answer
-    lead = {"plain": f"{r} ", "answer_tag": f"{r}\n", "r1": f"{r}\n", "boxed": f"{r} "}[style] if r else ""
+    lead = {"plain": f"{r} ", "answer_tag": f"{r}\n", "r1": f"{r}\n", "boxed": f"{r} ",
+            "python_tool": f"{r}\n"}[style] if r else ""
     return {
+        "python_tool": f"{lead}<answer>{a}</answer>",
         "plain": f"{lead}The answer is {a}.",
         "answer_tag": f"{lead}<answer>{a}</answer>",
         "r1": f"<think>\n{lead}</think>\n<answer>{a}</answer>",
