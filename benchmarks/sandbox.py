@@ -75,6 +75,7 @@ def main() -> None:
     print("protections:", probe(frozenset(args.disable)).describe())
     programs, answers = gsm8k_programs(args.programs)
     completions = [f"```python\n{p}```" for p in programs]
+    solutions, tests = mbpp_solutions(args.programs)
 
     one = Sandbox(workers=1, disable=args.disable)
     one.run("pass")  # warm the page cache
@@ -99,7 +100,6 @@ def main() -> None:
             assert got == [1.0] * len(answers)
 
         rew = best_rate(reward, args.programs, args.repeats)
-        solutions, tests = mbpp_solutions(args.programs)
 
         def judged(workers=workers) -> None:
             got = code_rewards.tests_pass_reward(completions=solutions, tests=tests, sandbox_workers=workers)
