@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from groupo.rewards.code import JUDGE, tests_pass_reward
+from groupo.rewards.code import judge_program, tests_pass_reward
 from groupo.rewards.sandbox import Limits, Sandbox
 
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-4, 4) == 0", "assert add(10, 5) == 15"]
@@ -147,7 +147,7 @@ def test_the_candidate_never_sees_the_tests_or_the_nonce(disable):
         "print('test found:', any(re.search(rb'== 98765[4]321', b) for b in data), file=sys.stderr)\n"
         "print('bytes read:', sum(map(len, data)), file=sys.stderr)\n")
     box = Sandbox(workers=1, disable=disable)
-    result = box.run(JUDGE, files={"solution.py": snoop}, limits=Limits(wall_s=60, cpu_s=60),
+    result = box.run(judge_program(), files={"solution.py": snoop}, limits=Limits(wall_s=60, cpu_s=60),
                      stdin=marshal.dumps((nonce, "", ["assert add(1, 2) == 987654321"])))
     box.close()
     report = result.stderr.splitlines()
