@@ -3,12 +3,18 @@ without passing the tests scores 0, while correct solutions (of every plain resu
 classes and partial credit) still score what they earn. Runs real sandboxed programs."""
 
 import hashlib
+import json
 import marshal
+import os
 import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from groupo.rewards.code import judge_program, tests_pass_reward
+from groupo.rewards.code import JUDGE_PATH, judge_program, tests_pass_reward
 from groupo.rewards.sandbox import Limits, Sandbox
 
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-4, 4) == 0", "assert add(10, 5) == 15"]
@@ -104,13 +110,11 @@ def test_a_wrong_solution_scores_0_however_it_cheats(name):
         assert tests_pass_reward(completions=[f"```python\n{right}```"], tests=[tests]) == [1.0]
 
 
-@pytest.mark.parametrize("disable", [(), ("netns", "mountns", "pidns", "proc")], ids=["namespaces", "fallback"])
-def test_the_candidate_never_sees_the_tests_or_the_nonce(disable):
-    """White box: the candidate reads every byte it can (its own memory through /proc/self/mem, and
-    every process's stdin, environment and memory) and reports on stderr what it could open and
-    whether the nonce (known to it only by its SHA-256) or the test's expected value is there."""
-    nonce = secrets.token_hex(16)
-    snoop = (
+def snoop(nonce: str) -> str:
+    """A candidate that reads every byte it can (its own memory through /proc/self/mem, and every
+    process's stdin, environment and memory) and reports on stderr what it could open and whether
+    the nonce (known to it only by its SHA-256) or the test's expected value is there."""
+    return (
         "import hashlib, os, re, sys\n"
         "def add(a, b):\n    return a + b\n"
         "def grab(pid):\n"
@@ -146,17 +150,64 @@ def test_the_candidate_never_sees_the_tests_or_the_nonce(disable):
         "print('nonce found:', any(hashlib.sha256(h).hexdigest() == digest for h in hexes), file=sys.stderr)\n"
         "print('test found:', any(re.search(rb'== 98765[4]321', b) for b in data), file=sys.stderr)\n"
         "print('bytes read:', sum(map(len, data)), file=sys.stderr)\n")
-    box = Sandbox(workers=1, disable=disable)
-    result = box.run(judge_program(), files={"solution.py": snoop}, limits=Limits(wall_s=60, cpu_s=60),
-                     stdin=marshal.dumps((nonce, "", ["assert add(1, 2) == 987654321"])))
-    box.close()
-    report = result.stderr.splitlines()
-    assert "nonce found: False" in report and "test found: False" in report, result.stderr
+
+
+SNOOPED_TESTS = ["assert add(1, 2) == 987654321"]
+
+
+def check_snoop(stdout: str, stderr: str, nonce: str) -> None:
+    report = stderr.splitlines()
+    assert "nonce found: False" in report and "test found: False" in report, stderr
     assert int(next(x for x in report if x.startswith("bytes read")).split()[-1]) > 1 << 20  # it did look
     tried = [line.split() for line in report if line.startswith(("opened", "refused"))]
     assert ["opened", "self", "mem"] in tried and ["refused", "judge", "mem"] in tried, report
     assert not [t for t in tried if t[0] == "opened" and t[1] != "self" and t[2] in ("fd/0", "mem")], report
-    assert f"{nonce} 0" not in result.stdout  # and 1 + 2 != 987654321: the test failed
+    assert f"{nonce} 0" not in stdout  # and 1 + 2 != 987654321: the test failed
+
+
+@pytest.mark.parametrize("disable", [(), ("netns", "mountns", "pidns", "proc")], ids=["namespaces", "fallback"])
+def test_the_candidate_never_sees_the_tests_or_the_nonce(disable):
+    """White box, as root (the sandbox's own uid per run), with and without namespaces."""
+    nonce = secrets.token_hex(16)
+    box = Sandbox(workers=1, disable=disable)
+    result = box.run(judge_program(), files={"solution.py": snoop(nonce)}, limits=Limits(wall_s=60, cpu_s=60),
+                     stdin=marshal.dumps((nonce, "", SNOOPED_TESTS)))
+    box.close()
+    check_snoop(result.stdout, result.stderr, nonce)
+
+
+def test_the_candidate_never_sees_them_under_an_unprivileged_trainer():
+    """The same for a non-root trainer (uid 65534, the system python, the sandbox and judge files
+    copied), whose sandbox runs in user namespaces: the candidate is "root" in its own namespace."""
+    if os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root, setpriv and /usr/bin/python3 to become an unprivileged trainer")
+    with tempfile.TemporaryDirectory(prefix="groupo-judge-") as tmp:  # pytest's tmp_path is root's alone
+        os.chmod(tmp, 0o777)
+        stdout, stderr, nonce = _unprivileged_run(Path(tmp))
+    check_snoop(stdout, stderr, nonce)
+
+
+def _unprivileged_run(tmp_path: Path) -> tuple[str, str, str]:
+    for name in ("sandbox.py", "sandbox_child.py", "judge.py"):
+        shutil.copy(Path(JUDGE_PATH).with_name(name), tmp_path)
+    nonce = secrets.token_hex(16)
+    (tmp_path / "payload").write_bytes(marshal.dumps((nonce, "", SNOOPED_TESTS)))
+    (tmp_path / "solution.py").write_text(snoop(nonce))
+    (tmp_path / "trainer.py").write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import sandbox\n"
+        "box = sandbox.Sandbox(workers=1)\n"
+        f"d = {str(tmp_path)!r}\n"
+        "r = box.run(open(d + '/judge.py').read(), files={'solution.py': open(d + '/solution.py').read()},\n"
+        "            limits=sandbox.Limits(wall_s=60, cpu_s=60), stdin=open(d + '/payload', 'rb').read())\n"
+        "print(json.dumps([sorted(box.protections.features), r.stdout, r.stderr]))\n")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                          str(tmp_path / "trainer.py")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    features, stdout, stderr = json.loads(out.stdout)
+    assert "userns" in features and "setuid" not in features
+    return stdout, stderr, nonce
 
 
 def test_correct_solutions_of_every_plain_type_and_partial_credit():
