@@ -110,26 +110,22 @@ KEEP_CHARS = 4096  # of each stream in cached results (the rewards read the last
 _cache_lock = threading.Lock()
 
 
-def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0, *,
-                 cache: bool = True) -> list[Result | None]:
+def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0) -> list[Result | None]:
     """Each program's `Result` (None where there is no program), `workers` at a time (0 = one per
-    CPU). With `cache`, a program already run with these limits is not run again (python_output,
-    python_runs and python_number on one batch share runs); its result keeps the last KEEP_CHARS
-    characters of stdout and stderr."""
-    found: dict[str, Result] = {}
-    if cache:
-        with _cache_lock:
-            found = {c: _CACHE[(c, limits)] for c in codes if c is not None and (c, limits) in _CACHE}
+    CPU). A program already run with these limits is not run again (python_output, python_runs
+    and python_number on one batch share runs); its result keeps the last KEEP_CHARS characters
+    of stdout and stderr."""
+    with _cache_lock:
+        found = {c: _CACHE[(c, limits)] for c in codes if c is not None and (c, limits) in _CACHE}
     todo = list(dict.fromkeys(c for c in codes if c is not None and c not in found))
     if todo:
         fresh = shared_sandbox(workers).run_many(todo, limits=limits)
-        if cache:
-            fresh = [replace(r, stdout=r.stdout[-KEEP_CHARS:], stderr=r.stderr[-KEEP_CHARS:]) for r in fresh]
-            with _cache_lock:
-                for code, result in zip(todo, fresh, strict=True):
-                    _CACHE[(code, limits)] = result
-                while len(_CACHE) > _CACHE_SIZE:
-                    _CACHE.popitem(last=False)
+        fresh = [replace(r, stdout=r.stdout[-KEEP_CHARS:], stderr=r.stderr[-KEEP_CHARS:]) for r in fresh]
+        with _cache_lock:
+            for code, result in zip(todo, fresh, strict=True):
+                _CACHE[(code, limits)] = result
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
         found.update(zip(todo, fresh, strict=True))
     return [None if c is None else found[c] for c in codes]
 

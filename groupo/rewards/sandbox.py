@@ -28,6 +28,10 @@ What it protects against, and how:
                               the launcher is their subreaper and reaps them, so no zombie is left
                               to count against the next run's RLIMIT_NPROC
     setuid programs           PR_SET_NO_NEW_PRIVS and nosuid mounts
+    a program's secrets       `stdin` reaches the program from an unlinked file; the launcher and
+                              init, which inherit it, are non-dumpable before the program exists
+                              and close it, so processes the program starts cannot read it
+                              through /proc (the test judge, groupo.rewards.judge, relies on it)
 
 Which mechanisms a machine allows is probed once per process and logged (`Sandbox.protections`);
 each one missing is named there with the reason. As root (CI) all of them are used. A non-root
