@@ -93,6 +93,19 @@ ATTACKS = {
         "for h in set(re.findall(rb'[0-9a-f]{32}', found)):\n"
         "    for i in range(3):\n"
         "        os.write(2, h + b' %d\\n' % i)\n"),
+    "planted modules": WRONG + (  # were the judge to import them, they would find its nonce
+        "import os\n"
+        "forge = ('import sys\\nf = sys._getframe()\\nwhile f is not None:\\n'\n"
+        "         '    if \"nonce\" in f.f_locals:\\n'\n"
+        "         '        for i in range(3):\\n            print(f.f_locals[\"nonce\"], i, flush=True)\\n'\n"
+        "         '    f = f.f_back\\n')\n"
+        "for folder in {os.getcwd(), os.environ.get('HOME', '/tmp'), '/tmp'}:\n"
+        "    for name in ('math', 'unittest', 'operator', 'sitecustomize'):\n"
+        "        try:\n"
+        "            with open(os.path.join(folder, name + '.py'), 'w') as f:\n"
+        "                f.write(forge)\n"
+        "        except OSError:\n"
+        "            pass\n"),
     "exits inside the call": "import os\ndef add(a, b):\n    os._exit(0)\n",
     "raises SystemExit inside the call": "def add(a, b):\n    raise SystemExit(0)\n",
 }
@@ -100,7 +113,7 @@ ATTACKS = {
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_a_wrong_solution_scores_0_however_it_cheats(name):
-    code, tests = ATTACKS[name], HELPER_TESTS if name == "patched helpers" else ADD_TESTS
+    code, tests = ATTACKS[name], HELPER_TESTS if name in ("patched helpers", "planted modules") else ADD_TESTS
     assert tests_pass_reward(completions=[f"```python\n{code}```"], tests=[tests], timeout_s=5.0) == [0.0]
     # the same trick beside a right answer still earns it its score: judging does not depend on
     # what the candidate's process prints, patches or finds (writing garbage into its own pipe to

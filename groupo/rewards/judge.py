@@ -34,6 +34,8 @@ Differences from running the tests beside the candidate: arguments are copies (a
 how the candidate mutated its argument fails), the tests cannot hand their own functions to the
 candidate, and the tests' setup runs in the judge (it may still build objects from the
 candidate's classes: they stay handles). None of these can raise a score.
+
+(Longer than most files: both ends of the protocol must be in the one program the sandbox runs.)
 """
 
 import _json
@@ -238,10 +240,11 @@ class Link:
             if isinstance(e, BrokenPipeError):
                 self.alive = False
             raise CandidateError(f"cannot reach the candidate: {e}") from None
-        return self.reply()
+        return self.reply(plain_form=request[0] == "value")
 
-    def reply(self):
-        """The candidate's next reply, decoded: a value, NO_PLAIN_FORM, or the exception raised."""
+    def reply(self, plain_form: bool = False):
+        """The candidate's next reply, decoded: a value, NO_PLAIN_FORM (only to a request for a
+        plain form), or the exception raised."""
         raw = receive(self.replies)
         if raw is None:
             self.alive = False
@@ -256,7 +259,7 @@ class Link:
         (kind, body), = reply.items()
         if kind == "ok":
             return self.plain(body)
-        if kind == "np":
+        if kind == "np" and plain_form:
             return NO_PLAIN_FORM
         if kind != "err" or type(body) is not list or len(body) != 2:
             raise CandidateError("malformed reply")
@@ -411,7 +414,9 @@ def namespace(names: dict) -> dict:
     for name, value in names.items():
         if type(name) is not str or name.startswith("__") or hasattr(builtins, name):
             continue
-        if type(value) is Module:
+        if type(value) is Module:  # standard library only: importing runs the module's code here
+            if value.name.partition(".")[0] not in sys.stdlib_module_names - {"this", "antigravity"}:
+                continue
             try:
                 __import__(value.name)
                 value = sys.modules[value.name]
