@@ -46,8 +46,7 @@ def mbpp_solutions(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
     """`n` distinct correct solutions in the shape of MBPP answers, and three asserts for each."""
     rng = random.Random(seed)
     completions, tests = [], []
-    for _ in range(n):
-        k = rng.randint(2, 9)
+    for k in rng.sample(range(2, 10 * n), n):  # all distinct: a batch runs each distinct one once
         completions.append(f"```python\ndef scale(xs):\n    return [x * {k} for x in xs]\n```")
         tests.append([f"assert scale([{a}, {a + 1}]) == [{a * k}, {(a + 1) * k}]" for a in range(3)])
     return completions, tests

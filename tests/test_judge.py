@@ -250,3 +250,14 @@ def test_correct_solutions_of_every_plain_type_and_partial_credit():
              "assert f('str') in ['é'] and 3 in [f('int')]"]
     got = tests_pass_reward(completions=[f"```python\n{code}```"], tests=[tests], timeout_s=10.0)
     assert got == [12 / 13]
+
+
+def test_a_batch_judges_each_distinct_solution_once(monkeypatch):
+    from groupo.rewards import code as code_rewards
+
+    box = code_rewards.shared_sandbox()
+    ran, real = [], box.run_many
+    monkeypatch.setattr(box, "run_many", lambda codes, **kw: ran.append(len(codes)) or real(codes, **kw))
+    right, wrong = "```python\ndef add(a, b):\n    return a + b\n```", f"```python\n{WRONG}```"
+    got = tests_pass_reward(completions=[right, wrong, right, wrong, right], tests=[ADD_TESTS] * 5)
+    assert got == [1.0, 0.0, 1.0, 0.0, 1.0] and ran == [2]

@@ -286,7 +286,8 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
     n = len(completions)
     if len(tests) != n:
         raise RewardError(f"tests_pass_reward: {n} completions but {len(tests)} test lists")
-    solutions, payloads, nonces, counts = [], [], [], []
+    runs: dict[tuple, list[int]] = {}  # (code, setup, tests) -> the samples it scores: run once
+    counts = []
     for i, c in enumerate(completions):
         sample_tests = tests[i]
         if not sample_tests or isinstance(sample_tests, str):
@@ -298,17 +299,19 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
             continue
         code = _with_prefix(code, entry_point[i] if entry_point else None, code_prefix[i] if code_prefix else None)
         setup = test_setup[i] if test_setup and test_setup[i] else ""
-        nonces.append(secrets.token_hex(16))  # per run: one run's verdicts say nothing of another's
-        solutions.append((i, code))
-        payloads.append(marshal.dumps((nonces[-1], setup, [str(t) for t in sample_tests])))
-    # the tests travel on the judge's stdin, never in a file or the launcher's memory (judge.py)
+        runs.setdefault((code, setup, tuple(str(t) for t in sample_tests)), []).append(i)
+    # a nonce per run: one run's verdict lines say nothing about another's. The tests travel on the
+    # judge's stdin, never in a file or the launcher's memory (see judge.py)
+    nonces = [secrets.token_hex(16) for _ in runs]
     results = shared_sandbox(sandbox_workers).run_many(
-        [judge_program()] * len(solutions), files=[{"solution.py": code} for _, code in solutions],
-        limits=_limits(timeout_s, sandbox_memory_mb), stdins=payloads)
+        [judge_program()] * len(runs), files=[{"solution.py": code} for code, _, _ in runs],
+        limits=_limits(timeout_s, sandbox_memory_mb),
+        stdins=[marshal.dumps((nonce, setup, list(t))) for nonce, (_, setup, t) in zip(nonces, runs, strict=True)])
     passed = [0] * n
-    for (i, _), result, nonce in zip(solutions, results, nonces, strict=True):
+    for samples, result, nonce in zip(runs.values(), results, nonces, strict=True):
         lines = set(result.stdout.splitlines())
-        passed[i] = sum(f"{nonce} {j}" in lines for j in range(counts[i]))
+        for i in samples:
+            passed[i] = sum(f"{nonce} {j}" in lines for j in range(counts[i]))
     return [float(p == total) if all_or_nothing else p / total for p, total in zip(passed, counts, strict=True)]
 
 
