@@ -24,6 +24,10 @@ assert makes runs in the judge on real builtins: an object whose == is always tr
 what the candidate process does, never how the judge compares. An object with no plain form
 equals only itself.
 
+The judge never imports from its working directory, where the candidate can write files; this
+holds as far as the sandbox keeps the candidate from writing the installed packages (read-only
+mounts or a uid of its own: every mode but the unisolated fallback, see sandbox.py).
+
 The tests, their setup and the nonce reach the judge on stdin (the trainer's payload), which the
 judge reads only after the fork; the sandbox's launcher and init (the judge's ancestors, which
 inherited stdin) are non-dumpable and close it. So these never enter the candidate's memory: to
