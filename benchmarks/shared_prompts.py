@@ -30,7 +30,7 @@ from groupo.data.prompts import encode_prompt
 from groupo.models import load_policy
 from groupo.models.logprobs import pack, token_logprobs
 from groupo.rollout import hf
-from groupo.trainer.step import rows
+from groupo.trainer.prepare import rows
 from groupo.types import SamplingParams
 
 

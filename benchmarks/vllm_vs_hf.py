@@ -8,7 +8,7 @@ The quickstart's policy (built-in SmolLM2-135M-Instruct, LoRA r16, its adapter m
 after some training), prompts from its task (arithmetic, difficulty 1) and its sampling
 (temperature 0.7, 8 samples per prompt). Each engine is built as the trainer builds it: HFEngine
 with the quickstart's autocast ("auto" resolved for the CPU), VLLMEngine with the options of
-groupo.trainer.loop.vllm_options. For each engine:
+groupo.rollout.vllm_config.from_config. For each engine:
     start          the constructor (vLLM loads its own copy of the base model here)
     sync           sync_weights(), median of 3 (LoRA on vLLM: the adapter written + a new LoRARequest)
     first gen      the first generate, right after a sync (vLLM loads the adapter lazily here)
@@ -103,13 +103,11 @@ def _hf(model, tok, cfg, amp):
 
 
 def _vllm(model, tok, cfg, amp, run_dir):
-    from groupo.rollout.vllm import VLLMEngine
-    from groupo.trainer.loop import vllm_options
+    from groupo.rollout import EngineContext, build_engine
 
-    # The trainer's own options (model folder, dtype, KV cache, adapter folder), so the two cannot drift apart.
-    opts = vllm_options(cfg, Path(run_dir), Dist(), torch.device("cpu"), amp)
-    print("vllm options: " + ", ".join(f"{k}={v}" for k, v in opts.items() if k != "model_path"))
-    return VLLMEngine(model, tok, **opts)
+    # The trainer's own construction (model folder, dtype, KV cache, adapter folder), so the two cannot drift apart.
+    cfg.rollout.engine = "vllm"
+    return build_engine(cfg, EngineContext(model, tok, Path(run_dir), Dist(), torch.device("cpu"), amp))
 
 
 def bench(make, prompts: list[list[int]], args, temperature: float) -> dict:

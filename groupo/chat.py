@@ -13,22 +13,11 @@ is printed, so stdout holds one answer per line.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import threading
 from pathlib import Path
 from typing import TextIO
 
 from groupo.config import ConfigError, read_yaml
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="RUN_DIR|MODEL", help="a training run, or a built-in name, folder, .gguf, hub id")
-    p.add_argument("--base", action="store_true", help="with a run: its untrained base model")
-    p.add_argument("--system", help="system prompt (default: none)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def load_chat_model(name: str, base: bool, device: str):
@@ -115,19 +104,3 @@ def chat_loop(model, tokenizer, inp: TextIO, out: TextIO, *, system: str | None 
         messages.append({"role": "assistant", "content": answer})
         turns += 1
     return turns
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from rich.console import Console
-
-    if args.max_new_tokens < 1 or args.temperature < 0:
-        raise ConfigError("--max-new-tokens must be >= 1 and --temperature >= 0")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, label = load_chat_model(args.model, args.base, device)
-    interactive = sys.stdin.isatty()
-    if interactive:
-        Console(stderr=True).print(f"[bold]groupo chat[/]: {label}. /exit or Ctrl-D quits, /reset forgets.")
-    chat_loop(model, tokenizer, sys.stdin, sys.stdout, system=args.system, max_new_tokens=args.max_new_tokens,
-              temperature=args.temperature, prompt="> " if interactive else "")
-    return 0

@@ -1,8 +1,10 @@
-"""Command line: argument parsing only; the work happens in the layers below.
+"""Command line: a table of subcommands; each lives in groupo/commands/<name>.py with its arguments
+(`add_arguments`) and its work (`run`), and resolves its configuration with
+groupo.commands.resolve.resolve_config.
 
     groupo train [CONFIG.yaml] [--smoke] [key=value ...] [--resume RUN_DIR]
     groupo eval  --model NAME | --run RUN_DIR ...
-    groupo config [CONFIG.yaml] [--smoke] [key=value ...]
+    groupo config [CONFIG.yaml | RUN_DIR] [--smoke] [key=value ...]
     groupo presets [NAME]
     groupo plan [CONFIG.yaml] [--smoke] [key=value ...] [--completion-tokens N] [--json]
     groupo serve [CONFIG.yaml] [key=value ...] [--host H] [--port P] [--dry-run] [-- VLLM_ARGS ...]
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -31,101 +34,9 @@ EPILOG = """examples:
   groupo chat runs/quickstart                    # talk to the trained policy
 """
 
-SMOKE_HELP = ("shrink the recipe to a run of seconds on a CPU: the built-in model, 2 steps, tiny groups and "
-              "lengths, bundled sample data (groupo/smoke.py); applied before the key=value overrides")
-
-
-def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
-    """[CONFIG.yaml] key=value ... -> (config path or None, overrides)."""
-    path, overrides = None, []
-    for i, item in enumerate(items):
-        if "=" in item:
-            overrides.append(item)
-        elif i == 0:
-            path = item
-        else:
-            raise ConfigError(f"unexpected argument {item!r}: expected section.key=value "
-                              "(only the first argument may be a config file)")
-    return path, overrides
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from groupo.trainer.run import train_from_cli
-
-    path, overrides = _split_args(args.items)
-    if args.smoke:
-        from groupo.smoke import announce, smoke_overrides
-
-        if args.resume:
-            raise ConfigError("--resume continues the run as configured; --smoke applies to new runs only")
-        smoke = smoke_overrides(path)
-        announce(path, smoke, overrides)
-        overrides = smoke + overrides
-    return train_from_cli(path, overrides, resume=args.resume)
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    from groupo.config import dump_yaml, load_config
-
-    path, overrides = _split_args(args.items)
-    if args.smoke:
-        from groupo.smoke import smoke_overrides
-
-        overrides = smoke_overrides(path) + overrides
-    print(dump_yaml(load_config(path, overrides)), end="")
-    return 0
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from groupo.config import load_config
-    from groupo.rollout.serve import run_serve
-
-    path, overrides = _split_args(args.items)
-    return run_serve(load_config(path, overrides), host=args.host, port=args.port, extra=args.vllm_args,
-                     dry_run=args.dry_run)
-
-
-def _cmd_presets(args: argparse.Namespace) -> int:
-    from groupo.algorithms.presets import PRESETS
-    from groupo.report.tables import print_preset, print_presets
-
-    if args.name is None:
-        print_presets()
-    elif args.name in PRESETS:
-        print_preset(args.name)
-    else:
-        raise ConfigError(f"unknown preset {args.name!r}; valid presets: {', '.join(PRESETS)}")
-    return 0
-
-
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from groupo.plan.cli import run
-
-    return run(args)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from groupo.report.cli import run
-
-    return run(args)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from groupo.export import run
-
-    return run(args)
-
-
-def _cmd_chat(args: argparse.Namespace) -> int:
-    from groupo.chat import run
-
-    return run(args)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from groupo.eval.cli import run
-
-    return run(args)
+# name -> module under groupo.commands; each module is light to import (its heavy imports are in `run`).
+COMMANDS = ("train", "config", "presets", "plan", "serve", "report", "export", "chat", "eval")
+RAW = ("train", "export", "chat")  # descriptions with line breaks of their own
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -136,8 +47,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from groupo.report.alarms import TrainingStopped
     from groupo.rewards.base import RewardError
     from groupo.rollout.base import EngineError
+    from groupo.trainer.checkpoint import CheckpointError
 
-    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped
+    return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped, CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,80 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="groupo", description="Group-relative RL fine-tuning (GRPO, Dr.GRPO, DAPO, GSPO, CISPO).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("train", help="train a policy (no arguments: the CPU quickstart)",
-                       description="Train with the given YAML config and key=value overrides. Without a "
-                       "config this runs the quickstart: the built-in SmolLM2-135M-Instruct with LoRA on "
-                       "the built-in arithmetic task.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
-                   help="optional YAML config, then dotted overrides such as train.steps=100")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
-    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("config", help="print the resolved configuration",
-                       description="Load defaults, the YAML file and overrides, validate them, and print "
-                       "the resolved config (what `train` would save to the run directory).")
-    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value")
-    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    p.set_defaults(func=_cmd_config)
-
-    p = sub.add_parser("presets", help="list the algorithm presets, or every setting of one",
-                       description="Every preset (a row per paper) and the settings it changes; with NAME, "
-                       "every setting of that preset.")
-    p.add_argument("name", nargs="?", metavar="NAME", help="a preset: grpo, dr_grpo, dapo, gspo, gspo_token, cispo")
-    p.set_defaults(func=_cmd_presets)
-
-    from groupo.plan import cli as plan_cli  # light: the planner's imports happen in its command
-
-    p = sub.add_parser("plan", help="predict a config's step time and peak memory on this machine",
-                       description=plan_cli.__doc__.split("\n\n")[0] + ". The passes run on fake tensors "
-                       "(no weights loaded); this machine's op costs are measured in a few seconds. Exit "
-                       "status 1 when the run would not fit, with the settings that would.")
-    plan_cli.add_arguments(p)
-    p.set_defaults(func=_cmd_plan)
-
-    p = sub.add_parser("serve", help="start a vLLM server for rollout.vllm_url (vLLM's OpenAI-compatible API)",
-                       description="Start vLLM's OpenAI-compatible server for the config's model, with runtime "
-                       "LoRA loading and the log-prob settings the trainer needs; arguments after `--` go to "
-                       "vLLM unchanged (e.g. -- --tensor-parallel-size 2).")
-    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--dry-run", action="store_true", help="print the command line and exit")
-    p.set_defaults(func=_cmd_serve, vllm_args=[])
-
-    p = sub.add_parser("report", help="write the interactive HTML report of one run, or several overlaid",
-                       description="One self-contained report.html (opens offline): curves, alarms, evaluations, "
-                       "samples and config. Several runs are overlaid on the same plots.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="FILE",
-                   help="default: RUN_DIR/report.html for one run, report.html here for several")
-    p.set_defaults(func=_cmd_report)
-    from groupo import chat, export  # light: heavy imports happen inside their commands
-
-    p = sub.add_parser("export", help="write a run's policy as a Hugging Face model folder",
-                       description="\n\n".join(export.__doc__.split("\n\n")[:2]),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    export.add_arguments(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("chat", help="talk to a trained policy (or any model) in the terminal",
-                       description="\n\n".join(chat.__doc__.split("\n\n")[:2]),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    chat.add_arguments(p)
-    p.set_defaults(func=_cmd_chat)
-
-    p = sub.add_parser("eval", help="evaluate a model, an adapter or a training run on a task",
-                       description="Greedy accuracy, pass@k and maj@k of a model or a run's final weights.")
-    try:
-        from groupo.eval.cli import add_arguments
-    except ImportError:  # the evaluation layer is optional for the other commands
-        add_arguments = None
-    if add_arguments is not None:
-        add_arguments(p)
-    p.set_defaults(func=_cmd_eval)
+    for name in COMMANDS:
+        module = importlib.import_module(f"groupo.commands.{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
+                           epilog=EPILOG if name == "train" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter if name in RAW
+                           else argparse.HelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from groupo.types import LossSettings
 
 
 class ConfigError(ValueError):
@@ -107,7 +111,7 @@ class RewardsConfig:
 @dataclass
 class RolloutConfig:
     engine: str = _f("hf", "generation engine: hf (transformers generate) or vllm")
-    group_size: int = _f(8, "completions sampled per prompt (G)", min=1)
+    group_size: int = _f(8, "completions sampled per prompt (G); a group of one has no advantage", min=2)
     max_new_tokens: int = _f(48, "maximum completion length in tokens", min=1)
     temperature: float = _f(0.7, "sampling temperature", min=0, min_exclusive=True)
     top_p: float = _f(1.0, "nucleus sampling threshold", min=0, max=1, min_exclusive=True)
@@ -124,33 +128,31 @@ class RolloutConfig:
     vllm_timeout_s: float = _f(600.0, "vllm server: seconds to wait for one request", min=0, min_exclusive=True)
 
 
-@dataclass
-class AlgorithmConfig:
-    """The loss and advantage settings. `None` means: take the preset's value."""
+def _optional_key(f: dataclasses.Field, tp: Any) -> tuple[str, Any, Any]:
+    """An `algorithm.<name>` key for LossSettings field `f`: its type or null (= the preset's value),
+    with the field's help and range."""
+    m = f.metadata
+    return f.name, tp | None, _f(None, m["help"], min=m.get("min"), max=m.get("max"),
+                                 min_exclusive=m.get("min_exclusive", False))
 
-    preset: str = _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token or cispo (groupo presets)")
-    beta: float | None = _f(None, "KL penalty coefficient", min=0)
-    eps_low: float | None = _f(None, "lower clip bound: ratio >= 1 - eps_low", min=0)
-    eps_high: float | None = _f(None, "upper clip bound: ratio <= 1 + eps_high", min=0)
-    dual_clip: float | None = _f(None, "dual-clip bound c > 1 for negative advantages", min=1,
-                                 min_exclusive=True)
-    ratio_level: Literal["token", "sequence", "sequence_token"] | None = _f(None, "importance ratio level")
-    loss_type: Literal["clip", "cispo"] | None = _f(None, "clipped surrogate or CISPO")
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_norm"] | None = _f(
-        None, "how token losses reduce to the batch loss")
-    kl_estimator: Literal["k1", "k2", "k3"] | None = _f(None, "per-token KL estimator")
-    adv_baseline: Literal["mean", "loo"] | None = _f(None, "group mean or leave-one-out baseline")
-    adv_scale: Literal["group", "batch", "none"] | None = _f(None, "divide advantages by this std")
-    adv_std: Literal["unbiased", "population"] | None = _f(None, "std estimator")
-    adv_eps: float | None = _f(None, "added to the std before dividing", min=0)
-    mask_truncated: bool | None = _f(None, "truncated completions contribute no loss")
-    dynamic_sampling: bool | None = _f(None, "drop groups whose rewards are all equal (DAPO)")
-    num_iterations: int = _f(1, "updates per batch (mu); > 1 reuses old log-probs", min=1)
-    tis_cap: float | None = _f(None, "truncated importance sampling: weight each token's policy term by "
-                               "min(pi_trainer_old / pi_engine, tis_cap), correcting for the engine's "
-                               "log-probs differing from the trainer's; null = off", min=0, min_exclusive=True)
-    engine_old_logprobs: bool = _f(False, "use the engine's log-probs of the sampled tokens as the old policy "
-                                   "(GSPO's suggestion, sec. 4.3), not the trainer's; needs num_iterations = 1")
+
+# The loss and advantage settings are declared once, in groupo.types.LossSettings; this section gets
+# one optional key per field from there, so the config and the presets cannot drift apart.
+AlgorithmConfig = dataclasses.make_dataclass("AlgorithmConfig", [
+    ("preset", str, _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token or cispo (groupo presets)")),
+    *(_optional_key(f, tp) for f, tp in zip(dataclasses.fields(LossSettings),
+                                             typing.get_type_hints(LossSettings).values(), strict=True)),
+    ("num_iterations", int, _f(1, "updates per batch (mu); > 1 reuses old log-probs", min=1)),
+    ("max_draws", int, _f(3, "dynamic sampling: at most this many rounds of prompts drawn to fill a step's "
+                          "batch with groups whose rewards differ (DAPO draws until full; a cap keeps a step's "
+                          "time bounded when most groups are solved or hopeless)", min=1)),
+    ("tis_cap", float | None, _f(None, "truncated importance sampling: weight each token's policy term by "
+                                 "min(pi_trainer_old / pi_engine, tis_cap), correcting for the engine's "
+                                 "log-probs differing from the trainer's; null = off", min=0, min_exclusive=True)),
+    ("engine_old_logprobs", bool, _f(False, "use the engine's log-probs of the sampled tokens as the old policy "
+                                     "(GSPO's suggestion, sec. 4.3), not the trainer's; needs num_iterations = 1")),
+], namespace={"__doc__": "The loss and advantage settings. `None` means: take the preset's value.",
+              "__module__": __name__})
 
 
 @dataclass
@@ -335,6 +337,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def _check_range(key: str, value: Any, meta: dict) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+        raise ConfigError(f"{key} = {value!r} is not a finite number")
     lo, hi = meta.get("min"), meta.get("max")
     if value is None or not isinstance(value, (int, float)) or (lo is None and hi is None):
         return
@@ -397,13 +401,35 @@ def _is_dict_field(key: str) -> bool:
         and any(typing.get_origin(a) is dict for a in typing.get_args(node)))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: plain YAML keeps the
+    second silently, so a section written twice would lose the first one's settings."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} appears twice in one mapping (first on line {seen[key].line + 1}); "
+                    "merge the two", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing or malformed file is a ConfigError naming file and line."""
+    """Read a YAML mapping; a missing, malformed or non-UTF-8 file is a ConfigError naming file and line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}, line {line}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          "save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -438,10 +464,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         key, value = parse_override(text)
         set_key(cfg, key, value, source="command line")
-    from groupo.config_rules import validate  # here, not at the top: config_rules imports this module
-
-    validate(cfg)
+    check_together(cfg)
     return cfg
+
+
+def check_together(cfg: Config) -> None:
+    """Checks that involve more than one key (single keys are checked as they are set). Names that
+    live in registries (presets, engines, sinks) are checked by groupo.config_rules.validate."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
+        raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
+    R, A = cfg.rollout, cfg.algorithm
+    if R.vllm_url and R.engine != "vllm":
+        raise ConfigError(f"rollout.vllm_url is set but rollout.engine = {R.engine!r}: "
+                          "set rollout.engine=vllm to sample on that server, or leave the URL empty")
+    if R.vllm_url and not re.match(r"https?://[^/\s]+", R.vllm_url):
+        raise ConfigError(f"rollout.vllm_url = {R.vllm_url!r} is not a URL; expected e.g. http://127.0.0.1:8000")
+    if R.engine == "vllm" and cfg.train.parallel == "fsdp2":
+        raise ConfigError("rollout.engine = 'vllm' runs beside train.parallel = 'ddp' only (each rank hands "
+                          "its engine whole weights; FSDP2 would gather them first): use train.parallel=ddp")
+    if A.engine_old_logprobs and A.num_iterations != 1:
+        raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
+                          f"{A.num_iterations} (later updates need the trainer's own old log-probs)")
+    if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
+        raise ConfigError(f"train.adam_betas = {cfg.train.adam_betas} must be two numbers in [0, 1)")
 
 
 # `groupo train` with no config runs groupo/quickstart.yaml (configs/quickstart.yaml links to it):
@@ -468,15 +513,5 @@ def from_dict(data: dict) -> Config:
     cfg = Config()
     for key, value in _flatten(data).items():
         set_key(cfg, key, value)
-    from groupo.config_rules import validate  # here, not at the top: config_rules imports this module
-
-    validate(cfg)
+    check_together(cfg)
     return cfg
-
-
-def help_for(key: str) -> str:
-    node: Any = Config
-    *parents, name = key.split(".")
-    for part in parents:
-        node = _hints(node)[part]
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(node)}[name]

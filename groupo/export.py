@@ -14,7 +14,6 @@ model's converted folder for a built-in name, which nothing but groupo would res
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,13 +23,6 @@ from groupo.config import ConfigError, read_yaml
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN_DIR", help="a training run (or its final/ folder)")
-    p.add_argument("out", metavar="OUT", help="folder to write (must not exist, or be empty)")
-    p.add_argument("--adapter", action="store_true", help="write the LoRA adapter alone, not merged weights")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, help="weights' dtype (default: the run's model.dtype)")
 
 
 def policy_dir(run: str | Path) -> Path:
@@ -118,16 +110,3 @@ def export_merged(run: str | Path, out: str | Path, dtype: str | None = None) ->
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     _readable(out)
     return out
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.adapter:
-        if args.dtype:
-            raise ConfigError("--dtype applies to merged exports; the adapter keeps its trained float32 weights")
-        out = export_adapter(args.run, args.out)
-        print(f"adapter written to {out} (load with PeftModel.from_pretrained(base, {str(out)!r}))")
-    else:
-        out = export_merged(args.run, args.out, args.dtype)
-        print(f"merged model written to {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}) "
-              f"or `vllm serve {out}`)")
-    return 0

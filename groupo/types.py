@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
@@ -49,3 +49,48 @@ class Completion:
     logprobs: list[float]            # log-prob of each generated token under the sampling policy
     text: str                        # decoded completion (special tokens skipped)
     finish_reason: Literal["stop", "length"]
+    # Episodes with tools (groupo.episodes); None in single-turn rollouts, where every token is sampled.
+    sampled_mask: list[int] | None = None   # per token of token_ids: 1 sampled by the policy, 0 tool/environment
+    messages: list[dict] | None = None      # the assistant and tool turns, as TRL passes completions to rewards
+    tool_stats: dict | None = None          # turns, calls, errors, calls per tool, seconds (groupo.episodes)
+    environment: Any = None                 # the episode's environment instance (rewards get `environments=`)
+
+
+def _knob(default: Any, help: str, **bounds: Any) -> Any:
+    """A LossSettings field: its default (the defaults preset's) and, in `metadata`, the help text
+    and range that `algorithm.<name>` shows and checks (groupo.config builds that section from it)."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Every choice the GRPO family varies: the loss, the advantages, the batch (docs/algorithms.md).
+
+    Declared once, here: the presets (groupo.algorithms.presets) are rows of it, and the config's
+    `algorithm` section has one optional key per field (None = the preset's value).
+    """
+
+    ratio_level: Literal["token", "sequence", "sequence_token"] = _knob(
+        "token", "importance ratio: token rho_it, GSPO's sequence s_i, or GSPO-token's s_it")
+    loss_type: Literal["clip", "cispo"] = _knob("clip", "clipped surrogate or CISPO")
+    eps_low: float = _knob(0.2, "lower clip bound: ratio >= 1 - eps_low", min=0)
+    eps_high: float = _knob(0.2, "upper clip bound: ratio <= 1 + eps_high", min=0)
+    dual_clip: float | None = _knob(None, "dual-clip bound c > 1: the loss of negative-advantage tokens is "
+                                    "capped at c|A|", min=1, min_exclusive=True)
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_norm"] = _knob(
+        "seq_mean_token_mean", "how token losses reduce to the batch loss")
+    kl_estimator: Literal["k1", "k2", "k3"] = _knob("k3", "per-token KL estimator")
+    beta: float = _knob(0.0, "KL penalty coefficient (0 = no reference forward pass)", min=0)
+    adv_baseline: Literal["mean", "loo"] = _knob("mean", "group mean or leave-one-out baseline")
+    adv_scale: Literal["group", "batch", "none"] = _knob("group", "divide advantages by this std")
+    adv_std: Literal["unbiased", "population"] = _knob("unbiased", "std estimator")
+    adv_eps: float = _knob(1e-4, "added to the std before dividing", min=0)
+    mask_truncated: bool = _knob(False, "truncated completions contribute no loss")
+    dynamic_sampling: bool = _knob(False, "drop groups whose rewards are all equal and draw more (DAPO)")
+
+    def with_overrides(self, **overrides: Any) -> LossSettings:
+        """A copy with the given fields changed; None leaves a field as it is."""
+        valid = {f.name for f in fields(self)}
+        if unknown := sorted(set(overrides) - valid):
+            raise TypeError(f"unknown loss setting(s) {unknown}; valid: {sorted(valid)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -5,9 +5,9 @@
 
 For each case (grpo with beta > 0 and dapo with LoRA; grpo with beta > 0 fully fine-tuned, whose
 frozen reference copy FSDP2 shards too) it builds the same tiny model and the same
-12-completion batch on every rank, runs `trainer.step.learn` (mu = 2, so the second update has
-ratios != 1 and clipping), and rank 0 writes the reduced metrics and the updated trainable
-weights (gathered whole under FSDP2) to OUT_DIR/<case>.json / .safetensors.
+12-completion batch on every rank, runs `trainer.prepare.prepare` then `trainer.update.update`
+(mu = 2, so the second update has ratios != 1 and clipping), and rank 0 writes the reduced
+metrics and the updated trainable weights (gathered whole under FSDP2) to OUT_DIR/<case>.json / .safetensors.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from groupo.config import LoraConfig
 from groupo.distributed import setup, shutdown
 from groupo.models import load_policy_from
 from groupo.trainer import parallel
-from groupo.trainer.rollout import RolloutBatch
-from groupo.trainer.step import UpdateSettings, build_optimizer, learn
+from groupo.trainer.collect import RolloutBatch
+from groupo.trainer.prepare import UpdateSettings, prepare
+from groupo.trainer.update import build_optimizer, update
 from groupo.types import Completion, Problem
 
 G = 3
@@ -70,8 +71,8 @@ def main(kind: str, out: Path) -> None:
                            max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module))
         optimizer, scheduler = build_optimizer(policy.model, 1e-3, 0.0, [0.9, 0.999], 0, 1, "constant")
         trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
-        metrics = learn(module, policy, optimizer, scheduler, fixed_batch(), s, world, pad_id=tok.pad_token_id,
-                        seed=123, device=device)
+        batch = prepare(module, policy, fixed_batch(), s, world, pad_id=tok.pad_token_id, device=device)
+        metrics = update(module, optimizer, scheduler, batch, s, world, seed=123)
         whole = parallel.full_state_dict(policy.model, trainable_only=policy.is_lora)
         if whole is None:
             whole = {n: p.detach() for n, p in policy.model.named_parameters() if p.requires_grad}

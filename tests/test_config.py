@@ -1,6 +1,7 @@
 """Config: YAML round trip, overrides, every user-facing error, every shipped recipe loads."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from groupo.cli import main
+from groupo.commands.resolve import resolve_config
 from groupo.config import AlgorithmConfig, ConfigError, dump_yaml, from_dict, load_config, quickstart_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ def test_wrong_type_names_key_value_and_type():
 
 
 def test_out_of_range_names_the_range():
-    with pytest.raises(ConfigError, match=r"rollout\.group_size = 0 is out of range; allowed: \[1, inf\]"):
+    with pytest.raises(ConfigError, match=r"rollout\.group_size = 0 is out of range; allowed: \[2, inf\]"):
         load_config(None, ["rollout.group_size=0"])
     with pytest.raises(ConfigError, match=r"lora\.dropout = 1\.5 is out of range; allowed: \[0, 1\]"):
         load_config(None, ["lora.dropout=1.5"])
@@ -83,7 +85,7 @@ def test_out_of_range_names_the_range():
 
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ConfigError, match="valid presets: grpo, dr_grpo, dapo, gspo, gspo_token, cispo"):
-        load_config(None, ["algorithm.preset=ppo"])
+        resolve_config(None, ["algorithm.preset=ppo"])
 
 
 def test_missing_and_malformed_yaml_name_file_and_line(tmp_path):
@@ -136,11 +138,72 @@ def test_every_loss_setting_is_a_config_key_and_reaches_the_loss():
     """The run's LossSettings are built once from the config: each setting a user can set lands in
     it (no key silently ignored), and unset ones keep the preset's value."""
     from groupo.algorithms.presets import LossSettings, get_preset
-    from groupo.trainer.step import loss_settings
+    from groupo.trainer.prepare import loss_settings
 
-    names = {f.name for f in dataclasses.fields(LossSettings)} - {"paper"}
+    names = {f.name for f in dataclasses.fields(LossSettings)}
     assert names <= {f.name for f in dataclasses.fields(AlgorithmConfig)}
     assert loss_settings(load_config(None, ["algorithm.preset=dapo"])) == get_preset("dapo")
     s = loss_settings(load_config(None, ["algorithm.preset=dapo", "algorithm.eps_high=0.3", "algorithm.beta=0.01",
                                          "algorithm.mask_truncated=true", "algorithm.adv_std=population"]))
     assert (s.eps_high, s.beta, s.mask_truncated, s.adv_std, s.eps_low) == (0.3, 0.01, True, "population", 0.2)
+
+
+def test_the_algorithm_section_is_the_loss_settings_declared_once():
+    """Each LossSettings field is an `algorithm.` key of the same type or null, with the same help
+    and range; the section's other keys are the ones that are not loss settings."""
+    import typing
+
+    from groupo.types import LossSettings
+
+    keys = {f.name: f for f in dataclasses.fields(AlgorithmConfig)}
+    hints = typing.get_type_hints(AlgorithmConfig)
+    for f, tp in zip(dataclasses.fields(LossSettings), typing.get_type_hints(LossSettings).values(), strict=True):
+        assert hints[f.name] == (tp | None), f.name
+        assert keys[f.name].default is None
+        for m in ("help", "min", "max"):
+            assert keys[f.name].metadata.get(m) == f.metadata.get(m), (f.name, m)
+    own = set(keys) - {f.name for f in dataclasses.fields(LossSettings)}
+    assert own == {"preset", "num_iterations", "max_draws", "tis_cap", "engine_old_logprobs"}
+
+
+def test_config_module_imports_no_other_groupo_module_but_types():
+    import ast
+
+    tree = ast.parse((ROOT / "groupo" / "config.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("groupo")} == {"groupo.types"}
+
+
+def test_groupo_config_without_a_file_prints_what_train_without_a_file_runs(capsys):
+    assert main(["config"]) == 0
+    bare = capsys.readouterr().out
+    assert main(["config", str(ROOT / "configs" / "quickstart.yaml")]) == 0
+    assert capsys.readouterr().out == bare
+    assert "max_minutes: 15" in bare  # the quickstart's, not the dataclass default
+
+
+@pytest.mark.parametrize("override", ["train.lr=.nan", "rollout.temperature=.nan", "train.lr=.inf",
+                                      "algorithm.beta=.nan", "rewards.timeout_s=.inf"])
+def test_nan_and_inf_are_refused_by_name(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} = (nan|inf) is not a finite number"):
+        load_config(None, [override])
+
+
+def test_a_group_of_one_is_refused():
+    with pytest.raises(ConfigError, match=r"rollout\.group_size = 1 is out of range; allowed: \[2, inf\]"):
+        load_config(None, ["rollout.group_size=1"])
+
+
+def test_a_section_written_twice_is_an_error_naming_both_lines(tmp_path):
+    p = _write(tmp_path, "train:\n  steps: 3\nrollout:\n  group_size: 4\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(p))}, line 5.*'train' appears twice.*line 1"):
+        load_config(p)
+
+
+def test_a_config_that_is_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("train:\n  steps: 3\nrun:\n  name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(p))}, line 4: not UTF-8 text.*save the file as UTF-8"):
+        load_config(p)

@@ -84,6 +84,16 @@ def digit_share(prompts, completions, **kwargs):
     with open({str(tmp_path)!r} + "/seen-rank" + os.environ.get("RANK", "0") + ".jsonl", "a") as fh:
         fh.write(json.dumps(scores) + "\\n")
     return scores
+
+
+def slow_on_rank1(prompts, completions, **kwargs):
+    """As if the symbolic answer check timed out on the first completion of every call on rank 1
+    (groupo.rewards.symbolic counts its timeouts where this bumps the count)."""
+    from groupo.rewards import symbolic
+
+    if os.environ.get("RANK") == "1":
+        symbolic.stats["timeouts"] += 1
+    return [0.0] * len(completions)
 ''')
     return path
 
@@ -91,7 +101,7 @@ def digit_share(prompts, completions, **kwargs):
 def test_two_rank_run_writes_one_run_dir_with_global_metrics(tmp_path):
     reward = _seen_rewards_file(tmp_path)
     run_dir = tmp_path / "run"
-    funcs = json.dumps({f"{reward}:digit_share": 1.0})
+    funcs = json.dumps({f"{reward}:digit_share": 1.0, f"{reward}:slow_on_rank1": 0.0})
     args = _overrides(tmp_path, 2, **{"run.dir": str(run_dir), "rewards.funcs": funcs, "task.eval_size": 5,
                                       "train.prompts_per_step": 4})
     out = _run([*TORCHRUN, "-m", "groupo", "train", "configs/quickstart.yaml", *args])
@@ -111,6 +121,7 @@ def test_two_rank_run_writes_one_run_dir_with_global_metrics(tmp_path):
         everything = mine[0] + mine[1]
         assert row["reward/mean"] == pytest.approx(sum(everything) / 16, abs=1e-6)
         assert row["rollout/groups_used"] == 4
+        assert row["reward/timeout_frac"] == pytest.approx(1 / 16)  # rank 1's timeout over all 16 samples
     evals = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [e["n"] for e in evals] == [5, 5]  # 3 problems on rank 0, 2 on rank 1, gathered
     assert [len(seen[0][0]), len(seen[1][0])] == [3, 2]

@@ -105,7 +105,7 @@ def _hf_engine_available():
 
 @pytest.mark.skipif(not _hf_engine_available(), reason="needs the HF rollout engine")
 def test_eval_cli_on_tiny_model(tmp_path):
-    from groupo.eval.cli import add_arguments, run
+    from groupo.commands.eval import add_arguments, run
 
     model_dir = save_tiny(tmp_path / "tiny")
     parser = argparse.ArgumentParser()
@@ -130,8 +130,8 @@ def test_eval_cli_on_tiny_model(tmp_path):
 def test_eval_cli_run_dir_uses_the_runs_settings(tmp_path):
     """--run reads the run's config.yaml: its model, task, prompt style and eval size; --base
     evaluates the base model, without it the run's final/ weights."""
+    from groupo.commands.eval import add_arguments, run
     from groupo.config import Config, LoraConfig, dump_yaml
-    from groupo.eval.cli import add_arguments, run
     from groupo.models import load_model, load_policy_from, save_policy
 
     model_dir = save_tiny(tmp_path / "tiny")

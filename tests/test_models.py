@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 
 import pytest
@@ -394,3 +395,91 @@ def test_trim_drops_all_pad_columns_and_keeps_logprobs():
         a, _ = token_logprobs(model, sub)
         b, _ = token_logprobs(model, small)
     torch.testing.assert_close(a[:, :5], b, rtol=1e-5, atol=1e-6)
+
+
+# --- damaged model and trained folders: one clear line each ------------------------------------
+
+
+def _cut(f, keep: float = 0.5) -> None:
+    f.write_bytes(f.read_bytes()[: int(f.stat().st_size * keep)])
+
+
+@pytest.mark.parametrize("damage", ["no weights", "truncated weights", "truncated header", "no tokenizer",
+                                    "shard missing"])
+def test_a_damaged_model_folder_is_one_clear_error(tmp_path, damage, capsys):
+    from groupo.cli import main
+    from groupo.models.load import ModelFilesError
+
+    base = save_tiny(tmp_path / "tiny")
+    weights = base / "model.safetensors"
+    size = weights.stat().st_size
+    expect = {"no weights": r"has config\.json but no weights", "truncated weights": r"model\.safetensors is "
+              rf"truncated: {size // 2:,} bytes where its header needs {size:,}",
+              "truncated header": r"model\.safetensors is not a readable safetensors file",
+              "no tokenizer": r"has no tokenizer files", "shard missing": r"model-00002-of-00002\.safetensors is "
+              r"missing \(model\.safetensors\.index\.json names it\)"}[damage]
+    if damage == "no weights":
+        weights.unlink()
+    elif damage == "truncated weights":
+        _cut(weights)
+    elif damage == "truncated header":
+        weights.write_bytes(weights.read_bytes()[:20])
+    elif damage == "no tokenizer":
+        for f in base.glob("tokenizer*"):
+            f.unlink()
+    else:  # a sharded folder whose second shard did not arrive
+        (base / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+        weights.rename(base / "model-00001-of-00002.safetensors")
+    with pytest.raises(ModelFilesError, match=expect) as e:
+        load_model(str(base))
+    assert "\n" not in str(e.value)
+    assert main(["eval", "--model", str(base), "--limit", "1", "--device", "cpu"]) == 2  # the CLI: no traceback
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(expect, err)
+
+
+def _pickled_adapter(tmp_path):
+    """A LoRA run folder whose adapter is adapter_model.bin holding a pickle that would create a file."""
+    base = save_tiny(tmp_path / "base")
+    policy = load_policy(ModelConfig(name=str(base)), LoraConfig(rank=4), beta=0.0)
+    final = tmp_path / "run" / "final"
+    save_policy(policy, final)
+    weights = final / "adapter_model.safetensors"
+    marker = tmp_path / "pwned"
+    torch.save({"x": _RunsCode(marker)}, final / "adapter_model.bin")
+    weights.unlink()
+    return tmp_path / "run", marker
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_pickled_adapter_is_refused_in_one_line_and_not_unpickled(tmp_path, capsys):
+    from groupo.cli import main
+    from groupo.models.load import ModelFilesError
+
+    run, marker = _pickled_adapter(tmp_path)
+    with pytest.raises(ModelFilesError, match=r"adapter_model\.bin: weights stored as \.bin .* not loaded.*"
+                                              r"adapter_model\.safetensors") as e:
+        load_trained(run)
+    assert "\n" not in str(e.value) and not marker.exists()
+    assert main(["eval", "--model", str(tmp_path / "base"), "--adapter", str(run / "final"), "--limit", "1",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "weights stored as .bin" in err and not marker.exists()
+
+
+def test_a_truncated_trained_adapter_is_one_clear_error(tmp_path):
+    from groupo.models.load import ModelFilesError
+
+    base = save_tiny(tmp_path / "base")
+    save_policy(load_policy(ModelConfig(name=str(base)), LoraConfig(rank=4), beta=0.0), tmp_path / "final")
+    _cut(tmp_path / "final" / "adapter_model.safetensors", 0.9)
+    with pytest.raises(ModelFilesError, match=r"adapter_model\.safetensors is truncated"):
+        load_trained(tmp_path / "final")

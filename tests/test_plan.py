@@ -15,7 +15,15 @@ from groupo.cli import main
 from groupo.config import LoraConfig, quickstart_config
 from groupo.plan import estimate as E
 from groupo.plan.machine import Machine
-from groupo.plan.trace import Counts, fake_mode, fake_model, generation_passes, update_pass
+from groupo.plan.trace import (
+    Counts,
+    fake_mode,
+    fake_model,
+    generation_passes,
+    packed_inputs,
+    update_logprobs,
+    update_pass,
+)
 
 
 def _config(layers: int = 2):
@@ -139,3 +147,23 @@ def test_plan_of_a_run_that_does_not_fit_names_settings_that_do(tiny_dir, capsys
     assert main(["plan", *over]) == 0
     text = capsys.readouterr().out
     assert "fits" in text and "update" in text and "16 completions" in text
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_the_traced_update_computes_the_trainers_log_probs(share):
+    """The pass the planner traces is the trainer's: on real tensors it gives token_logprobs' values
+    (two groups of three completions of different lengths, prompts encoded once or per row)."""
+    from groupo.models.logprobs import pack, token_logprobs
+
+    torch.manual_seed(0)
+    model, _ = make_tiny()
+    model.eval()
+    prompts = [[5, 6, 7, 8]] * 3 + [[9, 10, 11, 12]] * 3
+    completions = [[20, 21, 22], [23, 24], [25], [26, 27, 28], [29], [30, 31]]
+    packed = pack(prompts, completions, pad_id=0)
+    with torch.no_grad():
+        want, want_h = token_logprobs(model, packed, temperature=0.7, with_entropy=True, share_prompts=share)
+        got, got_h = update_logprobs(model, packed_inputs(packed), share, temperature=0.7, with_entropy=True)
+    mask = packed.completion_mask_BT
+    torch.testing.assert_close(got * mask, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_h * mask, want_h, atol=1e-5, rtol=1e-5)

@@ -49,7 +49,7 @@ def test_presets_dapo_shows_every_setting(capsys):
     assert shown["dynamic_sampling"] == ("True", "False")
     assert shown["ratio_level"] == ("token", None) and shown["loss_type"] == ("clip", None)
     assert shown["dual_clip"] == ("-", None) and shown["kl_estimator"] == ("k3", None)
-    assert len(shown) == len(fields(LossSettings)) - 1               # every setting but the paper
+    assert len(shown) == len(fields(LossSettings))                   # every setting
 
 
 def test_unknown_preset_is_a_clear_error(capsys):

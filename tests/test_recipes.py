@@ -13,8 +13,7 @@ from tiny import save_tiny
 from groupo.cli import main
 from groupo.config import load_config, to_dict
 from groupo.smoke import SMOKE, smoke_settings
-from groupo.trainer.loop import MAX_DRAWS
-from groupo.trainer.step import loss_settings
+from groupo.trainer.prepare import loss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -57,7 +56,7 @@ def test_recipe_trains_in_smoke_form(name, extra, tiny_dir, tmp_path):
     for r in rows:
         if r["rollout/groups_used"] == 0:  # dynamic sampling found no group with a signal: all draws dropped
             assert loss_settings(full).dynamic_sampling and r["rollout/zero_var_group_frac"] == 1.0
-            assert r["reward/mean"] is None and r["data_position"] == r["step"] * MAX_DRAWS * prompts
+            assert r["reward/mean"] is None and r["data_position"] == r["step"] * full.algorithm.max_draws * prompts
             continue
         assert 0 < r["rollout/groups_used"] <= prompts  # dynamic sampling may keep fewer after its draws
         assert all(math.isfinite(r[k]) for k in ("reward/mean", "loss/total", "optim/grad_norm"))

@@ -103,3 +103,19 @@ def test_chromium_draws_every_plot_without_console_errors(tmp_path):
     keep.parent.mkdir(exist_ok=True)
     shutil.copy(shot, keep)
 
+
+
+@pytest.mark.browser
+def test_chromium_draws_a_report_whose_samples_hold_comment_and_script_tags(tmp_path):
+    if _chromium() is None:
+        (pytest.fail if os.environ.get("GROUPO_REQUIRE_BROWSER") else pytest.skip)(
+            "needs chromium: apt-get install chromium")
+    run = write_run(tmp_path / "r", healthy(3))
+    with open(run / "samples.jsonl", "a", encoding="utf-8") as fh:  # what any model output can carry
+        fh.write(json.dumps({"step": 3, "prompt": "What is 0 + 1? <!--<script> x", "answer": "1",
+                             "completion": "</script><script>document.title='x'</script>",
+                             "rewards": {"accuracy": 1.0}}) + "\n")
+    dom = _headless(["--dump-dom"], write_page([run], tmp_path / "report.html"))
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r"<body[^>]*>", dom.stdout).group(0)))
+    assert attrs.get("ready") == "1" and attrs["drawn"] == str(len(PLOTS) - int(attrs["empty"])), dom.stderr[-2000:]
+    assert json.loads(attrs["errors"].replace("&quot;", '"')) == []

@@ -8,10 +8,10 @@ import pytest
 import torch
 from tiny import make_tiny
 
-from groupo.config import LoraConfig
+from groupo.config import Config, LoraConfig
 from groupo.models.logprobs import pack, token_logprobs
 from groupo.models.policy import load_policy_from
-from groupo.rollout import make_engine
+from groupo.rollout import EngineContext, build_engine
 from groupo.rollout.hf import HFEngine
 from groupo.types import Completion, SamplingParams
 
@@ -182,7 +182,7 @@ def test_engine_samples_current_lora_weights_and_restores_state():
     base, _ = make_tiny()
     model, tok = make_tiny()
     policy = load_policy_from(model, tok, LoraConfig(rank=4), beta=0.0)
-    engine = make_engine("hf", policy.model, tok, autocast="none")
+    engine = build_engine(Config(), EngineContext(policy.model, tok, amp="none"))
     prompt = prompts_for(tok)[0]
     params = SamplingParams(n=1, temperature=0, max_new_tokens=6)
     gen_config = policy.model.generation_config
@@ -210,8 +210,10 @@ def test_bf16_autocast_generates():
 def test_engine_registry_errors():
     """(vLLM missing: tests/test_rollout_vllm_api.py)"""
     model, tok = make_tiny()
+    cfg = Config()
+    cfg.rollout.engine = "nope"
     with pytest.raises(ValueError, match="valid: hf, vllm"):
-        make_engine("nope", model, tok)
+        build_engine(cfg, EngineContext(model, tok))
 
 
 def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one():

@@ -17,8 +17,9 @@ from tiny import make_tiny, save_tiny
 from groupo.cli import main
 from groupo.config import LoraConfig, load_config
 from groupo.models.policy import load_policy_from
-from groupo.rollout import EngineError, make_engine
+from groupo.rollout import EngineError
 from groupo.rollout.serve import serve_command
+from groupo.rollout.vllm_server import VLLMServerEngine
 from groupo.types import SamplingParams
 
 
@@ -76,7 +77,7 @@ def server():
 
 def _engine(url, tmp_path, rank=4):
     policy = load_policy_from(*make_tiny(), LoraConfig(rank=rank, alpha=8), beta=0.0)
-    return make_engine("vllm", policy.model, policy.tokenizer, url=url + "/", adapter_dir=tmp_path / "adapters",
+    return VLLMServerEngine(policy.model, policy.tokenizer, url=url + "/", adapter_dir=tmp_path / "adapters",
                        lora_rank=rank), policy
 
 

@@ -8,6 +8,7 @@ import types
 import pytest
 from histories import record
 
+from groupo.commands.resolve import resolve_config
 from groupo.config import ConfigError, load_config
 from groupo.report.sinks import numeric, open_sinks
 
@@ -83,4 +84,4 @@ def test_a_missing_tracker_is_a_clear_error_with_the_install_command(tmp_path, m
 
 def test_an_unknown_sink_is_refused_before_anything_loads():
     with pytest.raises(ConfigError, match="unknown sink 'wandbb'; valid: tensorboard, wandb"):
-        load_config(None, ["run.sinks=[wandbb]"])
+        resolve_config(None, ["run.sinks=[wandbb]"])

@@ -22,7 +22,8 @@ from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
 from groupo.report.keys import documented
 from groupo.trainer.loop import fits_budget, train
-from groupo.trainer.step import UpdateBatch, UpdateSettings, accumulate_gradients, batched_logprobs, reduce_metrics
+from groupo.trainer.prepare import PreparedBatch, UpdateSettings, batched_logprobs
+from groupo.trainer.update import accumulate_gradients, reduce_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def test_first_update_ratio_is_exactly_one_with_reused_batches():
     mask = packed.completion_mask_BT.float()
     s = UpdateSettings(get_preset("grpo").with_overrides(beta=0.0), temperature=0.7, micro_batch_size=3, max_len=4)
     old = batched_logprobs(policy.model, packed, s)
-    batch = UpdateBatch(packed, torch.tensor([1.0, -1.0, 0.5, -0.5]), mask, old, None)
+    batch = PreparedBatch(packed=packed, adv_B=torch.tensor([1.0, -1.0, 0.5, -0.5]), mask_BT=mask, old_logp_BT=old)
     m = reduce_metrics(accumulate_gradients(policy.model, batch, s), Dist())
     assert m["ratio_min"] == m["ratio_max"] == 1.0
 
@@ -143,7 +144,7 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
     old = batched_logprobs(policy.model, packed, settings) + 0.05 * torch.randn(mask.shape)
     with policy.reference() as ref_model:
         ref = batched_logprobs(ref_model, packed, settings)
-    batch = UpdateBatch(packed, torch.randn(8), mask, old, ref)
+    batch = PreparedBatch(packed=packed, adv_B=torch.randn(8), mask_BT=mask, old_logp_BT=old, ref_logp_BT=ref)
     results = []
     for micro in (8, 3, 1):
         policy.model.zero_grad(set_to_none=True)

@@ -23,19 +23,20 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_nan_in_the_update_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_learn, calls = loop.learn, []
+    real_update, calls = loop.update, []
 
-    def learn_that_breaks_at_step_3(module, policy, *args, **kwargs):
-        metrics = real_learn(module, policy, *args, **kwargs)
+    def update_that_breaks_at_step_3(module, *args, **kwargs):
+        metrics = real_update(module, *args, **kwargs)
         calls.append(1)
         if len(calls) == 3:  # as an overflowing update would: NaN weights, loss and gradient
             with torch.no_grad():
-                for p in policy.trainable_parameters():
-                    p.fill_(math.nan)
+                for p in module.parameters():
+                    if p.requires_grad:
+                        p.fill_(math.nan)
             metrics |= {"loss": math.nan, "grad_norm": math.nan}
         return metrics
 
-    monkeypatch.setattr(loop, "learn", learn_that_breaks_at_step_3)
+    monkeypatch.setattr(loop, "update", update_that_breaks_at_step_3)
     run = tmp_path / "run"
     cfg = load_config(None, _overrides(tmp_path, 5, **{"run.dir": str(run)}))
     with pytest.raises(TrainingStopped) as e:
@@ -75,15 +76,15 @@ def test_a_constant_reward_fires_no_learning_signal_at_step_3(tmp_path, capsys):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_writes_the_report(tmp_path, monkeypatch):
-    real_learn, calls = loop.learn, []
+    real_update, calls = loop.update, []
 
-    def learn_then_interrupt(*args, **kwargs):
+    def update_then_interrupt(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_learn(*args, **kwargs)
+        return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "learn", learn_then_interrupt)
+    monkeypatch.setattr(loop, "update", update_then_interrupt)
     run = tmp_path / "run"
     cfg = load_config(None, _overrides(tmp_path, 4, **{"run.dir": str(run), "train.save_every": 0}))
     with pytest.raises(KeyboardInterrupt):

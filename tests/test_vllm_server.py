@@ -30,8 +30,8 @@ from test_vllm import (
 
 from groupo.config import LoraConfig, load_config
 from groupo.models import load_policy_from
-from groupo.rollout import make_engine
 from groupo.rollout.serve import serve_command
+from groupo.rollout.vllm_server import VLLMServerEngine
 from groupo.trainer.loop import train
 
 pytestmark = pytest.mark.vllm
@@ -103,7 +103,7 @@ def _server_logprobs(url: str, model: str, prompts, completions) -> list[torch.T
 def test_completions_from_the_server_carry_the_trainers_logprobs(server, tmp_path):
     url, model_dir, _ = server
     policy = _policy(model_dir)
-    engine = make_engine("vllm", policy.model, policy.tokenizer, url=url, adapter_dir=tmp_path / "a", lora_rank=8)
+    engine = VLLMServerEngine(policy.model, policy.tokenizer, url=url, adapter_dir=tmp_path / "a", lora_rank=8)
     engine.sync_weights()
     check_samples_against_the_trainer(engine, policy)
 
@@ -111,7 +111,7 @@ def test_completions_from_the_server_carry_the_trainers_logprobs(server, tmp_pat
 def test_after_a_lora_update_the_server_samples_from_the_new_adapter(server, tmp_path):
     url, model_dir, _ = server
     policy = _policy(model_dir, seed=2)
-    engine = make_engine("vllm", policy.model, policy.tokenizer, url=url, adapter_dir=tmp_path / "a", lora_rank=8)
+    engine = VLLMServerEngine(policy.model, policy.tokenizer, url=url, adapter_dir=tmp_path / "a", lora_rank=8)
     engine.sync_weights()
     check_sync_moves_the_engine_to_the_new_adapter(
         engine, policy, lambda p, c: _server_logprobs(url, engine.served, p, c))  # engine.served: the newest

@@ -14,8 +14,9 @@ Aggregation of the per-token losses l_it into one scalar:
     token_mean           1/sum_i |o_i| sum_i sum_t l_it      (DAPO, CISPO)
     seq_sum_norm         1/B sum_i 1/max_len sum_t l_it      (Dr.GRPO)
 
-For gradient accumulation pass `denominator` = `loss_denominator(full batch mask)` to every
-micro-batch call: the summed micro-batch losses then equal the full-batch loss exactly.
+`aggregate` owns both halves of that normalisation (what is summed, what it is divided by). For
+gradient accumulation pass `denominator` = `loss_denominator(full batch mask)` to every micro-batch
+call: the summed micro-batch losses then equal the full-batch loss exactly.
 """
 
 from __future__ import annotations
@@ -40,11 +41,41 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp(min=1)
 
 
+AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
+
+# exp() of a log-ratio above ~88 is inf in float32, and one wild token (a log-prob gone to -1e4 in
+# the old policy) would make the loss inf and every gradient NaN. Clamped at 20 (a ratio of 4.9e8,
+# far outside any clip range) the clipped objectives are unchanged wherever they have a gradient.
+LOG_RATIO_BOUND = 20.0
+
+
 def loss_denominator(mask_BT: torch.Tensor, aggregation: str) -> torch.Tensor:
-    """The count the aggregation divides by: tokens for token_mean, sequences otherwise."""
+    """The count the aggregation divides by: counted tokens for token_mean, sequences otherwise."""
     if aggregation == "token_mean":
         return mask_BT.sum().clamp(min=1).float()
-    return torch.tensor(float(mask_BT.shape[0]))
+    return torch.tensor(float(mask_BT.shape[0]), device=mask_BT.device)
+
+
+def aggregate(loss_BT: torch.Tensor, mask_BT: torch.Tensor, aggregation: str, *, max_len: int | None = None,
+              denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Per-token losses -> the batch loss: the numerator of `aggregation` over the counted tokens
+    (`mask_BT`), divided by `denominator` (default: this batch's `loss_denominator`).
+
+        seq_mean_token_mean  sum_i 1/|o_i| sum_t l_it   / B
+        token_mean           sum_i sum_t l_it           / sum_i |o_i|
+        seq_sum_norm         sum_i 1/max_len sum_t l_it / B     (max_len default: T)
+    """
+    mask = mask_BT.to(loss_BT.dtype)
+    summed_B = (loss_BT * mask).sum(-1)  # (B,)
+    if aggregation == "seq_mean_token_mean":
+        total = (summed_B / mask.sum(-1).clamp(min=1)).sum()
+    elif aggregation == "token_mean":
+        total = summed_B.sum()
+    elif aggregation == "seq_sum_norm":
+        total = summed_B.sum() / float(max_len if max_len is not None else loss_BT.shape[-1])
+    else:
+        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    return total / (loss_denominator(mask, aggregation) if denominator is None else denominator)
 
 
 def _log_ratio(logp_BT, old_logp_BT, mask_BT, level: str) -> torch.Tensor:
@@ -82,7 +113,7 @@ def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Ten
     adv_BT = (adv[:, None] if adv.ndim == 1 else adv).to(logp_BT.dtype).expand_as(logp_BT).detach()
     lo, hi = 1.0 - s.eps_low, 1.0 + s.eps_high
 
-    ratio_BT = torch.exp(_log_ratio(logp_BT, old_logp_BT, mask, s.ratio_level))
+    ratio_BT = torch.exp(_log_ratio(logp_BT, old_logp_BT, mask, s.ratio_level).clamp(max=LOG_RATIO_BOUND))
     clipped_BT = ratio_BT.clamp(lo, hi)
     if s.loss_type == "clip":
         loss_BT = -torch.minimum(ratio_BT * adv_BT, clipped_BT * adv_BT)
@@ -107,18 +138,7 @@ def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Ten
     elif s.beta > 0:
         raise ValueError(f"beta = {s.beta} > 0 needs ref_logp_BT (pass beta=0 to train without KL)")
 
-    summed_B = (loss_BT * mask).sum(-1)  # (B,)
-    if s.aggregation == "seq_mean_token_mean":
-        total = (summed_B / mask.sum(-1).clamp(min=1)).sum()
-    elif s.aggregation == "token_mean":
-        total = summed_B.sum()
-    elif s.aggregation == "seq_sum_norm":
-        total = summed_B.sum() / float(max_len if max_len is not None else logp_BT.shape[-1])
-    else:
-        raise ValueError(f"unknown aggregation {s.aggregation!r}; "
-                         "valid: seq_mean_token_mean, token_mean, seq_sum_norm")
-    denom = loss_denominator(mask, s.aggregation) if denominator is None else denominator
-    loss = total / denom
+    loss = aggregate(loss_BT, mask, s.aggregation, max_len=max_len, denominator=denominator)
 
     with torch.no_grad():
         m = mask.bool()

@@ -150,8 +150,12 @@ def make_problem(rng: random.Random, level: int) -> ArithmeticProblem:
         q = rng.choice([f"What is {shown}?", f"Compute {shown}.", f"Evaluate {shown}.", f"{shown} = ?"])
         return ArithmeticProblem(q, value, text)
     op, a, b, value = _binary(rng, level)
-    style = rng.choice([_bare, _bare, _verbal, _story])
-    return ArithmeticProblem(style(op, a, b, rng), value, f"{a} {op} {b}")
+    return ArithmeticProblem(wording(op, a, b, rng), value, f"{a} {op} {b}")
+
+
+def wording(op: str, a: int, b: int, rng: random.Random) -> str:
+    """`a op b` as a question: a bare expression (half the time), an instruction or a short story."""
+    return rng.choice([_bare, _bare, _verbal, _story])(op, a, b, rng)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
-from groupo.data import arithmetic, countdown
+from groupo.data import arithmetic, big_arithmetic, countdown
 from groupo.data.arithmetic import MappedSequence
 from groupo.data.loaders import (
     read_cmath,
@@ -75,12 +75,21 @@ def _finish(name: str, cfg, train_rows: Sequence[dict] | NoSplit, test_rows: lis
 
 def arithmetic_task(cfg) -> Task:
     stream, test = arithmetic.splits(cfg.difficulty, cfg.seed)
+    return synthetic_task(cfg, f"arithmetic-d{cfg.difficulty}", stream, test)
+
+
+def big_arithmetic_task(cfg) -> Task:
+    stream, test = big_arithmetic.splits(cfg.seed)
+    return synthetic_task(cfg, "big_arithmetic", stream, test)
+
+
+def synthetic_task(cfg, name: str, stream: Sequence, test: list) -> Task:
+    """A task over a generated training stream and held-out list of ArithmeticProblem."""
     n_train = min(cfg.train_size or len(stream), len(stream) - cfg.few_shot)
     # Worked examples: the stream's last items, which training (the first n_train) never reaches.
     shots = [stream[len(stream) - 1 - i] for i in range(cfg.few_shot)]
     examples = [Example(p.question, f"{p.expression.replace('*', '×')} = {p.answer}.", str(p.answer))
                 for p in shots]
-    name = f"arithmetic-d{cfg.difficulty}"
 
     def problem(i: int):
         p = stream[i]
@@ -210,6 +219,7 @@ def mgsm_task(cfg) -> Task:
 
 BUILDERS: dict[str, Callable] = {
     "arithmetic": arithmetic_task,
+    "big_arithmetic": big_arithmetic_task,
     "countdown": countdown_task,
     "gsm8k": lambda cfg: file_task("gsm8k", cfg, read_gsm8k),
     "math": lambda cfg: file_task("math", cfg, read_math, "test.jsonl", test_only=True),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import struct
 from pathlib import Path
 
 import torch
@@ -22,6 +24,69 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tikto
 
 class ModelNotFoundError(FileNotFoundError):
     """A model name that is no built-in, no usable local path and no reachable hub id."""
+
+
+class ModelFilesError(ModelNotFoundError):
+    """A model or adapter folder whose files are missing, truncated, or in a format not loaded."""
+
+
+# What a folder's weights may be called: one file, an index naming shards, or older .bin files.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "spiece.model")
+
+
+def safetensors_problem(f: Path) -> str | None:
+    """None when `f`'s header reads and its tensors end exactly at the end of the file, else what
+    is wrong. Reads the header only, so a multi-GB file is checked in microseconds."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{f} is not a readable safetensors file ({type(e).__name__}: {e})"
+    if size < 8 + n + end:
+        return f"{f} is truncated: {size:,} bytes where its header needs {8 + n + end:,}"
+    return None
+
+
+def check_model_folder(path: Path) -> None:
+    """One clear ModelFilesError for a Hugging Face folder without weights, or with a truncated or
+    missing safetensors file, before transformers fails on it with a traceback."""
+    fix = "copy the complete model folder again (or point model.name at one)"
+    if not any((path / w).is_file() for w in _WEIGHTS):
+        raise ModelFilesError(f"{path} has config.json but no weights ({' or '.join(_WEIGHTS[:2])}): {fix}")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError) as e:
+            raise ModelFilesError(f"{index} is unreadable ({type(e).__name__}): {fix}") from None
+    else:
+        shards = ["model.safetensors"] if (path / "model.safetensors").is_file() else []
+    for name in shards:
+        if not (path / name).is_file():
+            raise ModelFilesError(f"{path / name} is missing ({index.name} names it): {fix}")
+        if problem := safetensors_problem(path / name):
+            raise ModelFilesError(f"{problem}: {fix}")
+
+
+def _load_tokenizer(path: Path):
+    """AutoTokenizer for a local folder; its failures (no tokenizer files, damaged ones) as one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # OSError, ValueError, TypeError, JSON errors ... all mean the same to the user
+        if not any((path / t).is_file() for t in _TOKENIZER):
+            raise ModelFilesError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER[:2])} ...): copy them "
+                                  "from the model's source into the folder") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFilesError(f"{path}: its tokenizer does not load ({type(e).__name__}: {reason[:200]}): copy the "
+                              "tokenizer files from the model's source again") from None
 
 
 def resolve_model(name: str, revision: str | None = None) -> Path:
@@ -50,6 +115,7 @@ def _check_local(path: Path) -> Path:
     if path.is_file() and path.suffix == ".gguf":
         return path
     if path.is_dir() and (path / "config.json").is_file():
+        check_model_folder(path)
         return path
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
@@ -102,7 +168,7 @@ def prepare_tokenizer(tokenizer, model: torch.nn.Module | None = None):
 def load_model(name: str, revision: str | None = None, dtype: str = "float32",
                device: str | torch.device = "cpu"):
     """(model, tokenizer) for `name` (see resolve_model), model in eval mode on `device`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
@@ -111,7 +177,7 @@ def load_model(name: str, revision: str | None = None, dtype: str = "float32",
         model, tokenizer = load_gguf(path, DTYPES[dtype])
         model.to(device)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _load_tokenizer(path)
         # SDPA (fused attention kernels on GPUs) is transformers' default; named so it cannot change.
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa").to(device)
     model.eval()

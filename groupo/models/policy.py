@@ -18,7 +18,14 @@ from typing import Any
 import torch
 
 from groupo.config import LoraConfig, ModelConfig
-from groupo.models.load import DTYPES, load_model, prepare_tokenizer
+from groupo.models.load import (
+    DTYPES,
+    ModelFilesError,
+    check_model_folder,
+    load_model,
+    prepare_tokenizer,
+    safetensors_problem,
+)
 from groupo.models.lora import apply_lora
 
 META = "groupo_model.json"
@@ -107,6 +114,28 @@ def save_policy(policy: Policy, out_dir: str | Path, state_dict: dict[str, torch
     return out
 
 
+def check_trained_folder(p: Path, kind: str) -> None:
+    """ModelFilesError for a save_policy folder whose weights are missing, truncated or pickled.
+
+    Weights stored as `.bin` are pickles, and unpickling a file from elsewhere can run code: peft
+    refuses such an adapter (torch.load with weights_only) but as a long traceback; here it is one
+    line saying what to do."""
+    stem = "adapter_model" if kind == "lora" else "model"
+    weights = p / f"{stem}.safetensors"
+    pickled = p / ("adapter_model.bin" if kind == "lora" else "pytorch_model.bin")
+    if kind == "lora" and weights.is_file():
+        if problem := safetensors_problem(weights):
+            raise ModelFilesError(f"{problem}: copy the trained folder again")
+    elif kind != "lora" and (weights.is_file() or (p / f"{stem}.safetensors.index.json").is_file()):
+        check_model_folder(p)
+    elif pickled.is_file() or any(p.glob("*.bin")):
+        raise ModelFilesError(f"{pickled if pickled.is_file() else p}: weights stored as .bin (a pickle) are not "
+                              f"loaded, since unpickling a file can run code; convert them to {weights.name} where "
+                              "they were made (save_pretrained(dir, safe_serialization=True))")
+    else:
+        raise ModelFilesError(f"{p} has no {weights.name}: copy the trained folder again")
+
+
 def load_trained(path: str | Path, base_name: str | None = None, dtype: str = "float32",
                  device: str | torch.device = "cpu"):
     """(model, tokenizer) from a save_policy folder (or a run folder holding `final/`), eval mode.
@@ -120,9 +149,10 @@ def load_trained(path: str | Path, base_name: str | None = None, dtype: str = "f
     if not (p / META).is_file() and (p / "final" / META).is_file():
         p = p / "final"
     if not (p / META).is_file():
-        raise FileNotFoundError(f"{p} holds no trained policy (no {META}; expected a folder written "
-                                "by save_policy or a run folder with final/)")
+        raise ModelFilesError(f"{p} holds no trained policy (no {META}; expected a folder written "
+                              "by save_policy or a run folder with final/)")
     meta = json.loads((p / META).read_text())
+    check_trained_folder(p, meta["kind"])
     tokenizer = AutoTokenizer.from_pretrained(p)
     if meta["kind"] == "lora":
         from peft import PeftModel

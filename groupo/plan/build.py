@@ -86,7 +86,7 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     measured on the task's prompts); completion_tokens: default rollout.max_new_tokens, the worst
     case (generate decodes until its longest row stops); available: bytes the run may take (default:
     what this machine has free)."""
-    from groupo.trainer.step import loss_settings
+    from groupo.trainer.prepare import loss_settings
 
     device = _device(cfg)
     amp = resolve_autocast(cfg.model.autocast, device)

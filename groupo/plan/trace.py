@@ -186,36 +186,95 @@ def _mask(B: int, q: int, kv: int, device: str) -> torch.Tensor:
     return torch.ones((B, 1, q, kv), dtype=torch.bool, device=device)
 
 
-def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: int, amp: torch.dtype | None,
-                device: str, share_prompts: bool, backward: bool = True, temperature: float = 1.0) -> Counts:
-    """One micro-batch of the policy update (forward, entropy, backward), or with backward=False a
-    no-grad log-prob pass (the reference / old policy), as groupo.models.logprobs.token_logprobs
-    runs it: each distinct prompt encoded once where `share_prompts` (rows // group of them), the
-    output head in checkpointed chunks."""
+@dataclass(frozen=True)
+class UpdateInputs:
+    """One update micro-batch as the planner passes it to the model, with 4D boolean masks (fake
+    tensors have no values to build them from 2D ones): U distinct prompts of P tokens, B rows of
+    T completion tokens. `group_B` maps each row to its prompt."""
+
+    prompt_ids_UQ: torch.Tensor | None     # (U, P-1) each distinct prompt but its last token
+    prompt_mask_U1QQ: torch.Tensor | None  # (U, 1, P-1, P-1)
+    prompt_pos_UQ: torch.Tensor | None
+    group_B: torch.Tensor | None           # (B,) long
+    tail_ids_BT: torch.Tensor | None       # (B, T) the last prompt token, then the completion but its last token
+    tail_mask_B1TK: torch.Tensor | None    # (B, 1, T, P-1+T)
+    tail_pos_BT: torch.Tensor | None
+    ids_BL: torch.Tensor | None            # (B, P+T) the unshared pass
+    mask_B1LL: torch.Tensor | None
+    pos_BL: torch.Tensor | None
+    targets_BT: torch.Tensor        # (B, T) the completion tokens
+
+
+def zero_inputs(rows: int, group: int, P: int, T: int, device: str, share_prompts: bool) -> UpdateInputs:
+    """Inputs of the right shapes (values do not matter to a trace); only those of the pass that
+    runs exist (the others are None), so the trace holds no tensor the trainer would not."""
+    U, L = math.ceil(rows / group), P + T
+    if share_prompts:
+        return UpdateInputs(_ids(U, P - 1, device), _mask(U, P - 1, P - 1, device), _ids(U, P - 1, device),
+                            torch.arange(rows, device=device) // group, _ids(rows, T, device),
+                            _mask(rows, T, P - 1 + T, device), _ids(rows, T, device), None, None, None,
+                            _ids(rows, T, device))
+    return UpdateInputs(None, None, None, None, None, None, None, _ids(rows, L, device), _mask(rows, L, L, device),
+                        _ids(rows, L, device), _ids(rows, T, device))
+
+
+def packed_inputs(packed) -> UpdateInputs:
+    """The real inputs of a groupo.models.logprobs.Packed batch (causal masks over its real tokens);
+    for checking that the traced pass computes what the trainer's does."""
+    P, T = packed.prompt_len, packed.completion_ids_BT.shape[1]
+    ids, attn, pos = packed.input_ids_BL, packed.attention_mask_BL.bool(), packed.position_ids_BL
+    L = P + T
+    causal_LL = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+    mask_B1LL = (causal_LL[None] & attn[:, None, :])[:, None]
+    key = torch.cat([ids[:, :P], packed.attention_mask_BL[:, :P]], dim=1)
+    _, group_B = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.empty(int(group_B.max()) + 1, dtype=torch.long).scatter_(0, group_B, torch.arange(len(ids)))
+    tail = slice(P - 1, P + T - 1)
+    return UpdateInputs(ids[first, :P - 1], mask_B1LL[first][:, :, :P - 1, :P - 1], pos[first, :P - 1], group_B,
+                        ids[:, tail], mask_B1LL[:, :, tail, :P + T - 1], pos[:, tail], ids, mask_B1LL, pos,
+                        packed.completion_ids_BT)
+
+
+def update_logprobs(model, x: UpdateInputs, share_prompts: bool, temperature: float = 1.0,
+                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The log-prob pass of an update micro-batch as groupo.models.logprobs.token_logprobs runs it:
+    each distinct prompt encoded once where `share_prompts` (its KV cache indexed to the rows that
+    share it), the output head in checkpointed chunks. tests/test_plan.py checks that both give
+    the same log-probs."""
     from transformers import DynamicCache
 
     from groupo.models.logprobs import _chunkable_head, _without_head, head_logprobs
 
+    head = _chunkable_head(model)
+    with _without_head(model, head):
+        if share_prompts:
+            cache = DynamicCache(config=getattr(model, "config", None))
+            model(input_ids=x.prompt_ids_UQ, attention_mask=x.prompt_mask_U1QQ, position_ids=x.prompt_pos_UQ,
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_select_indices(x.group_B)
+            out = model(input_ids=x.tail_ids_BT, attention_mask=x.tail_mask_B1TK, position_ids=x.tail_pos_BT,
+                        past_key_values=cache, use_cache=True).logits
+        else:
+            L, T = x.ids_BL.shape[1], x.targets_BT.shape[1]
+            keep = torch.arange(L - T - 1, L - 1, device=x.ids_BL.device)  # the columns predicting the completion
+            out = model(input_ids=x.ids_BL, attention_mask=x.mask_B1LL, position_ids=x.pos_BL,
+                        logits_to_keep=keep, use_cache=False).logits
+    return head_logprobs(out, head, x.targets_BT, temperature, with_entropy)
+
+
+def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: int, amp: torch.dtype | None,
+                device: str, share_prompts: bool, backward: bool = True, temperature: float = 1.0) -> Counts:
+    """One micro-batch of the policy update (forward, entropy, backward), or with backward=False a
+    no-grad log-prob pass (the reference / old policy), traced: `update_logprobs` on inputs of the
+    batch's shapes."""
     P, T = prompt_len, completion_len
     trace = OpTrace()
     model.train(backward)
     grad = torch.enable_grad() if backward else torch.no_grad()
-    head = _chunkable_head(model)
-    with trace, grad, torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None), \
-            _without_head(model, head):
-        unique = math.ceil(rows / group)
-        if share_prompts and P > 1 and unique < rows and not _checkpointing(model):
-            cache = DynamicCache(config=getattr(model, "config", None))
-            model(input_ids=_ids(unique, P - 1, device), attention_mask=_mask(unique, P - 1, P - 1, device),
-                  position_ids=_ids(unique, P - 1, device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_select_indices(torch.arange(rows, device=device) // group)
-            out = model(input_ids=_ids(rows, T, device), attention_mask=_mask(rows, T, P - 1 + T, device),
-                        position_ids=_ids(rows, T, device), past_key_values=cache, use_cache=True).logits
-        else:
-            L = P + T
-            out = model(input_ids=_ids(rows, L, device), attention_mask=_mask(rows, L, L, device),
-                        position_ids=_ids(rows, L, device), logits_to_keep=T, use_cache=False).logits
-        logp, _ = head_logprobs(out, head, _ids(rows, T, device), temperature, with_entropy=backward)
+    share = share_prompts and P > 1 and math.ceil(rows / group) < rows and not _checkpointing(model)
+    with trace, grad, torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+        logp, _ = update_logprobs(model, zero_inputs(rows, group, P, T, device, share), share, temperature,
+                                  with_entropy=backward)
         if backward:
             loss = (logp.float() * torch.ones_like(logp)).sum()  # the loss itself: a few (B, T) ops
             trace.backward = True

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from groupo.config import ConfigError
 from groupo.report.keys import KEYS
 from groupo.report.metrics import read_jsonl
 
@@ -45,6 +47,7 @@ PLOTS: list[tuple[str, str, list[str]]] = [
     ("reward_health", "Reward functions: share None, timed out; unparseable references",
      ["reward/none_frac/*", "reward/timeout_frac", "reward/gold_unparsed_frac"]),
 ]
+log = logging.getLogger(__name__)
 MAX_SAMPLES = 3000  # per run, the newest; each text cut to MAX_CHARS
 MAX_CHARS = 2000
 
@@ -86,15 +89,39 @@ def run_data(run_dir: Path) -> dict[str, Any]:
             s[k] = _cut(s.get(k))
         s["rewards"] = {k: _round(v) for k, v in (s.get("rewards") or {}).items()}
     config = run_dir / "config.yaml"
-    summary = run_dir / "summary.json"
     return {"name": run_dir.name, "path": str(run_dir), "series": series, "evals": evals, "alarms": alarms,
-            "samples": samples, "config": config.read_text(encoding="utf-8") if config.exists() else "",
-            "summary": json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}}
+            "samples": samples,
+            "config": config.read_text(encoding="utf-8", errors="replace") if config.exists() else "",
+            "summary": _summary(run_dir / "summary.json")}
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    """summary.json, or {} with a warning when it is empty or damaged (a run killed while writing
+    it): the rest of the report comes from metrics.jsonl and does not need it."""
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(summary, dict):
+            return summary
+        problem = f"holds a JSON {type(summary).__name__}, not an object"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        problem = "is empty" if path.is_file() and path.stat().st_size == 0 else f"is not valid JSON ({e})"
+    log.warning("%s %s; the report is drawn without the run's summary", path, problem)
+    return {}
+
+
+# Inside <script> the HTML tokenizer still looks for `</script`, and `<!--` followed by `<script`
+# sends it into the "script data double escaped" state, where it runs past every `</script>` of
+# the page. With no `<` left in the JSON neither can happen; `>` and `&` go too (nothing to close
+# or to decode), and U+2028/2029 because older JavaScript parsers end a line at them.
+_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                                 "\u2029": "\\u2029"})
 
 
 def _script_json(data: Any) -> str:
-    """JSON safe inside <script>: no `</` can close the element early."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside <script>: the same value after JSON.parse, and no `<` the HTML parser acts on."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(_SCRIPT_ESCAPES)
 
 
 def render(runs: list[dict[str, Any]]) -> str:
@@ -123,7 +150,12 @@ Red lines mark alarms that stopped the run, orange ones warnings.</p>
 
 
 def write_page(run_dirs: list[Path], out: Path) -> Path:
-    out.write_text(render([run_data(d) for d in run_dirs]), encoding="utf-8")
+    page = render([run_data(d) for d in run_dirs])
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write the report {out}: {e.strerror or e}; write it elsewhere with "
+                          "`groupo report RUN_DIR --out FILE.html`") from None
     return out
 
 

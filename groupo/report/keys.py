@@ -48,7 +48,7 @@ KEYS: dict[str, str] = {
     "alarms": "health alarms fired at this step (a list; only on such steps), see groupo.report.alarms",
 }
 
-# The update's own names (groupo.trainer.step, groupo.algorithms) -> the logged ones.
+# The update's own names (groupo.trainer.update, groupo.algorithms) -> the logged ones.
 UPDATE_KEYS: dict[str, str] = {
     "loss": "loss/total", "kl": "loss/kl", "clip_low_frac": "loss/clip_low_frac",
     "clip_high_frac": "loss/clip_high_frac", "ratio_mean": "loss/ratio_mean", "ratio_min": "loss/ratio_min",

@@ -8,10 +8,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from groupo.algorithms.presets import PRESETS, LossSettings, get_preset
+from groupo.algorithms.presets import PAPERS, PRESETS, LossSettings, get_preset
 
 _DEFAULTS = LossSettings()
-_SETTINGS = [f.name for f in fields(LossSettings) if f.name != "paper"]
+_SETTINGS = [f.name for f in fields(LossSettings)]
 
 
 def _value(v: object) -> str:
@@ -31,7 +31,7 @@ def print_presets(console: Console | None = None) -> None:
     table.add_column("arXiv", no_wrap=True)
     for name, s in PRESETS.items():
         changed = [f"{k}={_value(getattr(s, k))}" for k in _SETTINGS if getattr(s, k) != getattr(_DEFAULTS, k)]
-        table.add_row(name, " ".join(changed) or "(the defaults)", _arxiv(s.paper))
+        table.add_row(name, " ".join(changed) or "(the defaults)", _arxiv(PAPERS[name]))
     console.print(table)
     console.print("defaults: " + " ".join(f"{k}={_value(getattr(_DEFAULTS, k))}" for k in _SETTINGS))
     console.print("[dim]groupo presets NAME: one preset in full. Override any setting with "
@@ -42,7 +42,7 @@ def print_preset(name: str, console: Console | None = None) -> None:
     """Every setting of one preset, marking those it changes from the defaults. Unknown name: ValueError."""
     s = get_preset(name)
     console = console or Console()
-    table = Table(title=f"preset {name}: {s.paper}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+    table = Table(title=f"preset {name}: {PAPERS[name]}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
                   title_justify="left")
     table.add_column("setting", no_wrap=True)
     table.add_column("value", no_wrap=True)

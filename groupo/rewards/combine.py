@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from groupo.rewards import symbolic
 from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.trl_compat import RewardLog, RewardState, trl_completions
 
@@ -120,6 +121,7 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
               "log_extra": log.log_extra, "log_metric": log.log_metric}
     prompts, texts = list(prompts), list(completions)
     completions = trl_completions(prompts, texts)
+    timeouts_before = symbolic.stats["timeouts"]
     per_fn = {}
     for name, (fn, _) in reward_fns.items():
         start = time.perf_counter()
@@ -130,6 +132,7 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
             _warned_slow.add(name)
             logger.warning("reward %r (%s) took %.1f s for %d completions (over %g s per call): it "
                            "slows every step and every evaluation", name, fn_name(fn), took, n, SLOW_REWARD_S)
+    log.timeouts += symbolic.stats["timeouts"] - timeouts_before
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]
     return [float(t) for t in total], per_fn

@@ -45,6 +45,7 @@ class RewardLog:
     extra: dict[str, list] = field(default_factory=lambda: defaultdict(list))
     metrics: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    timeouts: int = 0  # symbolic answer checks that timed out during the calls (groupo.rewards.symbolic)
 
     def log_extra(self, column: str, values: list) -> None:
         self.extra[column].extend(values)

@@ -1,38 +1,57 @@
-"""Rollout engines: prompts in, G completions per prompt out (see base.RolloutEngine)."""
+"""Rollout engines: prompts in, G completions per prompt out (see base.RolloutEngine).
+
+Each engine builds itself from the run's configuration and a small `EngineContext`; the registry
+maps `rollout.engine` names to those builders, and config validation reads its keys.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from groupo.config import Config
+from groupo.distributed import Dist
 from groupo.rollout.base import EngineError, RolloutEngine
 
 
-def _hf(model, tokenizer, *, batch_size: int = 64, autocast: str = "auto", **_) -> RolloutEngine:
+@dataclass(frozen=True)
+class EngineContext:
+    """What an engine needs besides the configuration."""
+
+    model: Any                 # the policy module whose weights are sampled (its trainer-side copy)
+    tokenizer: Any
+    run_dir: Path | None = None  # where engines with their own weights put the adapters they load
+    world: Dist = field(default_factory=Dist)
+    device: Any = "cpu"        # torch.device of the policy
+    amp: str = "none"          # autocast kind of the trainer (groupo.models.precision)
+
+
+def _hf(cfg: Config, ctx: EngineContext) -> RolloutEngine:
     from groupo.rollout.hf import HFEngine
 
-    return HFEngine(model, tokenizer, batch_size=batch_size, autocast=autocast)
+    return HFEngine(ctx.model, ctx.tokenizer, batch_size=cfg.rollout.batch_size, autocast=ctx.amp)
 
 
-def _vllm(model, tokenizer, *, url: str = "", **kw) -> RolloutEngine:
-    """Colocated (a vllm.LLM in this process), or a running server when `url` is given."""
-    if url:
-        from groupo.rollout.vllm_server import VLLMServerEngine
+def _vllm(cfg: Config, ctx: EngineContext) -> RolloutEngine:
+    from groupo.rollout.vllm_config import from_config
 
-        return VLLMServerEngine(model, tokenizer, url=url, **kw)
-    from groupo.rollout.vllm import VLLMEngine
-
-    return VLLMEngine(model, tokenizer, **kw)
+    return from_config(cfg, ctx)
 
 
 ENGINES: dict[str, Any] = {"hf": _hf, "vllm": _vllm}
 
 
-def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
-    """The engine registered as `name`, sampling from `model`'s weights. Keywords go to its
-    constructor; each engine takes the ones it needs (see hf.HFEngine, vllm.VLLMEngine)."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")
-    return ENGINES[name](model, tokenizer, **kw)
+def build_engine(cfg: Config, ctx: EngineContext) -> RolloutEngine:
+    """The engine `cfg.rollout.engine` names, sampling from `ctx.model`'s weights."""
+    if cfg.rollout.engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}; valid: {', '.join(ENGINES)}")
+    return ENGINES[cfg.rollout.engine](cfg, ctx)
 
 
-__all__ = ["ENGINES", "EngineError", "RolloutEngine", "make_engine"]
+def describe(engine: RolloutEngine) -> str:
+    """A few words on where the engine samples (empty for the in-process transformers engine)."""
+    return engine.describe() if hasattr(engine, "describe") else ""
+
+
+__all__ = ["ENGINES", "EngineContext", "EngineError", "RolloutEngine", "build_engine", "describe"]

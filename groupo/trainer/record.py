@@ -11,17 +11,15 @@ from typing import Any
 import torch
 
 from groupo.report.keys import UPDATE_KEYS, fn_key
-from groupo.rewards import symbolic
 from groupo.rewards.extract import parse_number
 from groupo.rewards.math import looks_symbolic
 
 
 def step_record(step: int, rollout, update_metrics: dict[str, float], eval_reward: str, *, step_time: float,
-                gen_time: float, data_position: int, device: torch.device, timeouts: int = 0) -> dict[str, Any]:
-    """The metrics.jsonl line of a step; `rollout` is the global batch, so every value is global.
-
-    Keys are those of groupo.report.keys; `timeouts` is the number of the step's symbolic answer
-    checks that timed out (`symbolic_timeouts()` before and after the rollout).
+                gen_time: float, data_position: int, device: torch.device) -> dict[str, Any]:
+    """The metrics.jsonl line of a step; `rollout` is the global batch, so every value is global
+    (reward/timeout_frac too: the answer checks that timed out on any rank, over all samples).
+    Keys are those of groupo.report.keys.
     """
     completions = rollout.completions
     lengths = [len(c.token_ids) for c in completions]
@@ -34,7 +32,7 @@ def step_record(step: int, rollout, update_metrics: dict[str, float], eval_rewar
         "reward/std": all_r.std().item() if len(all_r) > 1 else None,
         **{fn_key(k): _mean(v) for k, v in rollout.per_fn.items()},
         **{f"reward/none_frac/{k}": sum(x is None for x in v) / len(v) for k, v in rollout.per_fn.items() if v},
-        "reward/timeout_frac": timeouts / n if n else None,
+        "reward/timeout_frac": rollout.reward_timeouts / n if n else None,
         "reward/gold_unparsed_frac": (_mean([float(not parses(p.answer)) for p in rollout.problems])
                                       if eval_reward == "accuracy" else None),
         "accuracy/train": _mean([float(v == 1.0) for v in rollout.per_fn.get(eval_reward, []) if v is not None]),
@@ -63,11 +61,6 @@ def parses(answer: Any) -> bool:
     """Whether a reference answer is a plain number or looks like math the checker can read."""
     text = "" if answer is None else str(answer).strip()
     return bool(text) and (parse_number(text) is not None or looks_symbolic(text))
-
-
-def symbolic_timeouts() -> int:
-    """Symbolic answer checks timed out so far in this process (groupo.rewards.symbolic)."""
-    return symbolic.stats["timeouts"]
 
 
 def memory_metrics(device: torch.device) -> dict[str, float]:

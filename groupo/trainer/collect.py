@@ -1,6 +1,6 @@
-"""One step's rollout: draw prompts, sample G completions each, score them, keep the groups.
+"""Stage 1 of a step, collect: draw prompts, sample G completions each, score them, keep the groups.
 
-`collect_rollout` returns a `RolloutBatch` that is the same on every rank: each rank samples and
+`collect` returns a `RolloutBatch` that is the same on every rank: each rank samples and
 scores its share of the drawn prompts (prompts strided by rank), and the shares are gathered, so
 the zero-variance filter, DAPO's redraws, the advantages and the step's metrics are computed on
 the whole global batch, identically everywhere (ranks redraw in lockstep because they decide on
@@ -34,6 +34,7 @@ class RolloutBatch:
     n_groups: int                            # groups drawn this step (dynamic sampling draws more)
     group_size: int
     reward_metrics: dict[str, float] = field(default_factory=dict)  # means of the rewards' log_metric calls
+    reward_timeouts: int = 0                 # answer checks that timed out, all ranks together
 
     @property
     def completion_ids(self) -> list[list[int]]:
@@ -62,7 +63,7 @@ class RolloutBatch:
         return self.groups(list(range(world.rank, len(self.problems), world.world_size)))
 
 
-def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[[Problem], list[int]],
+def collect(engine, problems_at: Callable[[int], Problem], prompt_ids: Callable[[Problem], list[int]],
                     reward_fns: dict, *, data_position: int, prompts_per_step: int, params: SamplingParams,
                     dynamic_sampling: bool, max_draws: int, world: Dist,
                     reward_state: RewardState | None = None) -> tuple[RolloutBatch, int]:
@@ -74,7 +75,8 @@ def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: C
     `prompts_per_step` groups are kept. With W ranks the kept groups are cut to a multiple of W
     (only dynamic sampling can leave a remainder: prompts_per_step itself is one).
     reward_state is what reward functions see as TRL's `trainer_state`; what they pass to
-    `log_metric` is averaged into `RolloutBatch.reward_metrics` (this rank's calls).
+    `log_metric` is averaged into `RolloutBatch.reward_metrics`, and the answer checks that timed
+    out are counted into `reward_timeouts`, over every rank's calls.
     """
     log = RewardLog()
     G = params.n
@@ -106,6 +108,11 @@ def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: C
         if len(kept) == prompts_per_step:
             break
     kept = kept[:len(kept) - len(kept) % world.world_size]
+    logs = gather_objects((log.timeouts, dict(log.metrics)), world)
+    metrics: dict[str, list[float]] = {}
+    for _, m in logs:
+        for k, v in m.items():
+            metrics.setdefault(k, []).extend(v)
     per_fn: dict[str, list] = {}
     for _, _, _, scores_G in kept:
         for name, vals in scores_G.items():
@@ -114,5 +121,7 @@ def collect_rollout(engine, problems_at: Callable[[int], Problem], prompt_ids: C
         problems=[k[0] for k in kept], completions=[c for k in kept for c in k[1]],
         rewards_PG=torch.stack([k[2] for k in kept]) if kept else torch.zeros(0, G),
         per_fn=per_fn, prompt_ids=[prompt_ids(k[0]) for k in kept for _ in range(G)],
-        n_zero_var=n_zero_var, n_groups=n_groups, group_size=G, reward_metrics=log.metric_means())
+        n_zero_var=n_zero_var, n_groups=n_groups, group_size=G,
+        reward_metrics={f"reward_log/{k}": sum(v) / len(v) for k, v in metrics.items() if v},
+        reward_timeouts=sum(t for t, _ in logs))
     return batch, data_position

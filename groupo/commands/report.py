@@ -8,6 +8,16 @@ from pathlib import Path
 from groupo.config import ConfigError
 from groupo.report.html import write_page
 
+HELP = "write the interactive HTML report of one run, or several overlaid"
+DESCRIPTION = ("One self-contained report.html (opens offline): curves, alarms, evaluations, samples and config. "
+               "Several runs are overlaid on the same plots.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE",
+                   help="default: RUN_DIR/report.html for one run, report.html here for several")
+
 
 def run(args: argparse.Namespace) -> int:
     dirs = [Path(r) for r in args.runs]

@@ -1,4 +1,4 @@
-"""groupo plan: a config's step time and peak memory on this machine, before launch.
+"""`groupo plan`: a config's step time and peak memory on this machine, before launch.
 
     groupo plan [CONFIG.yaml] [--smoke] [key=value ...] [--prompt-tokens N] [--completion-tokens N]
                 [--available-gb G] [--json]
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from groupo.commands.resolve import resolve_config, split_items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,17 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
 
+HELP = "predict a config's step time and peak memory on this machine"
+DESCRIPTION = (__doc__.split("\n\n")[0] + ". The passes run on fake tensors (no weights loaded); this machine's op "
+               "costs are measured in a few seconds. Exit status 1 when the run would not fit, with the settings "
+               "that would.")
+
+
 def run(args: argparse.Namespace) -> int:
-    from groupo.cli import _split_args
-    from groupo.config import load_config, quickstart_config
     from groupo.plan.build import make_plan
 
-    path, overrides = _split_args(args.items)
-    if args.smoke:
-        from groupo.smoke import smoke_overrides
-
-        overrides = smoke_overrides(path) + overrides
-    cfg = load_config(path, overrides) if path is not None else quickstart_config(overrides)
+    path, overrides = split_items(args.items)
+    cfg = resolve_config(path, overrides, smoke=args.smoke)
     available = int(args.available_gb * 2**30) if args.available_gb else None
     plan = make_plan(cfg, args.prompt_tokens, args.completion_tokens, available=available)
     print(json.dumps(as_dict(plan)) if args.json else describe(plan, path or "the quickstart"))

@@ -18,7 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from groupo.config import Config, ConfigError, from_dict, parse_override, read_yaml, set_key
+from groupo.commands.resolve import run_config
+from groupo.config import Config, ConfigError, check_together, parse_override, set_key
+
+HELP = "evaluate a model, an adapter or a training run on a task"
+DESCRIPTION = "Greedy accuracy, pass@k and maj@k of a model or a run's final weights."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,11 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from groupo.config_rules import validate
+
     if args.run:
-        path = Path(args.run) / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"--run {args.run}: no config.yaml there (is it a groupo run directory?)")
-        cfg = from_dict(read_yaml(path))
+        cfg = run_config(args.run)
         if args.limit is None:
             args.limit = cfg.task.eval_size
     else:
@@ -71,6 +74,8 @@ def _config(args: argparse.Namespace) -> Config:
             set_key(cfg, key, value, source="command line")
     for text in args.overrides:
         set_key(cfg, *parse_override(text), source="command line")
+    check_together(cfg)  # the same checks as every command's (groupo.commands.resolve)
+    validate(cfg)
     return cfg
 
 
@@ -90,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
     from groupo.data import load_task
     from groupo.eval.evaluate import evaluate
     from groupo.rewards import resolve_rewards
-    from groupo.rollout import make_engine
+    from groupo.rollout import EngineContext, build_engine
 
     if args.base and not args.run:
         raise ConfigError("--base needs --run RUN_DIR")
     if args.samples < 1:
         raise ConfigError("--samples must be >= 1")
     cfg = _config(args)
+    if args.out:
+        check_out(args.out)
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = load_task(cfg.task)
@@ -105,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     model, tokenizer = _load(args, cfg, device)
     load_s = time.monotonic() - t0
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size,
-                         autocast=cfg.model.autocast)
+    engine = build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast))
     what = f"{args.run} ({'base' if args.base else 'final'})" if args.run else cfg.model.name
     print(f"evaluating {what} on {task.name} [{cfg.task.eval_split}]: {len(problems)} problems, "
           f"samples={args.samples}, temperature={temperature}, max_new_tokens={cfg.rollout.max_new_tokens}",
@@ -124,12 +130,30 @@ def run(args: argparse.Namespace) -> int:
                "samples": args.samples, "temperature": temperature,
                "max_new_tokens": cfg.rollout.max_new_tokens, "load_s": round(load_s, 1),
                "eval_s": round(time.monotonic() - t1, 1)}
+    print(json.dumps(summary))  # first: a failed --out below must not lose the result
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
-            for r in res.records:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary))
+        try:
+            with Path(args.out).open("w", encoding="utf-8") as fh:
+                for r in res.records:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        except OSError as e:
+            raise ConfigError(_cannot_write(args.out, e)) from None
     return 0
+
+
+def _cannot_write(out: str, e: OSError) -> str:
+    return f"--out {out}: cannot write there ({e.strerror or e}); choose a writable place for --out"
+
+
+def check_out(out: str) -> None:
+    """Fail before the evaluation, not after it, when --out's folder cannot be written."""
+    import tempfile
+
+    folder = Path(out).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".groupo-write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(_cannot_write(out, e)) from None

@@ -1,0 +1,91 @@
+"""The run's bookkeeping: progress, metric sinks, the history the alarms read, samples.jsonl,
+eval.jsonl and the report, opened once and closed once, the same way on every exit.
+
+    with RunLog(cfg, run_dir, world, state.step, state.elapsed_s) as run:
+        ...                             # run.step(...), run.evaluation(...), run.log(...)
+        run.summary = {...}             # what the report shows; an interrupt or error marks it
+
+Rank 0 writes; the other ranks keep the history (empty) and a silent progress display, so the
+calls are the same on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from groupo.config import Config
+from groupo.distributed import Dist, broadcast_object
+from groupo.report.alarms import Alarm, fired
+from groupo.report.html import write_report
+from groupo.report.metrics import read_jsonl, truncate_after
+from groupo.report.progress import TrainProgress
+from groupo.report.sinks import open_sinks
+from groupo.trainer.record import write_samples
+
+
+class RunLog:
+    def __init__(self, cfg: Config, run_dir: Path, world: Dist, start_step: int, elapsed_s: float):
+        self.cfg, self.run_dir, self.world = cfg, run_dir, world
+        self.main = world.is_main
+        if self.main:
+            for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
+                truncate_after(run_dir / name, start_step)  # drop what a killed run logged past its checkpoint
+        self.sinks = open_sinks(cfg, run_dir) if self.main else None
+        self.history = read_jsonl(run_dir / "metrics.jsonl") if self.main else []
+        T = cfg.train
+        self.progress = TrainProgress(T.steps, start=start_step, mode=cfg.run.progress if self.main else "off",
+                                      budget_s=max(0.0, 60 * T.max_minutes - elapsed_s) if T.max_minutes else 0.0)
+        self.summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": start_step}
+        self.report: Path | None = None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        """Close the display and the sinks and write the report, whatever ended the run."""
+        if kind is KeyboardInterrupt:
+            self.summary["interrupted"] = True
+        elif error is not None and "stopped_by" not in self.summary:
+            self.summary["error"] = f"{kind.__name__}: {error}"
+        self.progress.close()
+        if self.main:
+            self.sinks.close()
+            self.report = write_report(self.run_dir, self.summary)
+
+    def log(self, message: str) -> None:
+        self.progress.log(message)
+
+    def evaluated_before(self) -> bool:
+        """Whether eval.jsonl has an evaluation (then a resumed run has its "before" figure)."""
+        return bool(broadcast_object(self.main and bool(read_jsonl(self.run_dir / "eval.jsonl")), self.world))
+
+    def step(self, record: dict[str, Any], rollout, eval_reward: str) -> list[Alarm]:
+        """Record a step (metrics line, samples, progress) and return the alarms it fired."""
+        self.history.append(record)
+        self.summary["steps"] = record["step"]
+        alarms = broadcast_object(fired(self.history, self.cfg.alarms, eval_reward)
+                                  if self.main and self.cfg.run.alarms else [], self.world)
+        for alarm in alarms:
+            self.log(alarm.text())
+        if alarms:
+            record["alarms"] = [a.as_dict() for a in alarms]
+        if self.main:
+            self.sinks.write(record)
+            write_samples(self.run_dir / "samples.jsonl", record["step"], rollout, self.cfg.run.samples_per_step)
+        self.progress.advance(record)
+        return alarms
+
+    def evaluation(self, step: int, accuracy: float, n: int, seconds: float) -> float:
+        if self.main:
+            with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, "accuracy": accuracy, "n": n, "seconds": round(seconds, 1)}) + "\n")
+            self.sinks.scalars({"accuracy/eval": accuracy}, step)
+        self.log(f"eval step {step}: held-out accuracy {accuracy:.1%} on {n} problems ({seconds:.0f}s)")
+        return accuracy
+
+    def first_accuracy(self) -> float | None:
+        """The run's first held-out accuracy (its "before"), the same on every rank."""
+        evals = read_jsonl(self.run_dir / "eval.jsonl") if self.main else []
+        return broadcast_object(evals[0]["accuracy"] if evals else None, self.world)
