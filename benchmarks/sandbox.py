@@ -10,6 +10,8 @@ Three workloads, each a batch through `Sandbox.run_many`:
             python_output runs for one training step of 8 prompts x 8 completions
   reward    the same 64 as completions through python_output_reward (extraction, sandbox,
             comparison; the rewards' shared sandbox, every mechanism on), cache cleared each repeat
+  tests     64 MBPP-style solutions through tests_pass_reward, three asserts each (the test
+            judge: the candidate in a process of its own, the asserts outside it)
 Also reports one run's latency (sequential, 1 worker). Prints the best of `--repeats`.
 """
 
@@ -40,6 +42,16 @@ def gsm8k_programs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return programs, answers
 
 
+def mbpp_solutions(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """`n` distinct correct solutions in the shape of MBPP answers, and three asserts for each."""
+    rng = random.Random(seed)
+    completions, tests = [], []
+    for k in rng.sample(range(2, 10 * n), n):  # all distinct: a batch runs each distinct one once
+        completions.append(f"```python\ndef scale(xs):\n    return [x * {k} for x in xs]\n```")
+        tests.append([f"assert scale([{a}, {a + 1}]) == [{a * k}, {(a + 1) * k}]" for a in range(3)])
+    return completions, tests
+
+
 def best_rate(fn, n: int, repeats: int) -> tuple[float, float]:
     """(best executions per second, median) over `repeats` calls of fn() that run n programs."""
     rates = []
@@ -62,6 +74,7 @@ def main() -> None:
     print("protections:", probe(frozenset(args.disable)).describe())
     programs, answers = gsm8k_programs(args.programs)
     completions = [f"```python\n{p}```" for p in programs]
+    solutions, tests = mbpp_solutions(args.programs)
 
     one = Sandbox(workers=1, disable=args.disable)
     one.run("pass")  # warm the page cache
@@ -86,9 +99,16 @@ def main() -> None:
             assert got == [1.0] * len(answers)
 
         rew = best_rate(reward, args.programs, args.repeats)
+
+        def judged(workers=workers) -> None:
+            got = code_rewards.tests_pass_reward(completions=solutions, tests=tests, sandbox_workers=workers)
+            assert got == [1.0] * len(solutions)
+
+        tst = best_rate(judged, args.programs, args.repeats)
         print(f"workers={workers:2d}  trivial {trivial[0]:6.1f}/s (median {trivial[1]:6.1f})  "
               f"gsm8k x{args.programs} {gsm[0]:6.1f}/s (median {gsm[1]:6.1f})  "
-              f"python_output x{args.programs} {rew[0]:6.1f}/s (median {rew[1]:6.1f})")
+              f"python_output x{args.programs} {rew[0]:6.1f}/s (median {rew[1]:6.1f})  "
+              f"tests_pass x{args.programs} {tst[0]:6.1f}/s (median {tst[1]:6.1f})")
         box.close()
 
 

@@ -142,7 +142,7 @@ def test_encode_prompt_plain_fallback():
 
 # --- registry, generic files, splits, bad rows --------------------------------------------------
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(DataError, match="valid: arithmetic, countdown, gsm8k"):
+    with pytest.raises(DataError, match="valid: arithmetic, big_arithmetic, countdown, gsm8k"):
         load_task(TaskConfig(name="gsm9k"))
     assert {"arithmetic", "countdown", "gsm8k", "math", "math500", "svamp", "mgsm", "cmath",
             "metamath", "generic"} <= set(TASKS)
@@ -225,3 +225,43 @@ def test_hub_dataset_id_with_field_mapping(monkeypatch):
     assert calls == [("someone/some-math", "train"), ("someone/some-math", "test")]
     assert [p.answer for p in task.test] == ["0", "1000", "2000"]
     assert sorted(p.columns["question"] for p in task.train) == ["train 0?", "train 1?", "train 2?"]
+
+
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_line_and_offset(tmp_path):
+    good = json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n"
+    latin1 = tmp_path / "latin1.jsonl"  # "café" in Latin-1 on line 2: byte 0xe9 is not UTF-8
+    latin1.write_bytes(good.encode() + '{"question": "café?", "answer": "1"}\n'.encode("latin-1"))
+    offset = len(good.encode()) + len('{"question": "caf')
+    with pytest.raises(DataError) as e:
+        load_task(TaskConfig(name=str(latin1)))
+    assert str(e.value).startswith(f"{latin1}:2: not UTF-8 text (byte offset {offset}: ")
+    assert "iconv" in str(e.value) and "\n" not in str(e.value)
+    for name, raw in (("bom.csv", b"\xff\xfequestion,answer\n"), ("noise.tsv", b"a\tb\n\x80\n")):
+        (tmp_path / name).write_bytes(raw)
+        line = raw.count(b"\n", 0, raw.index(b"\xff" if name == "bom.csv" else b"\x80")) + 1
+        with pytest.raises(DataError, match=rf"{name}:{line}: not UTF-8 text"):
+            load_task(TaskConfig(name=str(tmp_path / name)))
+
+
+def test_a_task_with_no_training_rows_is_refused_with_the_counts(tmp_path):
+    from groupo.data import require_train
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    task = load_task(TaskConfig(name=str(empty)))
+    with pytest.raises(DataError, match=rf"'empty': {empty} has no rows to train on \(0 read\); add rows$"):
+        require_train(task)
+    one = _write_jsonl(tmp_path / "one.jsonl", [{"question": "What is 1 + 1?", "answer": "2"}])
+    task = load_task(TaskConfig(name=str(one)))  # 10% of 1 row, rounded up to 1, is held out
+    assert len(task.test) == 1  # evaluation still has its row
+    with pytest.raises(DataError, match=r"one.jsonl has no rows to train on \(1 read, task.test_fraction=0.1 "
+                                        r"held 1 out for evaluation\); add rows, or lower task.test_fraction"):
+        require_train(task)
+    require_train(load_task(TaskConfig(name=str(one), test_fraction=0.0)))  # all of it trains: fine
+    (tmp_path / "split").mkdir()
+    _write_jsonl(tmp_path / "split" / "train.jsonl", [])
+    _write_jsonl(tmp_path / "split" / "test.jsonl", [{"question": "q?", "answer": "1"}])
+    with pytest.raises(DataError, match=r"split/train.jsonl has no rows to train on \(0 read\)"):
+        require_train(load_task(TaskConfig(name="generic", path=str(tmp_path / "split"))))
+    with pytest.raises(DataError, match=r"has no rows to train on"):  # what the loop's len() meets too
+        len(load_task(TaskConfig(name=str(empty))).train)

@@ -43,3 +43,52 @@ def test_built_in_rewards_read_both_completion_forms():
     # accuracy: 7, 7, last number 4 -> 1, 1, 0; answer_format: only the tagged one
     assert as_messages == as_strings == ([1.0, 1.5, 0.0], {"accuracy": [1.0, 1.0, 0.0],
                                                           "answer_format": [0.0, 1.0, 0.0]})
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), GeneratorExit("bye")])
+def test_a_reward_raising_a_base_exception_is_named_not_an_exit(exc):
+    def picky(prompts, completions, **kw):
+        if any("then" in c[0]["content"] for c in completions):  # sample 2 of TEXTS
+            raise exc
+        return [1.0] * len(completions)
+
+    with pytest.raises(RewardError, match=rf"reward 'picky' \(.*picky\) raised {type(exc).__name__} on sample 2 "
+                                          rf"\(completion '3 then 4'\): {exc}"):
+        score({"picky": (picky, 1.0)}, [PROMPT] * 3, TEXTS, ROWS)
+
+
+def test_ctrl_c_in_a_reward_still_stops_the_run():
+    def interrupted(prompts, completions, **kw):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        score({"interrupted": (interrupted, 1.0)}, [PROMPT] * 3, TEXTS, ROWS)
+
+
+def test_each_rewards_time_is_logged_and_a_slow_one_warned_about_once(monkeypatch, caplog):
+    import time
+
+    from groupo.rewards import combine
+    from groupo.rewards.trl_compat import RewardLog
+
+    def slow(prompts, completions, **kw):
+        time.sleep(0.2)
+        return [0.0] * len(completions)
+
+    def quick(prompts, completions, **kw):
+        return [1.0] * len(completions)
+
+    monkeypatch.setattr(combine, "SLOW_REWARD_S", 0.1)
+    monkeypatch.setattr(combine, "_warned_slow", set())
+    log = RewardLog()
+    fns = {"slow": (slow, 1.0), "quick": (quick, 1.0)}
+    with caplog.at_level("WARNING", logger="groupo.rewards.combine"):
+        score(fns, [PROMPT] * 3, TEXTS, ROWS, log=log)
+        score(fns, [PROMPT] * 3, TEXTS, ROWS, log=log)
+    times = log.time_metrics()
+    assert set(times) == {"time/reward/slow", "time/reward/quick"}
+    assert 0.4 <= times["time/reward/slow"] < 1.5  # two calls of 0.2 s, summed
+    assert times["time/reward/quick"] < 0.05
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith("reward 'slow' (") and "(over 0.1 s per call)" in warned[0]
+    assert "took 0.2 s for 3 completions" in warned[0]

@@ -2,6 +2,6 @@
 
 from groupo.data.prompts import build_messages, encode_prompt
 from groupo.data.registry import TASKS, load_task
-from groupo.data.task import DataError, Task
+from groupo.data.task import DataError, Task, require_train
 
-__all__ = ["TASKS", "DataError", "Task", "build_messages", "encode_prompt", "load_task"]
+__all__ = ["TASKS", "DataError", "Task", "build_messages", "encode_prompt", "load_task", "require_train"]

@@ -135,13 +135,24 @@ def _path(name: str, cfg) -> Path:
     return Path(cfg.path).expanduser()
 
 
+def _no_rows(name: str, cfg, where: Path, n_read: int, n_eval: int) -> NoSplit:
+    """The training split of a task with no training rows: refused with the counts, so an empty
+    file, or one whose every row went to the held-out split, fails before a model loads and not
+    as a misleading error deep in the first step."""
+    held = (f", task.test_fraction={cfg.test_fraction} held {n_eval} out for evaluation" if n_read
+            else "")
+    return NoSplit(f"task {name!r}: {where} has no rows to train on ({n_read} read{held}); add rows"
+                   + (", or lower task.test_fraction" if n_read else ""))
+
+
 def _split_rows(name: str, cfg, split: str, read: Callable[[Path], list[dict]],
-                default_file: str | None, test_only: bool) -> list[dict] | NoSplit:
+                default_file: str | None, test_only: bool, training: bool = False) -> list[dict] | NoSplit:
     path = _path(name, cfg)
     if path.is_dir():
         files = [f for f in sorted(path.iterdir()) if f.stem == split and f.suffix in SUPPORTED]
         if files:
-            return read(files[0])
+            rows = read(files[0])
+            return _no_rows(name, cfg, files[0], 0, 0) if training and not rows else rows
         if not default_file or not (path / default_file).is_file():
             have = ", ".join(f.name for f in sorted(path.iterdir()) if f.suffix in SUPPORTED) or "none"
             raise DataError(f"task {name!r}: no {split}.* file in {path} (data files there: {have})")
@@ -161,6 +172,8 @@ def _split_rows(name: str, cfg, split: str, read: Callable[[Path], list[dict]],
         raise DataError(f"task {name!r}: split {split!r} is unknown for the single file {path}; "
                         "valid: train, test, all")
     train, test = seeded_split(rows, cfg.seed, cfg.test_fraction)
+    if training and split == "train" and not train:
+        return _no_rows(name, cfg, path, len(rows), len(test))
     return train if split == "train" else test
 
 
@@ -168,7 +181,7 @@ def file_task(name: str, cfg, reader: Reader, default_file: str | None = None,
               test_only: bool = False) -> Task:
     """A task from `task.path` read with `reader(path, skip_bad=...)` (see the module doc)."""
     read = cache(lambda p: reader(p, skip_bad=cfg.skip_bad_rows))
-    train_rows = _split_rows(name, cfg, cfg.split, read, default_file, test_only)
+    train_rows = _split_rows(name, cfg, cfg.split, read, default_file, test_only, training=True)
     test_rows = _split_rows(name, cfg, cfg.eval_split, read, default_file, test_only)
     if isinstance(test_rows, NoSplit):
         raise DataError(test_rows.message)

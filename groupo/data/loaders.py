@@ -13,6 +13,7 @@ Generic files: `read_records` reads .jsonl, .json (an array, or {"data": [...]})
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from fractions import Fraction
@@ -47,6 +48,18 @@ def format_number(value: Fraction) -> str:
     return f"{value.numerator}/{value.denominator}"
 
 
+def read_text(p: Path) -> str:
+    """The file as text. Not UTF-8: a DataError naming the file, the line and byte offset of the
+    first bad byte, and the fix (a traceback from deep in the reader said none of that)."""
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{p}:{line}: not UTF-8 text (byte offset {e.start}: {data[e.start:e.start + 4]!r}); "
+                        f"save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {p.name} > utf8-{p.name}") from None
+
+
 def read_records(path: str | Path) -> list[dict]:
     """Raw rows of a .jsonl / .json / .csv / .tsv / .parquet file, each with "_where"."""
     p = Path(path)
@@ -55,20 +68,21 @@ def read_records(path: str | Path) -> list[dict]:
     suffix = p.suffix.lower()
     rows: list[dict] = []
     if suffix == ".jsonl":
-        with p.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}:{n}: not valid JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
-                rows.append({**row, "_where": f"{p}:{n}"})
+        # split on "\n" only, as reading the file line by line does (not str.splitlines, which
+        # also splits at \x0b, \x1c and U+2028 inside a JSON string and would shift line numbers)
+        for n, line in enumerate(read_text(p).split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: not valid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append({**row, "_where": f"{p}:{n}"})
     elif suffix == ".json":
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(read_text(p))
         except json.JSONDecodeError as e:
             raise DataError(f"{p}:{e.lineno}: not valid JSON: {e.msg}") from None
         data = data.get("data", data) if isinstance(data, dict) else data
@@ -76,9 +90,8 @@ def read_records(path: str | Path) -> list[dict]:
             raise DataError(f"{p}: expected a JSON array of objects")
         rows = [{**r, "_where": f"{p}: item {i}"} for i, r in enumerate(data) if isinstance(r, dict)]
     elif suffix in (".csv", ".tsv"):
-        with p.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = [{**r, "_where": f"{p}:{reader.line_num}"} for r in reader]
+        reader = csv.DictReader(io.StringIO(read_text(p), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        rows = [{**r, "_where": f"{p}:{reader.line_num}"} for r in reader]
     elif suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -121,15 +134,15 @@ def read_mgsm(path: str | Path, skip_bad: bool = False) -> list[dict]:
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     rows = []
-    with p.open(encoding="utf-8", newline="") as fh:
-        for n, cols in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not cols:
-                continue
-            q = cols[0] if cols else None
-            a = normalize_reference(cols[1]) if len(cols) > 1 and cols[1].strip() else None
-            if a is not None and parse_number(a) is None:
-                a = None
-            rows.append({"question": q, "answer": a, "_where": f"{p}:{n}"})
+    lines = csv.reader(io.StringIO(read_text(p), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    for n, cols in enumerate(lines, 1):
+        if not cols:
+            continue
+        q = cols[0] if cols else None
+        a = normalize_reference(cols[1]) if len(cols) > 1 and cols[1].strip() else None
+        if a is not None and parse_number(a) is None:
+            a = None
+        rows.append({"question": q, "answer": a, "_where": f"{p}:{n}"})
     return _finish(rows, p, skip_bad)
 
 

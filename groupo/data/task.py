@@ -38,6 +38,14 @@ class Task:
     eval_reward: str = "accuracy"
 
 
+def require_train(task: Task) -> None:
+    """Refuse a task with nothing to train on (call before loading a model): a split a task does
+    not have, or an empty one, raises its DataError here rather than in the first step."""
+    if len(task.train) == 0:  # a missing split's own len() raises the DataError that says why
+        raise DataError(f"task {task.name!r} has no training problems ({len(task.test)} held out for "
+                        "evaluation); check task.path, task.split and task.train_size")
+
+
 def default_rewards(prompt_style: str) -> dict[str, float]:
     """Accuracy, plus a small format bonus for the tagged styles (it teaches the tags early)."""
     return {"plain": {"accuracy": 1.0}, "boxed": {"accuracy": 1.0},

@@ -46,6 +46,7 @@ KEYS: dict[str, str] = {
     "time/update_s": "forward, backward and optimizer (step - gen - weight sync)",
     "time/weight_sync_s": "handing the new weights to the engine",
     "time/tokens_per_s": "completion tokens sampled per second of step",
+    "time/reward/<name>": "seconds spent in reward function `<name>` during the step",
     "memory/host_peak_rss_mb": "peak resident memory of the process, MiB",
     "memory/gpu_peak_mb": "the step's peak allocated GPU memory, MiB (CUDA)",
     "memory/gpu_reserved_peak_mb": "the step's peak reserved GPU memory, MiB (CUDA)",

@@ -20,16 +20,20 @@ Code as the answer (the last fenced block, or the whole completion when it has n
 
 Programs run in `groupo.rewards.sandbox` (see there what it protects against). A completion's
 program runs once per batch however many of these rewards use it (results are cached by text).
-Test harness: the candidate runs first, then each test; a test counts only when the harness
-prints a random per-run marker after it, so exit(0) or os._exit(0) in the candidate gains
-nothing. A candidate written to read the harness's own frames could still forge the marker, and
-one returning an object whose == is always true passes asserts: the sandbox makes such programs
-harmless, not impossible.
+
+What a program cannot forge: python_output's verdict is the trainer's comparison of the printed
+line with a reference answer that never enters the sandbox. tests_pass runs the tests in
+`groupo.rewards.judge`, a process apart from the candidate's that the candidate cannot read or
+write: the tests, their setup and a per-run nonce reach only the judge, every comparison runs on
+the judge's own builtin objects, and only lines carrying the nonce count. Exiting early, patching
+helpers or `unittest`, objects whose == is always true, printing or writing guessed markers to any
+descriptor, and reading the caller's frames all score 0 (see judge.py for why).
 """
 
 from __future__ import annotations
 
 import json
+import marshal
 import re
 import secrets
 import shutil
@@ -40,6 +44,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,17 @@ from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.extract import parse_number
 from groupo.rewards.math import check_reference, is_equivalent
 from groupo.rewards.sandbox import Limits, Result, shared_sandbox
+
+JUDGE_PATH = Path(__file__).with_name("judge.py")
+
+
+@cache
+def judge_program() -> str:
+    """The test judge (judge.py) as the sandbox's program, compiled here once: the sandbox runs
+    this interpreter, so its code object travels as marshal data and each run skips compiling 450
+    lines (~10 ms of a ~100 ms run)."""
+    code = compile(JUDGE_PATH.read_text(encoding="utf-8"), str(JUDGE_PATH), "exec")
+    return f"import marshal\nexec(marshal.loads(bytes.fromhex({marshal.dumps(code).hex()!r})))\n"
 
 PYTHON_TAGS = ("python", "py", "python3", "")
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[ \t]*$")
@@ -94,26 +110,22 @@ KEEP_CHARS = 4096  # of each stream in cached results (the rewards read the last
 _cache_lock = threading.Lock()
 
 
-def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0, *,
-                 cache: bool = True) -> list[Result | None]:
+def run_programs(codes: Sequence[str | None], limits: Limits, workers: int = 0) -> list[Result | None]:
     """Each program's `Result` (None where there is no program), `workers` at a time (0 = one per
-    CPU). With `cache`, a program already run with these limits is not run again (python_output,
-    python_runs and python_number on one batch share runs); its result keeps the last KEEP_CHARS
-    characters of stdout and stderr."""
-    found: dict[str, Result] = {}
-    if cache:
-        with _cache_lock:
-            found = {c: _CACHE[(c, limits)] for c in codes if c is not None and (c, limits) in _CACHE}
+    CPU). A program already run with these limits is not run again (python_output, python_runs
+    and python_number on one batch share runs); its result keeps the last KEEP_CHARS characters
+    of stdout and stderr."""
+    with _cache_lock:
+        found = {c: _CACHE[(c, limits)] for c in codes if c is not None and (c, limits) in _CACHE}
     todo = list(dict.fromkeys(c for c in codes if c is not None and c not in found))
     if todo:
         fresh = shared_sandbox(workers).run_many(todo, limits=limits)
-        if cache:
-            fresh = [replace(r, stdout=r.stdout[-KEEP_CHARS:], stderr=r.stderr[-KEEP_CHARS:]) for r in fresh]
-            with _cache_lock:
-                for code, result in zip(todo, fresh, strict=True):
-                    _CACHE[(code, limits)] = result
-                while len(_CACHE) > _CACHE_SIZE:
-                    _CACHE.popitem(last=False)
+        fresh = [replace(r, stdout=r.stdout[-KEEP_CHARS:], stderr=r.stderr[-KEEP_CHARS:]) for r in fresh]
+        with _cache_lock:
+            for code, result in zip(todo, fresh, strict=True):
+                _CACHE[(code, limits)] = result
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
         found.update(zip(todo, fresh, strict=True))
     return [None if c is None else found[c] for c in codes]
 
@@ -248,20 +260,6 @@ def lint_clean_reward(completions: list, prompts: list | None = None, *, timeout
     return [1.0 if code is not None and f"c{i}.py" not in dirty else 0.0 for i, code in enumerate(codes)]
 
 
-def harness_program(code: str, tests: Sequence[str], setup: str, marker: str) -> str:
-    """The harness: the candidate, the tests' setup (MBPP's may use the candidate's classes, e.g.
-    a tree Node), then each test; after each test that passes it writes
-    "<marker> <index>" with a reference to os.write taken before the candidate ran."""
-    return (f"import os as _os\n_write, _exec, _compile, _Exc = _os.write, exec, compile, BaseException\n"
-            f"_g = {{'__name__': '__main__'}}\n"
-            f"_exec(_compile({code!r}, 'solution.py', 'exec'), _g)\n"
-            f"_exec(_compile({setup!r}, 'setup.py', 'exec'), _g)\n"
-            f"for _i, _t in enumerate({list(tests)!r}):\n"
-            f"    try:\n        _exec(_compile(_t, 'test.py', 'exec'), _g)\n"
-            f"    except _Exc:\n        continue\n"
-            f"    _write(1, ({marker!r} + ' ' + str(_i) + '\\n').encode())\n")
-
-
 def _with_prefix(code: str, entry_point: str | None, prefix: str | None) -> str:
     """HumanEval: a completion that only writes the body gets the prompt's signature; one that
     writes the whole function gets the prompt's imports (e.g. `from typing import List`)."""
@@ -288,29 +286,33 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
     n = len(completions)
     if len(tests) != n:
         raise RewardError(f"tests_pass_reward: {n} completions but {len(tests)} test lists")
-    marker = secrets.token_hex(16)
-    programs, counts = [], []
+    runs: dict[tuple, list[int]] = {}  # (code, setup, tests) -> the samples it scores: run once
+    counts = []
     for i, c in enumerate(completions):
         sample_tests = tests[i]
         if not sample_tests or isinstance(sample_tests, str):
             raise RewardError(f"tests_pass_reward: sample {i} needs a non-empty list of test snippets, "
                               f"got {sample_tests!r}")
-        code = extract_code(completion_text(c), fallback_to_text=True)
-        if code is not None:
-            code = _with_prefix(code, entry_point[i] if entry_point else None,
-                                code_prefix[i] if code_prefix else None)
-            setup = test_setup[i] if test_setup and test_setup[i] else ""
-            code = harness_program(code, sample_tests, setup, marker)
-        programs.append(code)
         counts.append(len(sample_tests))
-    out = []
-    # each call has its own marker, so nothing to share: no cache (markers may be anywhere in stdout)
-    results = run_programs(programs, _limits(timeout_s, sandbox_memory_mb), sandbox_workers, cache=False)
-    for result, total in zip(results, counts, strict=True):
-        lines = set(result.stdout.splitlines()) if result is not None else set()
-        passed = sum(f"{marker} {j}" in lines for j in range(total))
-        out.append(float(passed == total) if all_or_nothing else passed / total)
-    return out
+        code = extract_code(completion_text(c), fallback_to_text=True)
+        if code is None:
+            continue
+        code = _with_prefix(code, entry_point[i] if entry_point else None, code_prefix[i] if code_prefix else None)
+        setup = test_setup[i] if test_setup and test_setup[i] else ""
+        runs.setdefault((code, setup, tuple(str(t) for t in sample_tests)), []).append(i)
+    # a nonce per run: one run's verdict lines say nothing about another's. The tests travel on the
+    # judge's stdin, never in a file or the launcher's memory (see judge.py)
+    nonces = [secrets.token_hex(16) for _ in runs]
+    results = shared_sandbox(sandbox_workers).run_many(
+        [judge_program()] * len(runs), files=[{"solution.py": code} for code, _, _ in runs],
+        limits=_limits(timeout_s, sandbox_memory_mb),
+        stdins=[marshal.dumps((nonce, setup, list(t))) for nonce, (_, setup, t) in zip(nonces, runs, strict=True)])
+    passed = [0] * n
+    for samples, result, nonce in zip(runs.values(), results, nonces, strict=True):
+        lines = set(result.stdout.splitlines())
+        for i in samples:
+            passed[i] = sum(f"{nonce} {j}" in lines for j in range(counts[i]))
+    return [float(p == total) if all_or_nothing else p / total for p, total in zip(passed, counts, strict=True)]
 
 
 def tests_all_pass_reward(completions: list, tests: list, prompts: list | None = None,

@@ -7,13 +7,20 @@ transposed to lists (one value per sample) and completions are message lists for
 A function may return None for a sample ("no score"): that sample's total skips it (a sample no
 function scores totals 0.0). A function that raises, returns the wrong number of values, a
 non-number, NaN or infinity stops the run with a `RewardError` naming the function and the
-sample; it never silently scores 0.
+sample; it never silently scores 0. "Raises" includes `SystemExit` and every other `BaseException`
+but Ctrl-C: a reward that calls exit() would otherwise end the trainer with no word of why.
+
+Each function's time is added to the `RewardLog` (`seconds`, logged as `time/reward/<name>`); a
+call slower than SLOW_REWARD_S is warned about once per function, since a reward that takes
+seconds per batch is otherwise invisible and evaluation pays for it too.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +28,11 @@ from groupo.rewards import symbolic
 from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.trl_compat import RewardLog, RewardState, trl_completions
 
+logger = logging.getLogger(__name__)
+
 RewardFn = Callable[..., list]
+SLOW_REWARD_S = 5.0  # seconds for one batch call of one function above which it is warned about
+_warned_slow: set[str] = set()
 SHARED = ("trainer_state", "log_extra", "log_metric")  # one value for the whole batch, not one per sample
 
 
@@ -39,7 +50,9 @@ def _first_bad_sample(fn: RewardFn, prompts: list, completions: list, kwargs: di
         one = {k: v[i:i + 1] for k, v in kwargs.items()}
         try:
             fn(prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one, **shared)
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
             return i
     return None
 
@@ -51,7 +64,9 @@ def _call(name: str, fn: RewardFn, prompts: list, completions: list,
         values = fn(prompts=prompts, completions=completions, **kwargs, **shared)
     except RewardError as e:
         raise RewardError(f"{where}: {e}") from e
-    except Exception as e:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # SystemExit, GeneratorExit ...: named like any other failure
         i = _first_bad_sample(fn, prompts, completions, kwargs, shared)
         sample = f" on sample {i} (completion {completion_text(completions[i])[:200]!r})" if i is not None else ""
         raise RewardError(f"{where} raised {type(e).__name__}{sample}: {e}") from e
@@ -90,7 +105,8 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
     completion_ids: N token-id lists (or a "completion_ids" column); functions also get their
         lengths as `completion_lengths`.
     trainer_state: handed to functions as `trainer_state` (default: step 0 of 0).
-    log: collects what functions pass to `log_extra` / `log_metric` (default: discarded).
+    log: collects what functions pass to `log_extra` / `log_metric`, and the seconds each function
+        took (`log.seconds[name]`, summed over calls; default: discarded).
     messages: for episodes with tools, each completion as its assistant and tool messages; functions
         then get these as `completions` (TRL's convention: the final answer is the last message).
     environments: each episode's environment instance, passed as `environments` (TRL's keyword).
@@ -112,8 +128,16 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
     prompts, texts = list(prompts), list(completions)
     completions = [list(m) for m in messages] if messages is not None else trl_completions(prompts, texts)
     timeouts_before = symbolic.stats["timeouts"]
-    per_fn = {name: _call(name, fn, prompts, completions, kwargs, shared)
-              for name, (fn, _) in reward_fns.items()}
+    per_fn = {}
+    for name, (fn, _) in reward_fns.items():
+        start = time.perf_counter()
+        per_fn[name] = _call(name, fn, prompts, completions, kwargs, shared)
+        took = time.perf_counter() - start
+        log.seconds[name] += took
+        if took > SLOW_REWARD_S and name not in _warned_slow:
+            _warned_slow.add(name)
+            logger.warning("reward %r (%s) took %.1f s for %d completions (over %g s per call): it "
+                           "slows every step and every evaluation", name, fn_name(fn), took, n, SLOW_REWARD_S)
     log.timeouts += symbolic.stats["timeouts"] - timeouts_before
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]

@@ -28,6 +28,10 @@ What it protects against, and how:
                               the launcher is their subreaper and reaps them, so no zombie is left
                               to count against the next run's RLIMIT_NPROC
     setuid programs           PR_SET_NO_NEW_PRIVS and nosuid mounts
+    a program's secrets       `stdin` reaches the program from an unlinked file; the launcher and
+                              init, which inherit it, are non-dumpable before the program exists
+                              and close it, so processes the program starts cannot read it
+                              through /proc (the test judge, groupo.rewards.judge, relies on it)
 
 Which mechanisms a machine allows is probed once per process and logged (`Sandbox.protections`);
 each one missing is named there with the reason. As root (CI) all of them are used. A non-root
@@ -153,7 +157,19 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-def _launch(job: dict, staging: str, env: dict[str, str], timeout_s: float) -> tuple[dict, bytes, bytes]:
+def _stdin(staging: str, data: bytes) -> int:
+    """A descriptor reading `data` from a file that no longer has a name (unlinked before the
+    launcher starts): only the processes that inherit the descriptor can read it."""
+    path = os.path.join(staging, "stdin")
+    with open(path, "wb", opener=_private) as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDONLY)
+    os.unlink(path)
+    return fd
+
+
+def _launch(job: dict, staging: str, env: dict[str, str], timeout_s: float,
+            stdin: bytes = b"") -> tuple[dict, bytes, bytes]:
     """Run the launcher on `job` in `staging`; (its report, stdout bytes, stderr bytes)."""
     read_fd, write_fd = os.pipe()
     job = {**job, "status_fd": write_fd}
@@ -161,10 +177,11 @@ def _launch(job: dict, staging: str, env: dict[str, str], timeout_s: float) -> t
     with open(job_path, "wb", opener=_private) as f:
         marshal.dump(job, f)
     out_path, err_path = os.path.join(staging, "stdout"), os.path.join(staging, "stderr")
+    in_fd = _stdin(staging, stdin) if stdin else subprocess.DEVNULL
     try:
         with open(out_path, "wb", opener=_private) as out, open(err_path, "wb", opener=_private) as err:
             proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", CHILD, job_path],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                    stdin=in_fd, stdout=out, stderr=err, env=env,
                                     cwd=staging, start_new_session=True, pass_fds=(write_fd,))
         os.close(write_fd)
         write_fd = -1
@@ -185,6 +202,8 @@ def _launch(job: dict, staging: str, env: dict[str, str], timeout_s: float) -> t
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+        if in_fd != subprocess.DEVNULL:
+            os.close(in_fd)
     stdout, stderr = Path(out_path).read_bytes(), Path(err_path).read_bytes()
     if not finished:
         raise SandboxError(f"the sandbox launcher did not finish within {timeout_s:.0f} s")
@@ -277,8 +296,11 @@ class Sandbox:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
 
     def run(self, code: str, *, files: Mapping[str, str] | None = None,
-            limits: Limits | None = None) -> Result:
-        """Run `code` as main.py, next to `files` (name -> text), and return how it ended."""
+            limits: Limits | None = None, stdin: bytes = b"") -> Result:
+        """Run `code` as main.py, next to `files` (name -> text), with `stdin` on its standard
+        input, and return how it ended. Unlike `files`, `stdin` never passes through the
+        launcher's memory (the program's ancestors), so a program can keep it from processes it
+        starts: see `groupo.rewards.judge`."""
         limits = limits or self.limits
         features = self.protections.features
         slot = _SLOTS.take()
@@ -296,7 +318,7 @@ class Sandbox:
                    "main": "main.py", "workdir": workdir, "uid": uid, "gid": gid,
                    "outer_ids": (os.getuid(), os.getgid()), "site_packages": self._site}
             env = {**CLEAN_ENV, "HOME": home, "TMPDIR": home}
-            report, out, err = _launch(job, staging, env, limits.wall_s + LAUNCH_GRACE_S)
+            report, out, err = _launch(job, staging, env, limits.wall_s + LAUNCH_GRACE_S, stdin)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             _SLOTS.give(slot)
@@ -306,12 +328,15 @@ class Sandbox:
                       report["timed_out"], report["wall_s"], report["cpu_s"])
 
     def run_many(self, codes: Sequence[str], *, files: Sequence[Mapping[str, str] | None] | None = None,
-                 limits: Limits | None = None) -> list[Result]:
+                 limits: Limits | None = None, stdins: Sequence[bytes] | None = None) -> list[Result]:
         """`run` on each program, `workers` at a time; results in the order of `codes`."""
         files = files if files is not None else [None] * len(codes)
-        if len(files) != len(codes):
-            raise ValueError(f"run_many: {len(codes)} programs but {len(files)} file sets")
-        jobs = [self._pool.submit(self.run, c, files=f, limits=limits) for c, f in zip(codes, files, strict=True)]
+        stdins = stdins if stdins is not None else [b""] * len(codes)
+        if len(files) != len(codes) or len(stdins) != len(codes):
+            raise ValueError(f"run_many: {len(codes)} programs but {len(files)} file sets and "
+                             f"{len(stdins)} inputs")
+        jobs = [self._pool.submit(self.run, c, files=f, limits=limits, stdin=i)
+                for c, f, i in zip(codes, files, stdins, strict=True)]
         return [j.result() for j in jobs]
 
     def close(self) -> None:

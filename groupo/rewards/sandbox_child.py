@@ -277,15 +277,24 @@ def supervise(pid: int, job: dict) -> dict:
 
 def enter_program_side(job: dict) -> None:
     """In the launcher's child: become init (PID namespace) or a process-group leader, drop
-    privileges, and return in the process that will run the program."""
+    privileges, and return in the process that will run the program.
+
+    The program's stdin may be a secret its program keeps from processes it starts (the test
+    judge's tests, `groupo.rewards.judge`): every ancestor of the program that inherits it is
+    non-dumpable (so no process of the sandbox's uid can open /proc/PID/fd/0 or read its memory)
+    from before the program exists, and closes it."""
+    _ok(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # the maps written below
     if "pidns" in job["features"]:
         if "proc" in job["features"]:
             fresh_proc()
         drop_privileges(job)
+        _ok(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # init: see above
         program = os.fork()
         if program:
             os.close(job["status_fd"])
+            os.close(0)
             init(program)
+        _ok(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # as drop_privileges left it
     else:
         os.setpgid(0, 0)
         drop_privileges(job)
@@ -299,6 +308,7 @@ def execute(job: dict) -> dict:
              | (CLONE_NEWPID if "pidns" in features else 0))
     if flags:
         unshare(flags)
+    _ok(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # stdin: enter_program_side
     set_limits(job["limits"])
     if "mountns" in features:
         private_filesystem(job["limits"]["disk_mb"])
@@ -326,6 +336,7 @@ def execute(job: dict) -> dict:
         os.close(job["status_fd"])
         run_program(job, sys_path, aliases)
         return {}
+    os.close(0)  # the program's stdin is the program's alone
     if "pidns" not in features:
         os.setpgid(pid, pid)  # also here, so a kill right after the fork cannot miss the group
     return supervise(pid, job)

@@ -39,10 +39,12 @@ class RewardState:
 
 @dataclass
 class RewardLog:
-    """Sink for the `log_extra` / `log_metric` callables TRL hands to reward functions."""
+    """Sink for the `log_extra` / `log_metric` callables TRL hands to reward functions, and for
+    the seconds `score` spent in each function (`seconds`: name -> total over the calls)."""
 
     extra: dict[str, list] = field(default_factory=lambda: defaultdict(list))
     metrics: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     timeouts: int = 0  # symbolic answer checks that timed out during the calls (groupo.rewards.symbolic)
 
     def log_extra(self, column: str, values: list) -> None:
@@ -53,6 +55,10 @@ class RewardLog:
 
     def metric_means(self) -> dict[str, float]:
         return {f"reward_log/{k}": sum(v) / len(v) for k, v in self.metrics.items() if v}
+
+    def time_metrics(self) -> dict[str, float]:
+        """`time/reward/<name>`: seconds spent in each function, summed over the calls logged."""
+        return {f"time/reward/{k}": v for k, v in self.seconds.items()}
 
 
 def is_conversational(prompt: Any) -> bool:

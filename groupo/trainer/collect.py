@@ -115,9 +115,9 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
         if len(kept) == prompts_per_step:
             break
     kept = kept[:len(kept) - len(kept) % world.world_size]
-    logs = gather_objects((log.timeouts, dict(log.metrics)), world)
+    logs = gather_objects((log.timeouts, dict(log.metrics), dict(log.seconds)), world)
     metrics: dict[str, list[float]] = {}
-    for _, m in logs:
+    for _, m, _ in logs:
         for k, v in m.items():
             metrics.setdefault(k, []).extend(v)
     per_fn: dict[str, list] = {}
@@ -129,6 +129,8 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
         rewards_PG=torch.stack([k[2] for k in kept]) if kept else torch.zeros(0, G),
         per_fn=per_fn, prompt_ids=[c.prompt_ids for k in kept for c in k[1]],
         n_zero_var=n_zero_var, n_groups=n_groups, group_size=G,
-        reward_metrics={f"reward_log/{k}": sum(v) / len(v) for k, v in metrics.items() if v},
-        reward_timeouts=sum(t for t, _ in logs))
+        reward_metrics={**{f"reward_log/{k}": sum(v) / len(v) for k, v in metrics.items() if v},
+                        # the slowest rank's seconds per function: the time the step waited for it
+                        **{f"time/reward/{k}": max(s.get(k, 0.0) for _, _, s in logs) for k in logs[0][2]}},
+        reward_timeouts=sum(t for t, _, _ in logs))
     return batch, data_position

@@ -24,7 +24,7 @@ import torch
 
 from groupo.config import Config, ConfigError, dump_yaml
 from groupo.config_rules import validate
-from groupo.data import load_task
+from groupo.data import load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
 from groupo.episodes.sampler import make_sampler, with_environment_reward
 from groupo.models import load_policy, save_policy
@@ -80,6 +80,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
 
     # --- task, rewards, model, parallel wrapper, optimizer, checkpoint, engine
     task = load_task(cfg.task)
+    require_train(task)  # an empty training split: one line, before the model loads
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens)
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
