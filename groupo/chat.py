@@ -78,9 +78,23 @@ def reply(model, tokenizer, messages: list[dict], out: TextIO, *, max_new_tokens
     return "".join(pieces)
 
 
+def episode_reply(sampler, messages: list[dict], out: TextIO, *, max_new_tokens: int,
+                  temperature: float) -> list[dict]:
+    """One episode with the run's tools (groupo.episodes.sampler) answering `messages`: written to
+    `out` whole once it ends (tool results included); returns its assistant and tool messages."""
+    from groupo.types import Problem, SamplingParams
+
+    params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=0)
+    episode = sampler([Problem(messages=list(messages), answer="")], params)[0][0]
+    out.write(episode.text + "\n")
+    out.flush()
+    return episode.messages or [{"role": "assistant", "content": episode.text}]
+
+
 def chat_loop(model, tokenizer, inp: TextIO, out: TextIO, *, system: str | None = None,
-              max_new_tokens: int = 256, temperature: float = 0.0, prompt: str = "") -> int:
-    """Read user turns from `inp` until /exit or EOF; stream each answer to `out`. Returns turns answered."""
+              max_new_tokens: int = 256, temperature: float = 0.0, prompt: str = "", sampler=None) -> int:
+    """Read user turns from `inp` until /exit or EOF; stream each answer to `out`. Returns turns
+    answered. With `sampler` (a run trained with tools), each answer is an episode with its tools."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     start = len(messages)
     turns = 0
@@ -100,7 +114,10 @@ def chat_loop(model, tokenizer, inp: TextIO, out: TextIO, *, system: str | None 
         if not text:
             continue
         messages.append({"role": "user", "content": text})
-        answer = reply(model, tokenizer, messages, out, max_new_tokens=max_new_tokens, temperature=temperature)
-        messages.append({"role": "assistant", "content": answer})
+        if sampler is not None:
+            messages += episode_reply(sampler, messages, out, max_new_tokens=max_new_tokens, temperature=temperature)
+        else:
+            answer = reply(model, tokenizer, messages, out, max_new_tokens=max_new_tokens, temperature=temperature)
+            messages.append({"role": "assistant", "content": answer})
         turns += 1
     return turns

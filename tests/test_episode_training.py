@@ -134,3 +134,25 @@ def test_a_run_with_the_python_tool_trains_on_whole_episodes(tmp_path, monkeypat
     assert samples[0]["messages"][2]["content"] == f"<answer>{answer}</answer>"
     assert all(s["rewards"]["accuracy"] == 1.0 for s in samples)  # the tool's output is the right answer
     assert all(r["accuracy/train"] == 1.0 and r["completion/truncated_frac"] == 0.0 for r in rows)
+
+
+def test_groupo_chat_runs_a_runs_tools(tmp_path):
+    """A chat with a run trained with tools answers each turn with an episode: the program runs
+    in the sandbox and its output is shown, and the conversation keeps the tool turn."""
+    import io
+
+    from groupo.chat import chat_loop
+    from groupo.episodes import EpisodeSettings
+    from groupo.episodes.sampler import Sampler
+    from groupo.tools import Toolbox, ToolSettings, load_tools
+
+    _, tok = make_tiny()
+    sampler = Sampler(Coder(tok), tok, EpisodeSettings("python_block", 2),
+                      Toolbox(load_tools(["python"]), None, ToolSettings(), tok))
+    out = io.StringIO()
+    turns = chat_loop(None, tok, io.StringIO("What is 12 times 34?\nMultiply 7 by 6.\n"), out, max_new_tokens=160,
+                      sampler=sampler)
+    assert turns == 2
+    text = out.getvalue()
+    assert "```output\n408\n```" in text and "<answer>408</answer>" in text
+    assert "```output\n42\n```" in text and "<answer>42</answer>" in text

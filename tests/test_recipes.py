@@ -130,6 +130,14 @@ def test_code_recipes():
     assert cfg.task.name == "code_math_zh" and cfg.task.prompt_style  # CMATH train, MGSM-zh eval
     assert cfg.rewards.funcs["python_output"] == 1.0
     assert {"code_format", "python_number", "code_tags"} <= set(cfg.rewards.funcs)  # format + partial credit
+    cfg, _ = _full("code_solver_tir.yaml")  # the same problems as episodes with the python tool
+    assert (cfg.model.name, cfg.task.name) == ("Qwen/Qwen2.5-Coder-1.5B-Instruct", "code_math_zh")
+    assert (cfg.rollout.tool_format, cfg.rollout.tools, cfg.task.prompt_style) == ("python_block", ["python"],
+                                                                                     "python_tool")
+    assert cfg.rewards.funcs == {"accuracy": 1.0, "answer_format": 0.1}
+    cfg, _ = _full("tools_quickstart.yaml")
+    assert (cfg.task.name, cfg.rollout.tool_format, cfg.model.name) == ("big_arithmetic", "python_block",
+                                                                         "smollm2-135m-instruct")
     cfg, _ = _full("code_quality.yaml")
     assert cfg.task.name == "mbpp"
     assert set(cfg.rewards.funcs) == {"tests_pass", "compiles", "lint_clean"}

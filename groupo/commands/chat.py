@@ -30,9 +30,29 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-new-tokens must be >= 1 and --temperature >= 0")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, label = load_chat_model(args.model, args.base, device)
+    sampler = _tools_of(args.model, model, tokenizer)
+    if sampler is not None:
+        label += f", with its tools ({sampler.episodes.tool_format}: {', '.join(sampler.toolbox.tools)})"
     interactive = sys.stdin.isatty()
     if interactive:
         Console(stderr=True).print(f"[bold]groupo chat[/]: {label}. /exit or Ctrl-D quits, /reset forgets.")
     chat_loop(model, tokenizer, sys.stdin, sys.stdout, system=args.system, max_new_tokens=args.max_new_tokens,
-              temperature=args.temperature, prompt="> " if interactive else "")
+              temperature=args.temperature, prompt="> " if interactive else "", sampler=sampler)
     return 0
+
+
+def _tools_of(source: str, model, tokenizer):
+    """The episode sampler of a run trained with tools (rollout.tool_format), else None."""
+    from pathlib import Path
+
+    if not (Path(source) / "config.yaml").is_file():
+        return None
+    from groupo.commands.resolve import run_config
+    from groupo.episodes.sampler import make_sampler
+    from groupo.rollout import EngineContext, build_engine
+
+    cfg = run_config(source)
+    if not cfg.rollout.tool_format:
+        return None
+    cfg.rollout.engine = "hf"  # one conversation: the in-process engine on the loaded weights
+    return make_sampler(cfg, build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast)), tokenizer)

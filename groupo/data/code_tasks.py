@@ -15,6 +15,9 @@
 The math tasks ask for <think> reasoning then a ```python block whose last printed line is the
 answer (the format of the blog post configs/code_solver.yaml cites), rewarded by `python_output`
 plus the format and partial rewards.
+With task.prompt_style=python_tool they are asked as episodes with the `python` tool instead
+(configs/code_solver_tir.yaml): think, run a program and read what it prints, then answer in
+<answer></answer>, rewarded by `accuracy` on that answer.
 The code benchmarks are rewarded by the fraction of tests passed and evaluated on all passing.
 Code tasks have no worked code solutions, so `task.few_shot` must be 0.
 """
@@ -39,6 +42,24 @@ MATH_INSTRUCTIONS = {
            "<think>\n你的思考过程\n</think>\n```python\n你的代码\n```"),
 }
 MATH_REWARDS = {"python_output": 1.0, "code_format": 0.2, "python_number": 0.1, "code_tags": 0.1}
+# task.prompt_style=python_tool: the same problems as episodes (rollout.tool_format=python_block):
+# think, run a program and see what it prints, then answer; rewarded on the answer.
+TOOL_INSTRUCTIONS = {
+    "en": ("Solve this problem with Python. First think inside <think></think> tags, then write a program in a "
+           "```python code block that prints what you need; you will see what it prints. Then give the final "
+           "answer, a number only, inside <answer></answer> tags."),
+    "zh": ("请先在<think></think>中思考，然后在```python代码块中写代码并用`print`打印需要的结果，"
+           "你会看到代码打印的内容。最后把最终答案（只写一个数字）写在<answer></answer>中。"),
+}
+TOOL_REWARDS = {"accuracy": 1.0, "answer_format": 0.1}
+
+
+def math_setup(cfg, language: str) -> tuple[str, dict[str, float], str]:
+    """(instruction, default rewards, evaluation reward) of a math-with-code task: the program's
+    printed answer, or with task.prompt_style=python_tool the answer after running it as a tool."""
+    if cfg.prompt_style == "python_tool":
+        return TOOL_INSTRUCTIONS[language], dict(TOOL_REWARDS), "accuracy"
+    return MATH_INSTRUCTIONS[language], dict(MATH_REWARDS), "python_output"
 MBPP_INSTRUCTION = "Write the function in a ```python code block."
 HUMANEVAL_INSTRUCTION = "Complete the following Python function. Write the whole function in a ```python code block."
 CODE_REWARDS = {"tests_pass": 1.0}
@@ -63,14 +84,14 @@ def _no_few_shot(name: str, cfg) -> None:
 
 def _as_code_task(name: str, task: Task, cfg, language: str) -> Task:
     """`task` (built by the math loaders) with the solve-with-Python prompt and rewards."""
-    instruction = MATH_INSTRUCTIONS[language]
+    instruction, rewards, eval_reward = math_setup(cfg, language)
 
     def convert(p: Problem) -> Problem:
         return replace(p, messages=messages(p.columns["question"], instruction, cfg.system_prompt))
 
     train = task.train if isinstance(task.train, NoSplit) else [convert(p) for p in task.train]
     return replace(task, name=name, train=train, test=[convert(p) for p in task.test],
-                   rewards=dict(MATH_REWARDS), eval_reward="python_output")
+                   rewards=rewards, eval_reward=eval_reward)
 
 
 def gsm8k_code_task(cfg) -> Task:
@@ -106,7 +127,7 @@ def code_math_task(cfg) -> Task:
     if absent:
         raise DataError(f"task 'code_math': missing data file(s) under {root}: {', '.join(absent)}")
     skip = cfg.skip_bad_rows
-    en, zh = MATH_INSTRUCTIONS["en"], MATH_INSTRUCTIONS["zh"]
+    (en, rewards, eval_reward), (zh, _, _) = math_setup(cfg, "en"), math_setup(cfg, "zh")
     train = ([(r, en, "en") for r in read_gsm8k(files["gsm8k_train"], skip)]
              + [(r, zh, "zh") for r in read_cmath(files["cmath"], skip)])
     random.Random(f"code_math/{cfg.seed}").shuffle(train)
@@ -119,7 +140,7 @@ def code_math_task(cfg) -> Task:
         return [_problem(r, ins, cfg, f"code_math-{split}-{i}", language=lang)
                 for i, (r, ins, lang) in enumerate(items)]
 
-    return Task("code_math", problems(train, "train"), problems(test, "test"), dict(MATH_REWARDS), "python_output")
+    return Task("code_math", problems(train, "train"), problems(test, "test"), rewards, eval_reward)
 
 
 def code_math_zh_task(cfg) -> Task:
@@ -131,13 +152,13 @@ def code_math_zh_task(cfg) -> Task:
     absent = [str(p) for p in files.values() if not p.is_file()]
     if absent:
         raise DataError(f"task 'code_math_zh': missing data file(s) under {root}: {', '.join(absent)}")
-    zh = MATH_INSTRUCTIONS["zh"]
+    zh, rewards, eval_reward = math_setup(cfg, "zh")
     train = subsample(read_cmath(files["cmath"], cfg.skip_bad_rows), cfg.train_size, cfg.seed)
     test = read_mgsm(files["mgsm_zh"], cfg.skip_bad_rows)[: cfg.eval_size or None]
     return Task("code_math_zh",
                 [_problem(r, zh, cfg, f"code_math_zh-train-{i}", language="zh") for i, r in enumerate(train)],
                 [_problem(r, zh, cfg, f"code_math_zh-test-{i}", language="zh") for i, r in enumerate(test)],
-                dict(MATH_REWARDS), "python_output")
+                rewards, eval_reward)
 
 
 # ---------------------------------------------------------------------------------------------
