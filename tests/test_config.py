@@ -207,3 +207,18 @@ def test_a_config_that_is_not_utf8_names_file_and_line(tmp_path):
     p.write_bytes("train:\n  steps: 3\nrun:\n  name: caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=rf"{re.escape(str(p))}, line 4: not UTF-8 text.*save the file as UTF-8"):
         load_config(p)
+
+
+def test_a_run_dir_left_by_a_failed_start_can_be_used_again(tmp_path):
+    from groupo.commands.train import holds_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")  # the start failed before its first step
+    (run / "config.yaml").write_text("train: {steps: 1}\n")
+    assert not holds_run(run)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert holds_run(run)
+    (run / "metrics.jsonl").write_text("")
+    (run / "checkpoints" / "step-10").mkdir(parents=True)
+    assert holds_run(run)

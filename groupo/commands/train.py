@@ -30,6 +30,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run that trained: a checkpoint or a logged step. A start that
+    failed before its first step (a bad model path, an interrupt while loading) leaves at most an
+    empty metrics.jsonl, and the same run.dir may be used again."""
+    metrics = run_dir / "metrics.jsonl"
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    return logged or any((run_dir / "checkpoints").glob("step-*"))
+
+
 def run(args: argparse.Namespace) -> int:
     source, overrides = split_items(args.items)
     if args.resume:
@@ -61,7 +70,7 @@ def start(cfg: Config, resume: Path | None) -> int:
     # holder's PID and host; the kernel drops the lock of a killed process, so --resume is never blocked.
     with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
         if resume is None:
-            if (run_dir / "metrics.jsonl").exists():
+            if holds_run(run_dir):
                 raise ConfigError(f"run.dir {run_dir} already holds a run; continue it with "
                                   f"`groupo train --resume {run_dir}` or choose another run.dir")
             barrier(world)  # every rank has checked before rank 0 writes there

@@ -73,9 +73,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     R, A, T = cfg.rollout, cfg.algorithm, cfg.train
-    if device.type == "cuda":  # TF32 tensor cores for float32 matmuls (bf16 autocast covers the rest)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    amp = resolve_autocast(cfg.model.autocast, device)
+    amp = _precision(cfg, device)
     torch.manual_seed(T.seed)  # the same on every rank: FSDP2 needs identical LoRA initialisations
 
     # --- task, rewards, model, parallel wrapper, optimizer, checkpoint, engine
@@ -185,6 +183,13 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                 f"after {state.step} steps, {run.summary['train_minutes']} min of training\n"
                 f"final weights: {run_dir / 'final'}\nreport: {run.report}")
     return run.summary
+
+
+def _precision(cfg: Config, device: torch.device) -> str:
+    """The autocast kind of the run's forward passes; on CUDA, TF32 tensor cores for float32 matmuls."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return resolve_autocast(cfg.model.autocast, device)
 
 
 def _policy(cfg: Config, policy, world: Dist, device: torch.device):
