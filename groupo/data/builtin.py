@@ -78,6 +78,14 @@ def arithmetic_task(cfg) -> Task:
     return synthetic_task(cfg, f"arithmetic-d{cfg.difficulty}", stream, test)
 
 
+def _worked(p, style: str) -> str:
+    """A worked example's reasoning: the expression and its value, or (python_tool) the program
+    that prints it and its output block, as an episode with the python tool shows them."""
+    if style == "python_tool":
+        return f"```python\nprint({p.expression})\n```\n```output\n{p.answer}\n```"
+    return f"{p.expression.replace('*', '×')} = {p.answer}."
+
+
 def big_arithmetic_task(cfg) -> Task:
     stream, test = big_arithmetic.splits(cfg.seed)
     return synthetic_task(cfg, "big_arithmetic", stream, test)
@@ -88,8 +96,7 @@ def synthetic_task(cfg, name: str, stream: Sequence, test: list) -> Task:
     n_train = min(cfg.train_size or len(stream), len(stream) - cfg.few_shot)
     # Worked examples: the stream's last items, which training (the first n_train) never reaches.
     shots = [stream[len(stream) - 1 - i] for i in range(cfg.few_shot)]
-    examples = [Example(p.question, f"{p.expression.replace('*', '×')} = {p.answer}.", str(p.answer))
-                for p in shots]
+    examples = [Example(p.question, _worked(p, cfg.prompt_style), str(p.answer)) for p in shots]
 
     def problem(i: int):
         p = stream[i]
