@@ -94,3 +94,55 @@ def test_installed_finds_distributions_under_any_spelling():
 
 def installed_same(a: str, b: str) -> bool:
     return versions.installed(a) is not None and versions.installed(a) == versions.installed(b)
+
+
+# --- what pyproject.toml declares ------------------------------------------------------------
+
+
+def _pyproject_requirements() -> list[Requirement]:
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    return [Requirement(d) for d in tomllib.loads(text)["project"]["dependencies"]]
+
+
+def test_runtime_dependencies_are_ranges_holding_the_gpu_machines_versions():
+    reqs = {r.name: r for r in _pyproject_requirements()}
+    assert not [str(r) for r in reqs.values() if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert all(any(s.operator == ">=" for s in r.specifier) for r in reqs.values())  # the matrix tests each floor
+    assert "accelerate" not in reqs  # nothing imports it (peft brings it)
+    # what a lent GPU machine has, and what CI runs
+    for name, version in [("torch", "2.11.0+cu130"), ("transformers", "5.17.0"), ("torch", "2.13.0+cpu")]:
+        assert within(version, reqs[name]), (name, version, str(reqs[name]))
+
+
+# --- a dependency that is there but cannot be imported ---------------------------------------
+
+
+def _failing_import(monkeypatch, missing: str):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "gguf":
+            raise ImportError(f"No module named {missing!r}", name=missing)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+@pytest.mark.parametrize(("missing", "hint"), [
+    ("gguf", "loading m.gguf needs the gguf package: pip install gguf"),
+    # gguf 0.10 imports sentencepiece without declaring it
+    ("sentencepiece", "loading m.gguf: the gguf package fails to import (No module named 'sentencepiece'): "
+                      "pip install sentencepiece, or pip install 'gguf>=0.11'"),
+])
+def test_gguf_import_failures_name_the_install_command(monkeypatch, tmp_path, missing, hint):
+    from groupo.models.gguf import load_gguf
+
+    _failing_import(monkeypatch, missing)
+    with pytest.raises(ImportError) as e:
+        load_gguf(tmp_path / "m.gguf")
+    assert str(e.value) == hint
