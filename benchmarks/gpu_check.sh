@@ -166,9 +166,12 @@ if [ $DRY = 1 ]; then
     build_wheelhouse "$PY"
     check_size
     plan
-    echo "--dry-run: the CUDA parts are skipped; what runs on a CPU:"
-    "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider   # each test skips: no CUDA here
-    PYTHONPATH=$ROOT "$PY" benchmarks/gpu_step.py --small --device cpu --steps 2
+    echo "--dry-run: the same install over this machine's $PY, then what runs without CUDA:"
+    VENV=$(mktemp -d)/venv
+    install "$PY" "$VENV"
+    "$VENV/bin/python" -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rs  # each skips: no CUDA
+    GROUPO_SKIP_VERSION_CHECK=1 "$VENV/bin/python" -P benchmarks/gpu_step.py --small --device cpu --steps 2
+    rm -rf "$(dirname "$VENV")"
     echo "dry run passed: carry $HOUSE with the working tree and run: bash benchmarks/gpu_check.sh"
     exit 0
 fi
