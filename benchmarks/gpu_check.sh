@@ -30,10 +30,10 @@ DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 [ $# -le $DRY ] || { echo "usage: bash benchmarks/gpu_check.sh [--dry-run]" >&2; exit 2; }
 
-# gpu_step.py runs: name, then its flags (Qwen2.5-0.5B's and Qwen2.5-1.5B's shapes; the rest default:
+# gpu_step.py runs: name, time limit (s), its flags (Qwen2.5-0.5B's and -1.5B's shapes; the rest default:
 # LoRA r16, 16 prompts x 8 samples, 256 new tokens, micro-batch 16)
-SIZES=("0.5B|--steps 3"
-       "1.5B|--steps 2 --layers 28 --hidden 1536 --heads 12 --kv-heads 2 --intermediate 8960")
+SIZES=("0.5B|120|--steps 3"
+       "1.5B|200|--steps 2 --layers 28 --hidden 1536 --heads 12 --kv-heads 2 --intermediate 8960")
 
 lock_version() {  # the version constraints.txt pins for $1
     grep -i "^$1==" constraints.txt | head -1 | cut -d= -f3
@@ -70,11 +70,12 @@ on the GPU machine it runs:
   pip install --no-index --no-deps --target \$VENV/...site-packages <wheels of $HOUSE missing there or out of range>
   pip install --no-index --no-deps --target \$VENV/...site-packages $HOUSE/groupo-*.whl
   python -c 'groupo.versions.check_versions()'; pip check   # reported, not fatal
-  python -P -m pytest -m gpu tests/test_gpu.py             # groupo from the wheel, not the checkout
+  timeout 150 python -P -m pytest -m gpu tests/test_gpu.py   # groupo from the wheel, not the checkout
 EOF
-    local size
+    local size rest
     for size in "${SIZES[@]}"; do
-        echo "  python benchmarks/gpu_step.py ${size#*|} --out \$OUT/gpu_step_${size%%|*}.json   # ~${size%%|*}"
+        rest=${size#*|}
+        echo "  timeout ${rest%%|*} python benchmarks/gpu_step.py ${rest#*|} --out \$OUT/gpu_step_${size%%|*}.json"
     done
 }
 
@@ -137,8 +138,14 @@ def version(name):
 print("python", __import__("sys").version.split()[0], " ".join(f"{n} {version(n)}" for n in names))
 print("cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 EOF
-    "$venv/bin/python" -c "from groupo.versions import check_versions; check_versions(); print('versions: in range')" \
-        || echo "VERSION CHECK FAILED (above); the check goes on with GROUPO_SKIP_VERSION_CHECK=1"
+    "$venv/bin/python" - <<'EOF' || echo "the check goes on with GROUPO_SKIP_VERSION_CHECK=1"
+from groupo.versions import VersionError, check_versions
+try:
+    check_versions()
+except VersionError as e:
+    raise SystemExit(f"VERSION CHECK FAILED: {e}")
+print("versions: in groupo's ranges")
+EOF
     "$py" -m pip check || echo "pip check (the machine's Python) reports the above (not fatal)"
 }
 
@@ -154,10 +161,15 @@ for path in sys.argv[1:]:
     if not Path(path).exists():
         print(f"| {Path(path).stem} | (no result) |"); continue
     d = json.loads(Path(path).read_text())
-    m, pct = d["median"], (lambda x: "n/a" if x is None else f"{x:.1%}")
-    print(f"| {Path(path).stem.removeprefix('gpu_step_')} | {d['params']['params'] / 1e6:.0f}M | {d['machine'].get('gpu')} "
-          f"| {m['step_s']:.2f} | {m['gen_s']:.2f} | {m['update_s']:.2f} | {m['gen_tok_s']:.0f} | {m['train_tok_s']:.0f} "
-          f"| {m['gpu_peak_gb']:.1f} | {pct(m['mfu_update'])} | {pct(m['mfu_step'])} |")
+    m = d["median"]
+
+    def f(key, fmt):
+        return "n/a" if m.get(key) is None else format(m[key], fmt)
+
+    print(f"| {Path(path).stem.removeprefix('gpu_step_')} | {d['params']['params'] / 1e6:.0f}M "
+          f"| {d['machine'].get('gpu') or d['machine'].get('cpu')} | {f('step_s', '.2f')} | {f('gen_s', '.2f')} "
+          f"| {f('update_s', '.2f')} | {f('gen_tok_s', '.0f')} | {f('train_tok_s', '.0f')} | {f('gpu_peak_gb', '.1f')} "
+          f"| {f('mfu_update', '.1%')} | {f('mfu_step', '.1%')} |")
 EOF
 }
 
@@ -170,7 +182,9 @@ if [ $DRY = 1 ]; then
     VENV=$(mktemp -d)/venv
     install "$PY" "$VENV"
     "$VENV/bin/python" -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rs  # each skips: no CUDA
-    GROUPO_SKIP_VERSION_CHECK=1 "$VENV/bin/python" -P benchmarks/gpu_step.py --small --device cpu --steps 2
+    GROUPO_SKIP_VERSION_CHECK=1 "$VENV/bin/python" -P benchmarks/gpu_step.py --small --device cpu --steps 2 \
+        --out "$(dirname "$VENV")/gpu_step_small.json"
+    summary "$VENV/bin/python" "$(dirname "$VENV")/gpu_step_small.json"
     rm -rf "$(dirname "$VENV")"
     echo "dry run passed: carry $HOUSE with the working tree and run: bash benchmarks/gpu_check.sh"
     exit 0
@@ -189,17 +203,19 @@ export GROUPO_SKIP_VERSION_CHECK=1  # reported above; a version out of range sho
 # -P: the checkout is not put on sys.path, so groupo comes from the wheel (the resume test's
 # subprocesses use the checkout's copy of the same code)
 status=0
-timeout 240 "$VENV/bin/python" -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rs \
+timeout 150 "$VENV/bin/python" -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rs \
     --junitxml="$OUTDIR/gpu_tests.xml" || status=$?
 echo "gpu tests: exit $status after $((SECONDS - started)) s"
 outs=()
 for size in "${SIZES[@]}"; do
     name=${size%%|*}
+    rest=${size#*|}
+    limit=${rest%%|*}
     out="$OUTDIR/gpu_step_$name.json"
     outs+=("$out")
     echo "== gpu_step.py ~$name"
     # shellcheck disable=SC2086
-    timeout 300 "$VENV/bin/python" -P benchmarks/gpu_step.py ${size#*|} --out "$out" || status=$?
+    timeout "$limit" "$VENV/bin/python" -P benchmarks/gpu_step.py ${rest#*|} --out "$out" || status=$?
     echo "after $((SECONDS - started)) s"
 done
 summary "$VENV/bin/python" "${outs[@]}" | tee "$OUTDIR/gpu_step_table.md"
