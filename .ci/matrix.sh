@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The version matrix and the wheel check (.ci/run calls this after the suite on the lock):
 #   oldest  every range in pyproject.toml at its lower bound, exactly
-#   newest  the newest release of each dependency on the registry
+#   newest  the newest release of each dependency on the registry (inside its range)
 #   wheel   `pip wheel --no-deps .` installed into a fresh virtualenv outside the checkout, beside
 #           torch 2.13 and the oldest supported versions; `groupo train --smoke`, `groupo report`
 #           and `groupo presets` run from a temporary directory
@@ -34,7 +34,7 @@ UNPINNED="torch packaging"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/groupo-matrix.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-# pyproject.toml's runtime requirements as "name>=bound", one a line (a requirement without a
+# pyproject.toml's runtime requirements as "name bound requirement", one a line (a requirement without a
 # lower bound is an error: the matrix could not test its oldest version).
 requirements() {
     "$PY" - "$ROOT/pyproject.toml" <<'EOF'
@@ -44,7 +44,7 @@ for d in deps:
     m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+).*", d)
     if not m:
         sys.exit(f"pyproject.toml: dependency {d!r} has no lower bound (name>=version): the matrix tests it")
-    print(m.group(1), m.group(2))
+    print(m.group(1), m.group(2), d.replace(" ", ""))
 EOF
 }
 
@@ -62,7 +62,7 @@ show_versions() {
 }
 
 oldest_pins() {
-    requirements | while read -r name bound; do
+    requirements | while read -r name bound _; do
         case " $UNPINNED " in *" $name "*) ;; *) echo "$name==$bound" ;; esac
     done
 }
@@ -87,7 +87,7 @@ newest() {
     venv "$v"
     # shellcheck disable=SC2046
     "$v/bin/python" -m pip install --quiet --upgrade -c <(echo "$TORCH") \
-        $(requirements | awk '$1 != "torch" {print $1}') "$PYTEST"
+        $(requirements | awk '$1 != "torch" {print $3}') "$PYTEST"
     run_subset "$v" newest
 }
 
