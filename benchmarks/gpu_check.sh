@@ -33,7 +33,7 @@ DRY=0
 # gpu_step.py runs: name, time limit (s), its flags (Qwen2.5-0.5B's and -1.5B's shapes; the rest default:
 # LoRA r16, 16 prompts x 8 samples, 256 new tokens, micro-batch 16)
 SIZES=("0.5B|120|--steps 3"
-       "1.5B|200|--steps 2 --layers 28 --hidden 1536 --heads 12 --kv-heads 2 --intermediate 8960")
+       "1.5B|180|--steps 2 --layers 28 --hidden 1536 --heads 12 --kv-heads 2 --intermediate 8960")
 
 lock_version() {  # the version constraints.txt pins for $1
     grep -i "^$1==" constraints.txt | head -1 | cut -d= -f3
@@ -70,7 +70,7 @@ on the GPU machine it runs:
   pip install --no-index --no-deps --target \$VENV/...site-packages <wheels of $HOUSE missing there or out of range>
   pip install --no-index --no-deps --target \$VENV/...site-packages $HOUSE/groupo-*.whl
   python -c 'groupo.versions.check_versions()'; pip check   # reported, not fatal
-  timeout 150 python -P -m pytest -m gpu tests/test_gpu.py   # groupo from the wheel, not the checkout
+  timeout 200 python -P -m pytest -m gpu tests/test_gpu.py   # groupo from the wheel, not the checkout
 EOF
     local size rest
     for size in "${SIZES[@]}"; do
@@ -203,7 +203,7 @@ export GROUPO_SKIP_VERSION_CHECK=1  # reported above; a version out of range sho
 # -P: the checkout is not put on sys.path, so groupo comes from the wheel (the resume test's
 # subprocesses use the checkout's copy of the same code)
 status=0
-timeout 150 "$VENV/bin/python" -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rs \
+timeout 200 "$VENV/bin/python" -P -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rs \
     --junitxml="$OUTDIR/gpu_tests.xml" || status=$?
 echo "gpu tests: exit $status after $((SECONDS - started)) s"
 outs=()
