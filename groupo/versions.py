@@ -60,8 +60,12 @@ def within(found: str, req: Requirement) -> bool:
     return req.specifier.contains(release, prereleases=True)
 
 
-def problems(reqs: list[Requirement], version_of: Callable[[str], str | None] = installed) -> list[str]:
-    """One message per requirement that the environment does not meet, naming the fix."""
+def problems(reqs: list[Requirement], version_of: Callable[[str], str | None] | None = None) -> list[str]:
+    """One message per requirement that the environment does not meet, naming the fix.
+
+    version_of: name -> installed version or None (default: `installed`, looked up at call time).
+    """
+    version_of = version_of or installed
     out = []
     for req in reqs:
         wanted = f"{req.name}{req.specifier}"
@@ -74,7 +78,7 @@ def problems(reqs: list[Requirement], version_of: Callable[[str], str | None] = 
 
 
 def check_versions(reqs: list[Requirement] | None = None,
-                   version_of: Callable[[str], str | None] = installed) -> None:
+                   version_of: Callable[[str], str | None] | None = None) -> None:
     """Raise VersionError (one line, every problem) when an installed dependency is out of range.
 
     reqs: the requirements to check (default: groupo's own, from its installed metadata).

@@ -146,3 +146,11 @@ def test_gguf_import_failures_name_the_install_command(monkeypatch, tmp_path, mi
     with pytest.raises(ImportError) as e:
         load_gguf(tmp_path / "m.gguf")
     assert str(e.value) == hint
+
+
+def test_defaults_read_the_metadata_and_the_installed_versions_at_call_time(monkeypatch):
+    monkeypatch.setattr(versions, "declared", lambda dist="groupo": [Requirement("transformers>=5.17.0")])
+    monkeypatch.setattr(versions, "installed", lambda name: {"transformers": "5.16.1"}.get(name))
+    with pytest.raises(VersionError) as e:
+        check_versions()
+    assert str(e.value).startswith("transformers 5.16.1 is installed; groupo supports transformers>=5.17.0")
