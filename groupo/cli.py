@@ -104,6 +104,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    from groupo.versions import VersionError, check_versions
+
+    try:  # a dependency outside its supported range: one line, before any deep traceback
+        check_versions()
+    except VersionError as e:
+        print(f"groupo: error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []

@@ -154,3 +154,18 @@ def test_defaults_read_the_metadata_and_the_installed_versions_at_call_time(monk
     with pytest.raises(VersionError) as e:
         check_versions()
     assert str(e.value).startswith("transformers 5.16.1 is installed; groupo supports transformers>=5.17.0")
+
+
+def test_the_command_line_refuses_an_unsupported_version_in_one_line(monkeypatch, capsys):
+    from packaging.requirements import Requirement
+
+    from groupo import versions
+    from groupo.cli import main
+
+    monkeypatch.delenv("GROUPO_SKIP_VERSION_CHECK", raising=False)
+    monkeypatch.setattr(versions, "declared", lambda: [Requirement("transformers>=5.17.0")])
+    monkeypatch.setattr(versions, "installed", lambda name: "5.16.1")
+    assert main(["presets"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("groupo: error: transformers 5.16.1 is installed; groupo supports transformers>=5.17.0")
+    assert err.count("\n") == 1
