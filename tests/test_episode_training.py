@@ -90,10 +90,11 @@ def program(question: str) -> str:
 
 class Coder:
     """A scripted policy: its first turn is a program, and once it has seen the program's output it
-    answers with what was printed. Every sampled token gets log-prob -0.1."""
+    answers with what was printed. Every sampled token gets log-prob -0.1. With `sloppy`, a third
+    of its programs (chosen from the call's seed, so a rerun is identical) add 1 to the result."""
 
-    def __init__(self, tok):
-        self.tok = tok
+    def __init__(self, tok, sloppy: bool = False):
+        self.tok, self.sloppy = tok, sloppy
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -107,9 +108,14 @@ class Coder:
                 ids_ = [*self._ids(f"<answer>{printed}</answer>"), self.tok.eos_token_id]
             else:
                 ids_ = self._ids(f"```python\nprint({program(seen.rsplit('user', 1)[-1])})\n```\n")
-            out.append([Completion(list(ids), ids_, [-0.1] * len(ids_), self.tok.decode(ids_, skip_special_tokens=True),
-                                   "stop") for _ in range(params.n)])
+            out.append([self._completion(ids, ids_, params.seed, k) for k in range(params.n)])
         return out
+
+    def _completion(self, prompt: list[int], ids: list[int], seed: int | None, k: int) -> Completion:
+        text = self.tok.decode(ids, skip_special_tokens=True)
+        if self.sloppy and text.startswith("```python") and ((seed or 0) + 7 * k + sum(prompt)) % 3 == 0:
+            ids = self._ids(text.replace(")\n```", " + 1)\n```"))
+        return Completion(list(prompt), ids, [-0.1] * len(ids), self.tok.decode(ids, skip_special_tokens=True), "stop")
 
     def sync_weights(self):
         pass
@@ -156,3 +162,45 @@ def test_groupo_chat_runs_a_runs_tools(tmp_path):
     text = out.getvalue()
     assert "```output\n408\n```" in text and "<answer>408</answer>" in text
     assert "```output\n42\n```" in text and "<answer>42</answer>" in text
+
+
+def test_a_run_with_tools_interrupted_mid_update_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Tools are deterministic given the same calls, and episodes are seeded per step: an episode
+    run resumed from the interrupted step's checkpoint ends with the weights of one never stopped."""
+    import signal
+
+    from test_interrupts import _interrupting_update
+
+    from groupo.trainer.checkpoint import list_checkpoints
+
+    def run(name: str, resume: bool = False):
+        over = _overrides(tmp_path, 4, **{"run.dir": str(tmp_path / name), "rollout.tool_format": "python_block",
+                                          "rollout.max_new_tokens": 160, "train.save_every": 0,
+                                          "rewards.funcs": json.dumps({"accuracy": 1.0}), "task.difficulty": 2,
+                                          "task.prompt_style": "plain"})
+        cfg = load_config(None, over)
+        torch.manual_seed(0)
+        return loop.train(cfg, tmp_path / name, resume=resume, policy=load_policy_from(*make_tiny(), cfg.lora,
+                                                                                          beta=0.0))
+
+    monkeypatch.setattr(loop, "build_engine", lambda cfg, ctx: Coder(ctx.tokenizer, sloppy=True))
+    run("alone")
+    rows = [json.loads(x) for x in (tmp_path / "alone" / "metrics.jsonl").read_text().splitlines()]
+    assert any(0 < r["accuracy/train"] < 1 for r in rows)  # the sloppy programs give the groups a signal
+    _interrupting_update(monkeypatch, 2, [signal.SIGINT], after_first_microbatch=True)
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped")
+    assert list_checkpoints(tmp_path / "stopped")[-1].name == "step-2"
+    monkeypatch.undo()
+    monkeypatch.setattr(loop, "build_engine", lambda cfg, ctx: Coder(ctx.tokenizer, sloppy=True))
+    run("stopped", resume=True)
+    a, b = _final(tmp_path / "alone"), _final(tmp_path / "stopped")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # it did train (peft starts lora_B at 0)
+
+
+def _final(run):
+    from test_trainer import _final_weights
+
+    return _final_weights(run)
+
