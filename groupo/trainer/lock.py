@@ -53,6 +53,25 @@ def _holder(fd: int) -> str:
     return f"PID {pid} on {host}, since {since}{gone}"
 
 
+# A trainer killed a moment ago (SIGKILL to a whole job, then an immediate restart with --resume)
+# holds its lock until the kernel has torn the process down, which takes a while for one with
+# gigabytes mapped: the lock is retried this long before a holder counts as another trainer.
+WAIT_S = 10.0
+
+
+def _take(fd: int, wait_s: float) -> None:
+    """flock(LOCK_EX) without blocking, retried for `wait_s` seconds; the last OSError otherwise."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[Path]:
     """Hold the exclusive lock on `run_dir` (created if missing) for the `with` block; yields the
@@ -67,7 +86,7 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
                            "it must be a writable folder: choose another run.dir or fix its permissions") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take(fd, WAIT_S)
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunDirLocked(f"cannot lock run.dir {run_dir} ({path}): {e.strerror}") from None
