@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one call on a lent GPU machine: groupo installed from its wheel into that
+# The GPU check, one call on a GPU machine without network: groupo installed from its wheel into that
 # machine's own Python, the tests marked `gpu`, then benchmarks/gpu_step.py on a random ~0.5B and
 # ~1.5B Qwen2 (LoRA r16, 16 prompts x 8 samples x 256 tokens), in about 8 minutes.
 #
@@ -9,7 +9,7 @@
 #
 # The GPU machine has Python 3.12, torch 2.11 (CUDA 13), transformers 5.17, peft, accelerate,
 # safetensors, tensorboard, rich and pyyaml, and no network. So the dry run builds, into the
-# git-ignored benchmarks/wheelhouse/ (it travels as the device call's carry):
+# git-ignored benchmarks/wheelhouse/ (copied to the GPU machine with the working tree):
 #   - groupo's wheel: `pip wheel --no-deps .`
 #   - the pure-Python wheels groupo and the tests may find missing or out of range there, at the
 #     lock's versions (constraints.txt), for Python 3.12:
@@ -18,12 +18,12 @@
 # torch and CUDA as they are; nothing is written into the machine's Python), installs into it from
 # the wheelhouse with --no-index --no-deps only what is missing or outside groupo's ranges, and
 # groupo's wheel.
-# Results: printed, and as JSON under $OUT when the caller sets it (the device tool does).
+# Results: printed, and as JSON under $OUT when the caller sets it (to collect them afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 HOUSE=benchmarks/wheelhouse
-LIMIT_MIB=64  # what the device call carries with the working tree
+LIMIT_MIB=64  # what may travel to the GPU machine with the working tree
 PURE="gguf math-verify latex2sympy2_extended antlr4-python3-runtime sympy mpmath peft packaging
       pytest iniconfig pluggy Pygments"
 DRY=0
