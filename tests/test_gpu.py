@@ -1,7 +1,7 @@
 """The CUDA paths the CPU suite cannot reach: a training step under bf16 autocast with SDPA, the
 step's peak GPU memory metrics, a resume bit for bit, the chunked output head's memory, and the
 HF engine's sampling. Marker `gpu` (deselected by default; `pytest -m gpu`); skipped without CUDA.
-benchmarks/gpu_check.sh runs them on a lent GPU machine.
+benchmarks/gpu_check.sh runs them on a GPU machine.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def test_runtime_dependencies_are_ranges_holding_the_gpu_machines_versions():
     assert not [str(r) for r in reqs.values() if any(s.operator in ("==", "===") for s in r.specifier)]
     assert all(any(s.operator == ">=" for s in r.specifier) for r in reqs.values())  # the matrix tests each floor
     assert "accelerate" not in reqs  # nothing imports it (peft brings it)
-    # what a lent GPU machine has, and what CI runs
+    # what the GPU check machine has, and what CI runs
     for name, version in [("torch", "2.11.0+cu130"), ("transformers", "5.17.0"), ("torch", "2.13.0+cpu")]:
         assert within(version, reqs[name]), (name, version, str(reqs[name]))
 
