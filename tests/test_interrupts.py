@@ -3,6 +3,7 @@ resumed run ends with exactly the weights of a run never interrupted (trainer.in
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -31,6 +32,10 @@ def alone(tmp_path_factory):
     cfg = load_config(None, _overrides(tmp, STEPS, **{"run.dir": str(tmp / "run"), "train.save_every": 0}))
     _train(cfg, tmp / "run")
     return _final_weights(tmp / "run")
+
+
+def _steps_logged(run) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _interrupting_update(monkeypatch, at_call: int, signals: list[int], after_first_microbatch: bool = False):
@@ -75,6 +80,7 @@ def test_an_interrupt_during_the_update_saves_the_finished_step_and_resumes_exac
     assert got.keys() == alone.keys()
     for name in alone:
         assert torch.equal(got[name], alone[name]), name
+    assert _steps_logged(run) == list(range(1, STEPS + 1))  # the interrupted step's line was written
 
 
 def test_a_second_interrupt_mid_update_saves_nothing_and_the_last_checkpoint_resumes_exactly(tmp_path, monkeypatch,
@@ -90,3 +96,4 @@ def test_a_second_interrupt_mid_update_saves_nothing_and_the_last_checkpoint_res
     got = _final_weights(run)
     for name in alone:
         assert torch.equal(got[name], alone[name]), name
+    assert _steps_logged(run) == list(range(1, STEPS + 1))

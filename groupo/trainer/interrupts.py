@@ -1,9 +1,9 @@
 """Ctrl-C and SIGTERM during training: where they may land, and what they leave.
 
 SIGTERM (a scheduler pre-empting the job) is handled like Ctrl-C. Inside `finish_first` (the
-update and the step's bookkeeping) an interrupt is held until the block ends, so the weights, the
-optimizer, the step count and the data position saved afterwards always belong to one completed
-step; a second interrupt there ends the run at once, and then nothing is saved (the newest
+update and the step's record) an interrupt is held until the block ends, so the weights, the
+optimizer, the step count, the data position and metrics.jsonl saved or written afterwards always
+belong to one completed step; a second interrupt there ends the run at once, and then nothing is saved (the newest
 periodic checkpoint is the state to resume from).
 """
 

@@ -126,7 +126,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                         reward_state=RewardState(state.step, T.steps, epoch=state.data_position / len(task.train)))
                 t_gen = time.monotonic() - t_step
 
-                # --- 2. prepare and 3. update; an interrupt from here on lands after the step is complete
+                # --- 2. prepare, 3. update, 4. record (rank 0 writes): an interrupt from here on is held
+                # until the step is complete and logged, so a checkpoint never holds an unlogged step
                 metrics: dict[str, Any] = dict(rollout.reward_metrics)
                 with finish_first(run.log):
                     if rollout.problems:
@@ -137,18 +138,15 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                         engine.sync_weights()
                         metrics["time/weight_sync_s"] = time.monotonic() - t_sync
                     state.step, state.data_position = state.step + 1, position
+                    step_times.append(time.monotonic() - t_step)
+                    alarms = run.step(step_record(state.step, rollout, metrics, task.eval_reward,
+                                                  step_time=step_times[-1], gen_time=t_gen,
+                                                  data_position=state.data_position, device=device),
+                                      rollout, task.eval_reward)
 
-                # --- 4. record (rank 0 writes), evaluate, checkpoint
-                step_time = time.monotonic() - t_step
-                step_times.append(step_time)
-                alarms = run.step(step_record(state.step, rollout, metrics, task.eval_reward, step_time=step_time,
-                                              gen_time=t_gen, data_position=state.data_position, device=device),
-                                  rollout, task.eval_reward)
+                # --- evaluate, checkpoint
                 if halted := next((a for a in alarms if a.action == "stop"), None):
-                    saved = list_checkpoints(run_dir)  # nothing of this step is saved: the last good one stays
-                    run.summary["stopped_by"] = halted.text()
-                    raise TrainingStopped(f"{halted.text()}\nlast good checkpoint: {saved[-1] if saved else 'none'}; "
-                                          f"continue with: groupo train --resume {run_dir}")
+                    _halt(run, run_dir, halted)
                 if T.eval_every and state.step % T.eval_every == 0 and state.step < T.steps:
                     run.evaluation(state.step, *held_out())
                 if T.save_every and state.step % T.save_every == 0:
@@ -219,6 +217,15 @@ def _opening(cfg: Config, run_dir: Path, policy, world: Dist, device, amp: str, 
     if note := loss_note(cfg.algorithm.num_iterations, s.loss.beta):
         lines.append(note)
     return lines
+
+
+def _halt(run: RunLog, run_dir: Path, alarm) -> None:
+    """An alarm set to stop fired: nothing of this step is saved, the newest checkpoint stays the
+    last good one; the report says which alarm stopped the run."""
+    saved = list_checkpoints(run_dir)
+    run.summary["stopped_by"] = alarm.text()
+    raise TrainingStopped(f"{alarm.text()}\nlast good checkpoint: {saved[-1] if saved else 'none'}; "
+                          f"continue with: groupo train --resume {run_dir}")
 
 
 def _save_interrupted(run: RunLog, run_dir: Path, policy, optimizer, scheduler, state: TrainerState, world: Dist,
