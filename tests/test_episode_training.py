@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from test_trainer import _overrides
+from test_trainer import _final_weights, _overrides
 from tiny import make_tiny
 
 from groupo.algorithms import loss_denominator, policy_loss
@@ -194,13 +194,6 @@ def test_a_run_with_tools_interrupted_mid_update_resumes_to_the_uninterrupted_we
     monkeypatch.undo()
     monkeypatch.setattr(loop, "build_engine", lambda cfg, ctx: Coder(ctx.tokenizer, sloppy=True))
     run("stopped", resume=True)
-    a, b = _final(tmp_path / "alone"), _final(tmp_path / "stopped")
+    a, b = _final_weights(tmp_path / "alone"), _final_weights(tmp_path / "stopped")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # it did train (peft starts lora_B at 0)
-
-
-def _final(run):
-    from test_trainer import _final_weights
-
-    return _final_weights(run)
-

@@ -7,19 +7,18 @@ benchmarks/gpu_check.sh runs them on a GPU machine.
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_rollout import eos_biased_tiny, prompts_for
-from test_trainer import _cli, _overrides, assert_same_final_weights_and_log, kill_after_checkpoints
+from test_rollout import eos_biased_tiny, hand_sample, prompts_for
+from test_trainer import _overrides, sigkill_then_resume
 from tiny import make_tiny
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from groupo.config import load_config
 from groupo.models.logprobs import pack, token_logprobs
-from groupo.rollout.hf import HFEngine, sample_inverse_cdf
+from groupo.rollout.hf import HFEngine
 from groupo.trainer.loop import train
 from groupo.types import SamplingParams
 
@@ -76,19 +75,7 @@ def test_training_steps_on_cuda_run_sdpa_under_bf16_and_log_the_gpu_peak(tmp_pat
 
 
 def test_sigkill_then_resume_on_cuda_gives_identical_weights(tmp_path):
-    steps = 6
-    extra = {"run.device": "cuda", "model.autocast": "bf16"}
-    alone, killed = tmp_path / "alone", tmp_path / "killed"
-    p = _cli(_overrides(tmp_path, steps, **extra, **{"run.dir": str(alone)}))
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
-    p = _cli(_overrides(tmp_path, steps, **extra, **{"run.dir": str(killed)}))
-    kill_after_checkpoints(p, killed, "step-1", "step-2", lambda: p.send_signal(signal.SIGKILL))
-    p = _cli(["--resume", str(killed)])
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
-    assert "resumed at step" in out
-    assert_same_final_weights_and_log(alone, killed, steps)
+    sigkill_then_resume(tmp_path, 6, **{"run.device": "cuda", "model.autocast": "bf16"})
 
 
 def _peak_mb(fn) -> float:
@@ -129,28 +116,6 @@ def test_chunked_output_head_keeps_logit_memory_to_a_chunk_on_cuda(exact_float32
     assert peaks[chunk] < 8 * chunk_logits_mb < whole_logits_mb / 4, peaks
 
 
-def _hand_sample_cuda(model, rows, steps, seed, temperature, eos):
-    """tests/test_rollout.py's hand_sample with the uniforms drawn where the engine draws them:
-    one float64 uniform per row of the batch per step, from the CUDA generator seeded with `seed`."""
-    seqs, out, done = [list(r) for r in rows], [[] for _ in rows], [False] * len(rows)
-    with torch.random.fork_rng(devices=[CUDA], device_type="cuda"), torch.no_grad():
-        torch.manual_seed(seed)
-        for _ in range(steps):
-            u_B1 = torch.rand((len(rows), 1), device=CUDA, dtype=torch.float64)
-            for b, seq in enumerate(seqs):
-                if done[b]:
-                    continue
-                logits = model(input_ids=torch.tensor([seq], device=CUDA)).logits[0, -1].float()
-                logp = torch.log_softmax(logits / temperature, -1)
-                token = int(sample_inverse_cdf(logp.exp()[None], u_B1[b:b + 1])[0, 0])
-                seq.append(token)
-                out[b].append((token, float(logp[token])))
-                done[b] = token == eos
-            if all(done):
-                break
-    return out
-
-
 def test_hf_engine_samples_on_cuda_as_decoding_each_row_alone(exact_float32):
     model, tok = eos_biased_tiny(bias=3.0)
     model.to(CUDA)
@@ -161,7 +126,7 @@ def test_hf_engine_samples_on_cuda_as_decoding_each_row_alone(exact_float32):
     out = engine.generate(prompts, params)
     assert torch.equal(torch.cuda.get_rng_state(), state)  # the caller's CUDA generator is left alone
     flat = [c for group in out for c in group]
-    expected = _hand_sample_cuda(model, [p for p in prompts for _ in range(4)], 12, 7, 0.8, tok.eos_token_id)
+    expected = hand_sample(model, [p for p in prompts for _ in range(4)], 12, 7, 0.8, tok.eos_token_id, CUDA)
     for c, exp in zip(flat, expected, strict=True):
         assert c.token_ids == [t for t, _ in exp]
         torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor([lp for _, lp in exp]), atol=1e-4, rtol=0)

@@ -268,21 +268,24 @@ def test_frozen_weights_cast_once_give_autocasts_exact_tokens_and_logprobs_and_a
     assert head.weight is policy.model.get_input_embeddings().weight  # still tied
 
 
-def hand_sample(model, rows, steps, seed, temperature, eos):
+def hand_sample(model, rows, steps, seed, temperature, eos, device=None):
     """Each row decoded alone, without a cache; at every step one float64 uniform per row of the
     batch, in row order, drawn for all rows (the engine's protocol); inverse CDF on each row's
-    tempered softmax."""
+    tempered softmax. `device`: the model's CUDA device, where the engine draws the uniforms too
+    (from that device's generator seeded with `seed`); None: the CPU."""
     from groupo.rollout.hf import sample_inverse_cdf
 
     seqs, out, done = [list(r) for r in rows], [[] for _ in rows], [False] * len(rows)
-    with torch.random.fork_rng(), torch.no_grad():
+    fork = torch.random.fork_rng(devices=[device], device_type="cuda") if device else torch.random.fork_rng()
+    with fork, torch.no_grad():
         torch.manual_seed(seed)
         for _ in range(steps):
-            u_B1 = torch.rand((len(rows), 1), dtype=torch.float64)
+            u_B1 = torch.rand((len(rows), 1), device=device, dtype=torch.float64)
             for b, seq in enumerate(seqs):
                 if done[b]:
                     continue
-                logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0, -1].float() / temperature, -1)
+                logits = model(input_ids=torch.tensor([seq], device=device)).logits[0, -1].float()
+                logp = torch.log_softmax(logits / temperature, -1)
                 token = int(sample_inverse_cdf(logp.exp()[None], u_B1[b:b + 1])[0, 0])
                 seq.append(token)
                 out[b].append((token, float(logp[token])))

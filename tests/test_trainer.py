@@ -167,14 +167,18 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
 
 
 def test_sigkill_at_any_moment_then_resume_gives_identical_weights(tmp_path):
-    steps = 10
-    left_alone = tmp_path / "alone"
-    p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(left_alone)}))
+    sigkill_then_resume(tmp_path, 10)
+
+
+def sigkill_then_resume(tmp_path: Path, steps: int, **extra) -> None:
+    """A run left alone, and the same run killed by SIGKILL somewhere after its second checkpoint
+    then resumed, end with the same weights and the same metrics log."""
+    left_alone, killed = tmp_path / "alone", tmp_path / "killed"
+    p = _cli(_overrides(tmp_path, steps, **extra, **{"run.dir": str(left_alone)}))
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
 
-    killed = tmp_path / "killed"
-    p = _cli(_overrides(tmp_path, steps, **{"run.dir": str(killed)}))
+    p = _cli(_overrides(tmp_path, steps, **extra, **{"run.dir": str(killed)}))
     kill_after_checkpoints(p, killed, "step-1", "step-2", lambda: p.send_signal(signal.SIGKILL))
 
     p = _cli(["--resume", str(killed)])

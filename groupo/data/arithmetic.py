@@ -180,14 +180,16 @@ def test_problems(level: int, seed: int) -> list[ArithmeticProblem]:
 
 
 class TrainStream(Sequence[ArithmeticProblem]):
-    """`length` training problems, item i generated on demand from its own seeded stream.
+    """`length` training problems, item i generated on demand by `make(rng)` from its own stream,
+    seeded with f"{key}/{i}".
 
-    Item i depends only on (level, seed, i), so the stream is deterministic, needs no memory, and
-    any slice or shuffle of it is reproducible. Expressions in `held_out` are redrawn.
+    Item i depends only on (key, i), so the stream is deterministic, needs no memory, and any slice
+    or shuffle of it is reproducible. Expressions in `held_out` are redrawn.
     """
 
-    def __init__(self, level: int, seed: int, held_out: set[str], length: int = TRAIN_LEN):
-        self.level, self.seed, self.held_out, self.length = level, seed, held_out, length
+    def __init__(self, make: Callable[[random.Random], ArithmeticProblem], key: str, held_out: set[str],
+                 length: int = TRAIN_LEN):
+        self.make, self.key, self.held_out, self.length = make, key, held_out, length
 
     def __len__(self) -> int:
         return self.length
@@ -203,9 +205,9 @@ class TrainStream(Sequence[ArithmeticProblem]):
         if not -self.length <= i < self.length:
             raise IndexError(i)
         i %= self.length
-        rng = random.Random(f"arithmetic/train/{self.level}/{self.seed}/{i}")
+        rng = random.Random(f"{self.key}/{i}")
         while True:
-            p = make_problem(rng, self.level)
+            p = self.make(rng)
             if p.expression not in self.held_out:
                 return p
 
@@ -213,7 +215,8 @@ class TrainStream(Sequence[ArithmeticProblem]):
 def splits(level: int, seed: int, length: int = TRAIN_LEN) -> tuple[TrainStream, list[ArithmeticProblem]]:
     """(train stream, test list) for `level`, disjoint on expressions."""
     test = test_problems(level, seed)
-    return TrainStream(level, seed, {p.expression for p in test}, length), test
+    return TrainStream(lambda rng: make_problem(rng, level), f"arithmetic/train/{level}/{seed}",
+                       {p.expression for p in test}, length), test
 
 
 class MappedSequence(Sequence):

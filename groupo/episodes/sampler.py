@@ -11,7 +11,7 @@ from typing import Any
 from groupo.config import Config
 from groupo.data.prompts import encode_prompt
 from groupo.episodes.driver import EpisodeSettings, run_episodes
-from groupo.tools import Toolbox, ToolSettings, encode_episode_prompt, load_environment, load_tools, make_format
+from groupo.tools import Toolbox, ToolSettings, load_environment, load_tools, make_format
 from groupo.tools.toolbox import environment_rewards
 from groupo.types import Completion, Problem, SamplingParams
 
@@ -24,23 +24,17 @@ class Sampler:
         self.engine, self.tokenizer, self.episodes, self.toolbox = engine, tokenizer, episodes, toolbox
         self._prompts: dict[str, list[int]] = {}
 
-    @property
-    def tools(self) -> bool:
-        return self.toolbox is not None
-
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        """The token ids of a problem's prompt (with the tools rendered in, for chat_template),
-        encoded once per distinct chat."""
+    def _prompt_ids(self, problem: Problem) -> list[int]:
+        """A one-turn prompt's token ids, encoded once per distinct chat (episodes encode their
+        own, with the tools and an environment's text: groupo.episodes.driver)."""
         key = json.dumps(problem.messages)
         if key not in self._prompts:
-            self._prompts[key] = (encode_prompt(self.tokenizer, problem.messages) if self.toolbox is None else
-                                  encode_episode_prompt(self.tokenizer, problem.messages, self.toolbox,
-                                                        self.episodes.tool_format))
+            self._prompts[key] = encode_prompt(self.tokenizer, problem.messages)
         return self._prompts[key]
 
     def __call__(self, problems: list[Problem], params: SamplingParams) -> list[list[Completion]]:
         if self.toolbox is None:
-            return self.engine.generate([self.prompt_ids(p) for p in problems], params)
+            return self.engine.generate([self._prompt_ids(p) for p in problems], params)
         return run_episodes(self.engine, self.tokenizer, [p.messages for p in problems],
                             [p.columns for p in problems], params, self.episodes, self.toolbox)
 

@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from groupo.data.prompts import encode_prompt
 from groupo.data.task import Task
+from groupo.episodes.sampler import Sampler
 from groupo.rewards.combine import score
 from groupo.rewards.countdown import find_expression
 from groupo.rewards.extract import DEFAULT_ORDER, extract_answer
@@ -133,8 +133,7 @@ def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Proble
     fns = dict(reward_fns) if reward_fns is not None else resolve_rewards({}, task)
     if task.eval_reward not in fns:
         fns[task.eval_reward] = (REWARDS[task.eval_reward], 0.0)
-    sample = sampler or (lambda probs, params: engine.generate([encode_prompt(tokenizer, p.messages)
-                                                                for p in probs], params))
+    sample = sampler or Sampler(engine, tokenizer)  # one turn; each prompt encoded once for every pass
     n = len(problems)
     records: list[dict] = []
     accuracy = None

@@ -38,7 +38,7 @@ from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_lates
 from groupo.trainer.collect import collect
 from groupo.trainer.held_out import held_out_accuracy
 from groupo.trainer.interrupts import Interrupted, finish_first, sigterm_as_interrupt
-from groupo.trainer.prepare import prepare, update_settings
+from groupo.trainer.prepare import loss_settings, prepare, update_settings
 from groupo.trainer.record import step_record
 from groupo.trainer.runlog import RunLog
 from groupo.trainer.update import build_optimizer, update
@@ -193,8 +193,7 @@ def _precision(cfg: Config, device: torch.device) -> str:
 def _policy(cfg: Config, policy, world: Dist, device: torch.device):
     """(module the passes go through, the policy): loaded unless given, moved, wrapped (DDP / FSDP2)."""
     if policy is None:
-        beta = update_settings(cfg, amp="none", device_type=device.type, share_prompts=True).loss.beta
-        policy = load_policy(cfg.model, cfg.lora, beta, device=device)
+        policy = load_policy(cfg.model, cfg.lora, loss_settings(cfg).beta, device=device)
     for m in (policy.model, policy.ref_model):
         if m is not None:
             m.to(device)
