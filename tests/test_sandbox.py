@@ -120,7 +120,9 @@ def test_a_correct_program_scores_and_leaves_nothing(attack):
 
 def test_infinite_loop_hits_the_wall_clock_limit(attack):
     score, result = attack("while True:\n    pass\nprint(42)\n", timeout_s=1.0)
-    assert score == 0.0 and result.timed_out
+    # the reward gives CPU time as much as wall time: whichever runs out first ends the loop
+    # (RLIMIT_CPU's SIGXCPU, 128 + 24, is not "timed out": see the CPU-limit test below)
+    assert score == 0.0 and (result.timed_out or result.returncode == 128 + signal.SIGXCPU)
     assert 0.9 < result.wall_s < 2.5
 
 
