@@ -119,3 +119,39 @@ def test_chromium_draws_a_report_whose_samples_hold_comment_and_script_tags(tmp_
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r"<body[^>]*>", dom.stdout).group(0)))
     assert attrs.get("ready") == "1" and attrs["drawn"] == str(len(PLOTS) - int(attrs["empty"])), dom.stderr[-2000:]
     assert json.loads(attrs["errors"].replace("&quot;", '"')) == []
+
+
+EPISODE = {"step": 2, "prompt": "What is 123456 * 789?", "answer": "97406784", "completion": "...",
+           "finish_reason": "stop", "rewards": {"accuracy": 1.0},
+           "messages": [{"role": "assistant", "content": "```python\nprint(123456 * 789)\n```"},
+                        {"role": "tool", "name": "python", "content": "97406784\n"},
+                        {"role": "assistant", "content": "<answer>97406784</answer>",
+                         "tool_calls": [{"type": "function", "function": {"name": "calculator",
+                                                                          "arguments": {"expression": "1+1"}}}]}]}
+
+
+def test_an_episode_reaches_the_report_as_its_turns_with_the_calls_written_out(tmp_path):
+    run = write_run(tmp_path / "r", healthy(3))
+    long = dict(EPISODE, messages=[*EPISODE["messages"], {"role": "tool", "name": "python", "content": "x" * 5000}])
+    (run / "samples.jsonl").write_text(json.dumps(long) + "\n", encoding="utf-8")
+    [sample] = run_data(run)["samples"]
+    turns = sample["messages"]
+    assert [(t["role"], t["name"]) for t in turns] == [("assistant", ""), ("tool", "python"), ("assistant", ""),
+                                                       ("tool", "python")]
+    assert turns[1]["content"] == "97406784\n"
+    assert turns[2]["content"] == '<answer>97406784</answer>\n[call] calculator({"expression": "1+1"})'
+    assert turns[3]["content"].startswith("x" * 2000) and turns[3]["content"].endswith("[3000 more characters]")
+
+
+@pytest.mark.browser
+def test_chromium_marks_the_tool_turns_of_an_episode(tmp_path):
+    if _chromium() is None:
+        (pytest.fail if os.environ.get("GROUPO_REQUIRE_BROWSER") else pytest.skip)(
+            "needs chromium: apt-get install chromium")
+    run = write_run(tmp_path / "r", healthy(3))
+    (run / "samples.jsonl").write_text(json.dumps(EPISODE) + "\n", encoding="utf-8")
+    dom = _headless(["--dump-dom"], write_page([run], tmp_path / "report.html")).stdout
+    turns = re.findall(r'<div class="turn (\w+)"><span class="who">([^<]*)</span><pre>([^<]*)</pre></div>', dom)
+    assert [(kind, who) for kind, who, _ in turns] == [("model", "model"), ("tool", "tool: python"),
+                                                       ("model", "model")]
+    assert turns[1][2] == "97406784\n"

@@ -88,11 +88,23 @@ def run_data(run_dir: Path) -> dict[str, Any]:
         for k in ("prompt", "completion", "answer"):
             s[k] = _cut(s.get(k))
         s["rewards"] = {k: _round(v) for k, v in (s.get("rewards") or {}).items()}
+        if isinstance(s.get("messages"), list):  # an episode with tools: its turns, each cut
+            s["messages"] = [_turn(m) for m in s["messages"] if isinstance(m, dict)]
     config = run_dir / "config.yaml"
     return {"name": run_dir.name, "path": str(run_dir), "series": series, "evals": evals, "alarms": alarms,
             "samples": samples,
             "config": config.read_text(encoding="utf-8", errors="replace") if config.exists() else "",
             "summary": _summary(run_dir / "summary.json")}
+
+
+def _turn(message: dict) -> dict[str, str]:
+    """One turn of an episode as the report shows it: who (the model, or which tool) and the text,
+    with the calls the model made written after its text."""
+    calls = [c.get("function", c) for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    text = "\n".join([str(message.get("content") or ""),
+                      *(f"[call] {c.get('name')}({json.dumps(c.get('arguments'), ensure_ascii=False)})"
+                        for c in calls)])
+    return {"role": str(message.get("role", "")), "name": str(message.get("name") or ""), "content": _cut(text)}
 
 
 def _summary(path: Path) -> dict[str, Any]:

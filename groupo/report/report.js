@@ -160,6 +160,11 @@
   const head = ["run", "step", "prompt", "answer", "completion", "finish", ...fns];
   const LIMIT = 300;
   const num = (e) => (e.value === "" ? null : Number(e.value));
+  // An episode with tools shows its turns: the model's, and each tool's result marked as such.
+  const completion = (s) => (s.messages && s.messages.length
+    ? el("div", { class: "episode" }, ...s.messages.map((m) => el("div", { class: "turn " + (m.role === "tool" ? "tool" : "model") },
+      el("span", { class: "who" }, m.role === "tool" ? "tool" + (m.name ? ": " + m.name : "") : "model"), el("pre", {}, m.content))))
+    : el("pre", {}, s.completion));
   const show = () => {
     const text = q.value.toLowerCase(), a = num(s0), b = num(s1), lo = num(r0), hi = num(r1), f = fsel.value;
     const keep = samples.filter((s) => {
@@ -168,13 +173,14 @@
       const vals = f ? [s.rewards[f]] : Object.values(s.rewards || {});
       if (lo !== null && !vals.some((v) => v !== null && v !== undefined && v >= lo)) return false;
       if (hi !== null && !vals.some((v) => v !== null && v !== undefined && v <= hi)) return false;
-      return !text || (s.prompt + "\n" + s.answer + "\n" + s.completion).toLowerCase().includes(text);
+      const turns = (s.messages || []).map((m) => m.content).join("\n");
+      return !text || (s.prompt + "\n" + s.answer + "\n" + s.completion + "\n" + turns).toLowerCase().includes(text);
     });
     count.textContent = keep.length + " of " + samples.length + " samples" + (keep.length > LIMIT ? " (first " + LIMIT + " shown)" : "");
     table.replaceChildren(el("tr", {}, ...head.map((h) => el("th", {}, h))));
     for (const s of keep.slice(0, LIMIT)) {
       table.append(el("tr", {}, el("td", {}, s.run), el("td", {}, fmt(s.step)), el("td", {}, el("pre", {}, s.prompt)),
-        el("td", {}, el("pre", {}, s.answer)), el("td", {}, el("pre", {}, s.completion)), el("td", {}, fmt(s.finish_reason)),
+        el("td", {}, el("pre", {}, s.answer)), el("td", {}, completion(s)), el("td", {}, fmt(s.finish_reason)),
         ...fns.map((f) => el("td", { class: "num" }, fmt(s.rewards[f])))));
     }
   };
