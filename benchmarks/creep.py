@@ -6,12 +6,13 @@
 
 The trainer runs as its own process (`groupo train`, so nothing of this script is in its memory);
 this script reads that process's current resident memory (VmRSS) and its peak (VmHWM) from /proc
-every second and pairs each training step with the largest VmRSS seen while it ran (a step ends
-when its row reaches metrics.jsonl). Printed: the CPU, the steps per second, RSS at the first step, at the middle
-and at the end, and the least-squares slope of per-step RSS over the second half (MB a step; the
-first half is warm-up: new shapes keep arriving while the prompt and completion lengths explore
-their range). Held-out evaluation is cut to 1 problem (it is not what grows); checkpoints are
-written every 10 steps as in the quickstart.
+every second and gives each training step the smallest and the largest VmRSS seen while it ran (a
+step ends when its row reaches metrics.jsonl): the smallest is what the process keeps between its
+passes (caches, leaks, heap it did not give back), the largest adds that step's activations.
+Printed: the CPU, the step time, both at the second step (the first holds the start-up), the middle and the end, and their
+least-squares slopes over the second half (MB a step; the first half is warm-up: new shapes keep
+arriving while the prompt and completion lengths explore their range). Held-out evaluation is cut to 1
+problem (it is not what grows); checkpoints are written every 10 steps as in the quickstart.
 """
 
 from __future__ import annotations
@@ -67,36 +68,38 @@ def main() -> None:
                *args.overrides]
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        samples, per_step, seen = [], [], 0.0  # samples: (seconds since start, VmRSS, VmHWM)
+        samples, per_step, low, seen = [], [], [], []  # samples: (seconds since start, VmRSS, VmHWM)
         metrics = run / "metrics.jsonl"
         while proc.poll() is None:
             rss, hwm = vm(proc.pid)
             samples.append((time.monotonic() - t0, rss, hwm))
-            seen = max(seen, rss)
+            seen += [rss] if rss else []
             lines = metrics.read_text().count("\n") if metrics.exists() else 0
-            if lines > len(per_step):  # a step's row was written: the largest RSS since the last one
-                per_step += [seen] * (lines - len(per_step))
-                seen = 0.0
+            if lines > len(per_step) and seen:  # a step's row was written: its RSS since the last one
+                low += [min(seen)] * (lines - len(per_step))
+                per_step += [max(seen)] * (lines - len(per_step))
+                seen = []
                 if args.out:  # as it goes: a run stopped early still leaves its table
                     args.out.write_text(json.dumps({"machine": machine(), "env": args.env,
-                                                    "overrides": args.overrides, "rss_mb": per_step}))
+                                                    "overrides": args.overrides, "rss_mb": per_step,
+                                                    "rss_low_mb": low}))
             time.sleep(1.0)
         err = proc.stderr.read().decode(errors="replace")
         if proc.returncode != 0:
             sys.exit(f"groupo train failed ({proc.returncode}):\n{err[-2000:]}")
         ends = [json.loads(x)["time/step_s"] for x in metrics.read_text().splitlines()]
     wall = time.monotonic() - t0
-    half = per_step[len(per_step) // 2:]
+    half = len(per_step) // 2
     step_s = statistics.median(ends[1:] or ends)
     print(f"{len(ends)} steps in {wall:.0f} s, median {step_s:.1f} s/step; env {args.env or 'unchanged'}")
-    mid = len(per_step) // 2
-    print(f"RSS (largest seen during the step): {per_step[0]:.0f} MB at step 1, {per_step[mid]:.0f} at "
-          f"step {mid + 1}, {per_step[-1]:.0f} at {len(per_step)}; "
-          f"peak (VmHWM) {max(h for *_, h in samples):.0f} MB")
-    print(f"slope over the second half: {slope(half):+.3f} MB/step (least squares over {len(half)} steps)")
+    for name, ys in (("smallest", low), ("largest", per_step)):
+        print(f"RSS, {name} seen during the step: {ys[1]:.0f} MB at step 2, {ys[half]:.0f} at step {half + 1}, "
+              f"{ys[-1]:.0f} at {len(ys)}; slope over steps {half + 1}-{len(ys)}: {slope(ys[half:]):+.3f} MB/step")
+    print(f"peak (VmHWM) {max(h for *_, h in samples):.0f} MB")
     if args.out:
         args.out.write_text(json.dumps({"machine": machine(), "env": args.env, "overrides": args.overrides,
-                                        "step_s": ends, "rss_mb": per_step, "samples": samples}))
+                                        "step_s": ends, "rss_mb": per_step, "rss_low_mb": low,
+                                        "samples": samples}))
 
 
 if __name__ == "__main__":
