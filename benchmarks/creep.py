@@ -9,10 +9,11 @@ this script reads that process's current resident memory (VmRSS) and its peak (V
 every second and gives each training step the smallest and the largest VmRSS seen while it ran (a
 step ends when its row reaches metrics.jsonl): the smallest is what the process keeps between its
 passes (caches, leaks, heap it did not give back), the largest adds that step's activations.
-Printed: the CPU, the step time, both at the second step (the first holds the start-up), the middle and the end, and their
-least-squares slopes over the second half (MB a step; the first half is warm-up: new shapes keep
-arriving while the prompt and completion lengths explore their range). Held-out evaluation is cut to 1
-problem (it is not what grows); checkpoints are written every 10 steps as in the quickstart.
+Printed: the CPU, the step time, both at the second step (the first holds the start-up), the
+middle and the end, and their least-squares slopes over the second half (MB a step; the first half
+is warm-up: new shapes keep arriving while the prompt and completion lengths explore their range).
+Held-out evaluation is cut to 1 problem (it is not what grows); checkpoints are written every 10
+steps as in the quickstart.
 """
 
 from __future__ import annotations
