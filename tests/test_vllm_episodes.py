@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 
 import pytest
 import test_vllm
 import torch
 from test_episodes import ids_of
 from test_trainer import _overrides
-from test_vllm import TOL, _engine_logprobs, _tiny_dir, _trainer_logprobs
+from test_vllm import PROMPTS, TOL, _engine_logprobs, _tiny_dir, _trainer_logprobs
 
 from groupo.config import load_config
 from groupo.episodes import EpisodeSettings, episode_metrics, run_episodes
@@ -138,6 +139,27 @@ def test_episodes_are_the_engines_turns_and_the_tools_output_token_for_token(set
     again, _ = _episodes(engine, tok, max_new_tokens=budget)
     assert [(c.token_ids, c.logprobs) for c in again] == [(c.token_ids, c.logprobs) for c in flat]
 
+
+
+def test_a_stop_string_ends_the_engines_piece_at_the_token_that_completes_it(setup):
+    """What the driver reads a turn's end from (it decodes the ids itself): the ids end with the
+    token that completes a stop string, that token included, and no earlier prefix holds one."""
+    engine, _, tok = setup
+    stops = tuple("0123456789")  # frequent in a random sample of this tokenizer's vocabulary
+    groups = engine.generate([p + ids_of(tok, PROGRAM + OUTPUT) for p in PROMPTS],
+                             SamplingParams(n=8, temperature=1.0, max_new_tokens=24, seed=4, stop=stops))
+    ends = Counter()
+    for c in (c for g in groups for c in g):
+        text = [tok.decode(c.token_ids[:k], skip_special_tokens=False) for k in range(len(c.token_ids) + 1)]
+        assert not any(s in t for t in text[:-1] for s in stops)  # nothing stopped it earlier
+        if c.token_ids[-1] == tok.eos_token_id:
+            ends["eos"] += 1
+        elif any(s in text[-1] for s in stops):
+            ends["stop"] += 1
+        else:
+            assert len(c.token_ids) == 24 and c.finish_reason == "length"
+        assert len(c.logprobs) == len(c.token_ids)
+    assert ends["stop"] >= 4
 
 def test_a_run_with_the_python_tool_trains_on_vllm_episodes(tmp_path, monkeypatch):
     build = loop.build_engine  # the real vLLM engine, its first turns forced to PROGRAM
