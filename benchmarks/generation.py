@@ -11,11 +11,14 @@ Also prints the cached-model load time. Prompts are arithmetic questions in the 
 `--compare-keep` alternates the engine as it runs (a row that stopped leaves the batch) with
 `drop_finished=False` (every row decoded until the batch's longest ends, as transformers'
 generate does): same seed, same completions, so the difference is the lever alone.
+`--compare-cache` does the same for the in-place KV cache (groupo/rollout/kv.py) against
+transformers' DynamicCache, which copies every layer's cache at each step.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -38,6 +41,8 @@ def main() -> None:
     ap.add_argument("--autocast", nargs="+", default=["bf16", "none"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compare-keep", action="store_true", help="also time drop_finished=False, alternating")
+    ap.add_argument("--compare-cache", action="store_true",
+                    help="also time transformers' DynamicCache (reserve_cache=False), alternating")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,21 +60,30 @@ def main() -> None:
     from machine import machine  # benchmarks/machine.py
 
     print(f"CPU: {machine()}")
-    variants = [True, False] if args.compare_keep else [True]
+    variants = [{}]  # HFEngine keyword arguments of each variant, timed alternately
+    if args.compare_keep:
+        variants.append({"drop_finished": False})
+    if args.compare_cache:
+        variants.append({"reserve_cache": False})
+    times: dict[str, list[float]] = {}
     for amp in args.autocast:
         params = SamplingParams(n=args.group, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
         for r in range(args.repeats):
-            for drop in variants:
-                engine = HFEngine(model, tok, batch_size=args.batch_size, autocast=amp, drop_finished=drop)
+            for kw in variants:
+                engine = HFEngine(model, tok, batch_size=args.batch_size, autocast=amp, **kw)
                 t0 = time.perf_counter()
                 out = engine.generate(prompts, params)
                 dt = time.perf_counter() - t0
                 n_tok = sum(len(c.token_ids) for g in out for c in g)
                 n_seq = sum(len(g) for g in out)
                 steps = max(len(c.token_ids) for g in out for c in g)
-                label = "" if not args.compare_keep else (" drop finished" if drop else " keep finished")
-                print(f"autocast={amp:5s}{label} run {r}: {n_seq} seqs in {dt:6.2f} s, {n_tok} tokens = "
+                label = " ".join(f"{k}={v}" for k, v in kw.items()) or "as it runs"
+                times.setdefault(f"autocast={amp} {label}", []).append(dt)
+                print(f"autocast={amp:5s} {label} run {r}: {n_seq} seqs in {dt:6.2f} s, {n_tok} tokens = "
                       f"{n_tok / dt:6.1f} tok/s; {steps} steps = {n_seq * steps / dt:6.1f} seq-steps/s", flush=True)
+    for label, ts in times.items():
+        print(f"median {label}: {statistics.median(ts):.2f} s over {len(ts)} runs")
+
 
 if __name__ == "__main__":
     main()

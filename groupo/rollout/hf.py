@@ -23,12 +23,13 @@ import torch
 from groupo.models.logprobs import pack, prompt_kv_cache
 from groupo.models.lora import merged_for_inference
 from groupo.models.precision import AUTOCAST_DTYPES, frozen_linear_weights_in, native_half, resolve_autocast
+from groupo.rollout.kv import reserve
 from groupo.types import Completion, SamplingParams
 
 
 class HFEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto",
-                 drop_finished: bool = True):
+                 drop_finished: bool = True, reserve_cache: bool = True):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; load it with groupo.models.load_model "
                              "or call groupo.models.prepare_tokenizer")
@@ -36,6 +37,9 @@ class HFEngine:
         # False: rows that stopped keep decoding (on pad tokens, nothing recorded) until the batch's
         # longest ends, as transformers' generate does; for benchmarks/generation.py's comparison.
         self.drop_finished = drop_finished
+        # False: transformers' DynamicCache, which copies every layer's keys and values at each
+        # step; for benchmarks/generation.py's comparison and the test that both decode alike.
+        self.reserve_cache = reserve_cache
         device = next(model.parameters()).device
         self.batch_size, self.autocast = batch_size, resolve_autocast(autocast, device)
         if self.autocast != "none" and device.type == "cpu" and not native_half(self.autocast):
@@ -127,6 +131,8 @@ class HFEngine:
         start = P - 1 if cache is not None else 0
         if cache is None:
             cache = DynamicCache(config=getattr(self.model, "config", None))
+        if self.reserve_cache:
+            cache = reserve(cache, S)  # each step writes its token in place (rollout/kv.py)
         ids_AL, mask_AL, pos_AL = (batch.input_ids_BL[:, start:], batch.attention_mask_BL,
                                    batch.position_ids_BL[:, start:])
         rows_A = torch.arange(B, device=device)  # the rows in the batch now, as indices into the batch
