@@ -293,13 +293,14 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
     """(prefill, one decoding step) of groupo.rollout.hf for `prompts` x `n` rows, as its generate
     runs them: on merged LoRA weights, with the frozen weights cast once to the autocast dtype; the
     prefill encodes each prompt's first P-1 tokens once; the step is the last one, over a cache of
-    P + new_tokens - 2 positions. The step's peak holds the casts, the whole cache and the step's
-    own tensors. Generation's costs beyond the forward passes (sampling, generate's own loop) are
+    P + new_tokens - 2 positions, written in place. The step's peak holds the casts, the whole cache
+    and the step's own tensors. Generation's costs beyond the forward passes (sampling, generate's own loop) are
     measured separately (groupo.plan.machine)."""
     from transformers import DynamicCache
 
     from groupo.models.lora import merged_for_inference
     from groupo.models.precision import frozen_linear_weights_in
+    from groupo.rollout.kv import reserve
 
     P, rows = max(2, prompt_len), prompts * n
     past = P + new_tokens - 2  # cache length before the last step
@@ -313,8 +314,8 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
         model(input_ids=_ids(prompts, P - 1, device), attention_mask=_mask(prompts, P - 1, P - 1, device),
               position_ids=_ids(prompts, P - 1, device), past_key_values=cache, use_cache=True, logits_to_keep=1)
         del cache
-        trace.start("setup")  # a cache of `past` positions for every row, built as fast as possible
-        cache = DynamicCache(config=cfg)
+        trace.start("setup")  # a cache of `past` positions for every row, built as fast as possible,
+        cache = reserve(DynamicCache(config=cfg), 1)  # with room for the step's token (rollout/kv.py)
         model(input_ids=_ids(rows, past, device), attention_mask=_mask(rows, past, past, device),
               position_ids=_ids(rows, past, device), past_key_values=cache, use_cache=True, logits_to_keep=1)
         trace.start("step")
