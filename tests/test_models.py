@@ -83,7 +83,9 @@ def test_shared_prompts_match_each_row_on_its_own_in_value_and_gradient():
     the shared pass gives each row's unpadded log-probs and entropies, and the same LoRA
     gradient as the plain pass (the prompt's cache is shared, so its gradient is summed)."""
     model, tok = make_tiny()
-    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
+    with torch.random.fork_rng():  # LoRA's A matrices are drawn from the global generator
+        torch.manual_seed(0)
+        policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
     perturb_lora(policy.model)
     prompt_a, prompt_b, prompt_c = [1, 50, 51, 52, 53, 54, 55], [1, 60, 61], [1, 70]
     prompts = [prompt_a, prompt_b, prompt_a, prompt_c, prompt_b, prompt_a]
@@ -104,6 +106,67 @@ def test_shared_prompts_match_each_row_on_its_own_in_value_and_gradient():
     for g_shared, g_plain in zip(out[True][2], out[False][2], strict=True):
         assert (g_shared - g_plain).norm() <= 1e-4 * g_plain.norm()  # float rounding only (~1e-5)
     assert any(g.abs().sum() > 0 for g in out[True][2])
+
+
+def test_under_activation_checkpointing_prompts_are_still_encoded_once_with_the_same_values_and_gradients():
+    """Checkpointed layers recompute their forward in the backward pass; the shared prompt's keys and
+    values are read from a cache the tail pass never writes, so the recomputation sees what the
+    forward saw. Log-probs, entropies and LoRA gradients equal those without checkpointing, and the
+    prompt pass holds one row per distinct prompt (it is shared, not re-encoded per row)."""
+    model, tok = make_tiny()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
+    perturb_lora(policy.model)
+    prompts = [[1, 50, 51, 52, 53], [1, 60, 61], [1, 50, 51, 52, 53], [1, 60, 61], [1, 50, 51, 52, 53]]
+    completions = [[80, 81], [90, 91, 92, 2], [100], [101, 102, 103], [104, 105, 106, 107]]
+    packed = pack(prompts, completions, tok.pad_token_id)
+    inner = policy.model.base_model.model
+    rows: list[int] = []  # rows of each model pass, and calls of the first layer's attention
+    inner.model.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    inner.model.layers[0].self_attn.register_forward_pre_hook(lambda m, args: rows.append("attention"))
+    out = {}
+    policy.model.train()
+    for checkpointing in (False, True):
+        if checkpointing:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.model.zero_grad()
+        rows.clear()
+        logp_BT, ent_BT = token_logprobs(policy.model, packed, 0.7, with_entropy=True, share_prompts=True)
+        (logp_BT * torch.linspace(1, 2, logp_BT.numel()).view_as(logp_BT)).sum().backward()
+        out[checkpointing] = (logp_BT.detach(), ent_BT, [p.grad.clone() for p in policy.trainable_parameters()],
+                              list(rows))
+    # two distinct prompts once, then the five rows; checkpointed, the tail's layers run again in backward
+    assert out[False][3] == [2, "attention", 5, "attention"]
+    assert out[True][3] == [2, "attention", 5, "attention", "attention"]
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    for g_ckpt, g_plain in zip(out[True][2], out[False][2], strict=True):
+        assert (g_ckpt - g_plain).norm() <= 1e-6 * g_plain.norm()
+    assert all(g.abs().sum() > 0 for g in out[True][2])
+    assert all(not layer.__dict__.get("_can_checkpoint_with_cache") for layer in inner.model.layers)  # restored
+    assert all(layer.gradient_checkpointing for layer in inner.model.layers)
+
+
+def test_where_checkpointed_layers_would_drop_the_cache_the_prompts_are_encoded_per_row(monkeypatch):
+    """A transformers release without GradientCheckpointingLayer._can_checkpoint_with_cache drops
+    the cache of a checkpointed layer: the shared path must then step aside, not attend to nothing."""
+    import groupo.models.logprobs as logprobs
+
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8.0), beta=0.0)
+    packed = pack([[1, 50, 51, 52]] * 3, [[80, 81], [90], [91, 92, 93]], tok.pad_token_id)
+    policy.model.train()
+    want, _ = token_logprobs(policy.model, packed, share_prompts=False)
+    policy.model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    monkeypatch.setattr(logprobs, "checkpoint_keeps_cache", lambda: False)
+    shapes: list[tuple[int, int]] = []
+    policy.model.base_model.model.model.register_forward_pre_hook(
+        lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    got, _ = token_logprobs(policy.model, packed, share_prompts=True)
+    # the prompt pass ran (1 prompt x its first 3 tokens), found it cannot share under checkpointing,
+    # so the plain pass (3 rows x 4 prompt + 3 completion columns), not the tail (3 x 3), followed ...
+    assert shapes == [(1, 3), (3, 7)]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # ... and the plain pass gave the answer
 
 
 def test_token_logprobs_gradient_flows_to_real_tokens_only():

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 @dataclass
@@ -181,13 +183,13 @@ def _shared_prompt_logits(model: torch.nn.Module, packed: Packed) -> torch.Tenso
 
     A GRPO batch holds G completions of each prompt, and a plain forward pass encodes every
     prompt G times. Here the prompts' first P-1 tokens go through the model once per distinct
-    prompt, their KV cache is copied to the rows that share it (an index, so gradients from all
+    prompt, their keys and values are indexed to the rows that share them (so gradients from all
     G rows flow back into the one prompt pass), and only the last prompt token and the
     completions run per row. With SmolLM2-135M, 8 prompts x 8 completions, ~45-token prompts,
     that is about half of the tokens of the forward and backward pass.
 
     None (the caller then runs the plain pass) where nothing is shared, or where the model did not
-    fill the cache (e.g. gradient checkpointing turns use_cache off in training mode).
+    fill the cache or cannot attend to a shared prefix under activation checkpointing.
     """
     P, T = packed.prompt_len, packed.completion_ids_BT.shape[1]
     if P < 2:
@@ -198,28 +200,101 @@ def _shared_prompt_logits(model: torch.nn.Module, packed: Packed) -> torch.Tenso
         return None
     rows_B = torch.arange(len(key_BK), device=key_BK.device)
     first = torch.empty(len(unique_UK), dtype=torch.long, device=key_BK.device).scatter_(0, row_to_unique, rows_B)
-    cache = prompt_kv_cache(model, packed, first)
-    if cache is None:
-        return None
-    cache.batch_select_indices(row_to_unique)
+    head = (first, slice(0, P - 1))
     tail = slice(P - 1, P + T - 1)  # the last prompt token and all but the last completion token
-    return model(input_ids=packed.input_ids_BL[:, tail], attention_mask=packed.attention_mask_BL[:, :P + T - 1],
-                 position_ids=packed.position_ids_BL[:, tail], past_key_values=cache, use_cache=True).logits
+    return shared_prefix_forward(
+        model, dict(input_ids=packed.input_ids_BL[head], attention_mask=packed.attention_mask_BL[head],
+                    position_ids=packed.position_ids_BL[head]),
+        row_to_unique,
+        dict(input_ids=packed.input_ids_BL[:, tail], attention_mask=packed.attention_mask_BL[:, :P + T - 1],
+             position_ids=packed.position_ids_BL[:, tail]))
 
 
-def prompt_kv_cache(model: torch.nn.Module, packed: Packed, rows: torch.Tensor | None = None):
-    """A DynamicCache holding the keys and values of each prompt's first P-1 tokens, for `rows`
-    (all rows by default); the last prompt token is left to the pass that uses the cache, so that
-    its logits predict the first completion token. None where there is nothing to cache (P < 2)
-    or the model did not fill the cache (e.g. gradient checkpointing turns use_cache off in
-    training mode). Differentiable: gradients reach the prompt pass through the cache."""
+def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tensor, tail: dict) -> torch.Tensor | None:
+    """`model(**tail).logits` where every row of `tail` continues one of the prefixes `prefix` (model
+    inputs of the U distinct prefixes), `rows` (B,) naming each row's: the prefixes are encoded
+    once, and each row attends to its prefix's keys and values. Differentiable into the prefix pass.
+
+    Under activation checkpointing (`model.gradient_checkpointing`) the prefix pass runs without it
+    (its activations are those of U prefixes, a few of the batch's rows) and the tail pass with it:
+    the tail reads the prefix from a cache that it never writes (`PrefixLayer`), so the layers'
+    recomputation in the backward pass reads the same keys and values as their forward. None where
+    the model did not fill the cache, or a layer is not plain full attention, or this transformers
+    release drops the cache of checkpointed layers (it then cannot be shared)."""
+    from transformers import DynamicCache
+
+    inner = getattr(model, "module", model)  # a DDP wrapper keeps the model on .module
+    cache = DynamicCache(config=inner.config)
+    with _layers_set(model, "gradient_checkpointing", False):
+        model(**prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    n = prefix["input_ids"].shape[1]
+    if cache.get_seq_length() != n or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache.batch_select_indices(rows)
+    cache.layers = [PrefixLayer(layer.keys, layer.values) for layer in cache.layers]
+    if any(_checkpoint_layers(model, "gradient_checkpointing")) and not checkpoint_keeps_cache():
+        return None
+    with _layers_set(model, "_can_checkpoint_with_cache", True):
+        return model(**tail, past_key_values=cache, use_cache=True).logits
+
+
+def checkpoint_keeps_cache() -> bool:
+    """Whether this transformers release lets a checkpointed layer keep a cache it only reads."""
+    return hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
+
+
+class PrefixLayer(DynamicLayer):
+    """A cache layer holding a prefix's keys and values that each forward pass attends to and none
+    extends: `update` returns the prefix followed by the pass's own keys and values, and stores
+    nothing, so the same pass run again (activation checkpointing's recomputation) sees the same
+    prefix. The numbers are those of DynamicLayer's concatenation."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def _checkpoint_layers(model: torch.nn.Module, attr: str) -> Iterator[bool]:
+    return (getattr(m, attr) for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
+
+
+@contextlib.contextmanager
+def _layers_set(model: torch.nn.Module, attr: str, value: bool) -> Iterator[None]:
+    """Every checkpointable layer of `model` with `attr` set to `value` for the block (as an
+    attribute of the layer itself), then as before."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    saved = [m.__dict__.get(attr, _UNSET) for m in layers]
+    for m in layers:
+        setattr(m, attr, value)
+    try:
+        yield
+    finally:
+        for m, old in zip(layers, saved, strict=True):
+            if old is _UNSET:
+                m.__dict__.pop(attr, None)
+            else:
+                setattr(m, attr, old)
+
+
+_UNSET = object()
+
+
+def prompt_kv_cache(model: torch.nn.Module, packed: Packed):
+    """A DynamicCache holding the keys and values of each prompt's first P-1 tokens (generation's
+    shared prefix); the last prompt token is left to the pass that uses the cache, so that its
+    logits predict the first completion token. None where there is nothing to cache (P < 2) or
+    the model did not fill it."""
     from transformers import DynamicCache
 
     P = packed.prompt_len
     if P < 2:
         return None
-    index = (slice(None) if rows is None else rows, slice(0, P - 1))
+    head = slice(0, P - 1)
     cache = DynamicCache(config=getattr(model, "module", model).config)  # a DDP wrapper keeps it on .module
-    model(input_ids=packed.input_ids_BL[index], attention_mask=packed.attention_mask_BL[index],
-          position_ids=packed.position_ids_BL[index], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=packed.input_ids_BL[:, head], attention_mask=packed.attention_mask_BL[:, head],
+          position_ids=packed.position_ids_BL[:, head], past_key_values=cache, use_cache=True, logits_to_keep=1)
     return cache if cache.get_seq_length() == P - 1 else None

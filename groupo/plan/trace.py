@@ -241,20 +241,16 @@ def update_logprobs(model, x: UpdateInputs, share_prompts: bool, temperature: fl
     each distinct prompt encoded once where `share_prompts` (its KV cache indexed to the rows that
     share it), the output head in checkpointed chunks. tests/test_plan.py checks that both give
     the same log-probs."""
-    from transformers import DynamicCache
-
-    from groupo.models.logprobs import _chunkable_head, _without_head, head_logprobs
+    from groupo.models.logprobs import _chunkable_head, _without_head, head_logprobs, shared_prefix_forward
 
     head = _chunkable_head(model)
     with _without_head(model, head):
+        out = None
         if share_prompts:
-            cache = DynamicCache(config=getattr(model, "config", None))
-            model(input_ids=x.prompt_ids_UQ, attention_mask=x.prompt_mask_U1QQ, position_ids=x.prompt_pos_UQ,
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_select_indices(x.group_B)
-            out = model(input_ids=x.tail_ids_BT, attention_mask=x.tail_mask_B1TK, position_ids=x.tail_pos_BT,
-                        past_key_values=cache, use_cache=True).logits
-        else:
+            out = shared_prefix_forward(
+                model, dict(input_ids=x.prompt_ids_UQ, attention_mask=x.prompt_mask_U1QQ, position_ids=x.prompt_pos_UQ),
+                x.group_B, dict(input_ids=x.tail_ids_BT, attention_mask=x.tail_mask_B1TK, position_ids=x.tail_pos_BT))
+        if out is None:
             L, T = x.ids_BL.shape[1], x.targets_BT.shape[1]
             keep = torch.arange(L - T - 1, L - 1, device=x.ids_BL.device)  # the columns predicting the completion
             out = model(input_ids=x.ids_BL, attention_mask=x.mask_B1LL, position_ids=x.pos_BL,
@@ -267,11 +263,14 @@ def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: i
     """One micro-batch of the policy update (forward, entropy, backward), or with backward=False a
     no-grad log-prob pass (the reference / old policy), traced: `update_logprobs` on inputs of the
     batch's shapes."""
+    from groupo.models.logprobs import checkpoint_keeps_cache
+
     P, T = prompt_len, completion_len
     trace = OpTrace()
     model.train(backward)
     grad = torch.enable_grad() if backward else torch.no_grad()
-    share = share_prompts and P > 1 and math.ceil(rows / group) < rows and not _checkpointing(model)
+    share = (share_prompts and P > 1 and math.ceil(rows / group) < rows
+             and (checkpoint_keeps_cache() or not _checkpointing(model)))
     with trace, grad, torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
         logp, _ = update_logprobs(model, zero_inputs(rows, group, P, T, device, share), share, temperature,
                                   with_entropy=backward)
@@ -283,7 +282,8 @@ def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: i
 
 
 def _checkpointing(model) -> bool:
-    """Activation checkpointing on (it turns the KV cache off in training: no shared prompts)."""
+    """Activation checkpointing on (with a transformers release that drops a checkpointed layer's
+    cache, the update then encodes every prompt per row: see shared_prefix_forward)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
 

@@ -28,6 +28,7 @@ from groupo.data import load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
 from groupo.episodes.sampler import make_sampler, with_environment_reward
 from groupo.models import load_policy, save_policy
+from groupo.models.logprobs import checkpoint_keeps_cache
 from groupo.models.precision import resolve_autocast
 from groupo.report.alarms import TrainingStopped, loss_note
 from groupo.rewards import resolve_rewards
@@ -209,10 +210,10 @@ def _opening(cfg: Config, run_dir: Path, policy, world: Dist, device, amp: str, 
              + (f"  |  {world.world_size} processes, {cfg.train.parallel}" if world.enabled else "")
              + f"  |  {f'resumed at step {state.step}' if state.step else 'fresh start'}"
              + (f"  |  {where}" if where else "")]
-    if not s.share_prompts or cfg.model.gradient_checkpointing:
+    if not s.share_prompts or (cfg.model.gradient_checkpointing and not checkpoint_keeps_cache()):
         lines.append("the update encodes every prompt once per completion, not once per group: "
                      + ("FSDP2 cannot back-propagate through a shared prompt's KV cache" if not s.share_prompts
-                        else "gradient checkpointing turns the KV cache off in training"))
+                        else "this transformers release drops the KV cache of checkpointed layers"))
     if note := loss_note(cfg.algorithm.num_iterations, s.loss.beta):
         lines.append(note)
     return lines
