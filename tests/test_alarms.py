@@ -141,3 +141,38 @@ def test_run_alarms_off_and_thresholds_are_config_keys():
 def test_the_loss_note_is_given_exactly_where_the_loss_is_zero_by_construction():
     assert "~0 by construction" in loss_note(1, 0.0) and "reward/mean" in loss_note(1, 0.0)
     assert loss_note(2, 0.0) is None and loss_note(1, 0.04) is None
+
+
+def test_the_history_a_run_keeps_is_bounded_and_fires_what_the_whole_history_fires():
+    """The run keeps the first and the last records the alarms read (report.alarms.lookback), so a
+    day-long run's memory does not grow with its steps; at every step of a 400-step history full of
+    events (a KL rise, lost signal, length collapse, reward hacking, entropy collapse, NaN), the
+    trimmed history fires exactly the alarms the whole one does."""
+    import random
+
+    from groupo.report.alarms import lookback
+
+    rng = random.Random(0)
+    cfg = replace(CFG, kl_rise_steps=6, hacking_window=8, hacking_delta=0.05, entropy_window=7)
+    steps = []
+    for s in range(1, 401):
+        phase = (s // 40) % 5
+        over = {"loss/kl": 0.01 * (1 + (s % 40)) if phase == 1 else 0.01,
+                "rollout/zero_var_group_frac": 0.95 if phase == 2 else 0.25,
+                "completion/len_mean": 3.0 if phase == 3 and s % 40 > 20 else 30.0,
+                "reward/fn/answer_format": 0.1 + 0.02 * (s % 40) if phase == 4 else 0.5,
+                "accuracy/train": 0.9 - 0.02 * (s % 40) if phase == 4 else 0.5,
+                "loss/entropy": 0.8 * rng.choice([1.0, 0.05]) if phase == 0 and s > 40 else 0.8}
+        if s == 333:
+            over["loss/total"] = math.nan
+        steps.append(record(s, **over))
+    first, last = lookback(cfg)
+    kept, seen = [], []
+    for s in range(400):
+        kept.append(steps[s])
+        if len(kept) > 2 * (first + last):  # as trainer.runlog.RunLog.step trims it
+            del kept[first:len(kept) - last]
+        assert names(kept, cfg) == names(steps[:s + 1], cfg), s + 1
+        seen += names(kept, cfg)
+        assert len(kept) <= 2 * (first + last)
+    assert {"kl", "no_signal", "length", "reward_hacking", "nan"} <= set(seen)  # the events did fire

@@ -447,3 +447,28 @@ def test_round_seeds_are_the_callers_first_then_distinct_hashes():
     seeds = {round_seed(s, r) for s in range(50) for r in range(1, 9)}
     assert len(seeds) == 400 and all(0 <= s < 2 ** 31 for s in seeds)
     assert round_seed(17, 2) == round_seed(17, 2)  # a rerun draws the same
+
+
+def test_the_samplers_prompt_cache_is_bounded_and_still_encodes_each_prompt_right(monkeypatch):
+    """A generated task never repeats a prompt: the cache of encoded prompts is capped (a day-long
+    run must not grow with its steps), and a prompt encoded after a flush is the same ids."""
+    from groupo.data.prompts import encode_prompt
+    from groupo.episodes import sampler as sampler_mod
+    from groupo.types import Problem
+
+    monkeypatch.setattr(sampler_mod, "PROMPT_CACHE", 3)
+    tok = make_tokenizer()
+    seen = []
+
+    class Echo:  # an engine that hands back what it was given
+        def generate(self, prompts, params):
+            seen.append(prompts)
+            return [[] for _ in prompts]
+
+    s = sampler_mod.Sampler(Echo(), tok)
+    problems = [Problem([{"role": "user", "content": f"What is {i} + 1?"}], str(i + 1)) for i in range(8)]
+    for i in range(0, 8, 2):
+        s(problems[i:i + 2] + problems[:1], SamplingParams(n=1))
+        assert len(s._prompts) <= 3
+    want = [encode_prompt(tok, p.messages) for p in problems]
+    assert [ids for batch in seen for ids in batch] == [x for i in range(0, 8, 2) for x in (*want[i:i + 2], want[0])]

@@ -15,6 +15,8 @@ from groupo.tools import Toolbox, ToolSettings, load_environment, load_tools, ma
 from groupo.tools.toolbox import environment_rewards
 from groupo.types import Completion, Problem, SamplingParams
 
+PROMPT_CACHE = 4096  # encoded prompts kept: the held-out set's are reused, a generated task's never
+
 
 class Sampler:
     """`sampler(problems, params)` -> for each problem, `params.n` completions (whole episodes
@@ -29,6 +31,8 @@ class Sampler:
         own, with the tools and an environment's text: groupo.episodes.driver)."""
         key = json.dumps(problem.messages)
         if key not in self._prompts:
+            if len(self._prompts) >= PROMPT_CACHE:  # bounded: generated tasks never repeat a prompt
+                self._prompts.clear()
             self._prompts[key] = encode_prompt(self.tokenizer, problem.messages)
         return self._prompts[key]
 

@@ -26,6 +26,15 @@ Check = Callable[[History, AlarmsConfig, str], "tuple[str, str] | None"]
 FIRST = 3  # steps whose mean is the "initial" level of a quantity (length, entropy)
 
 
+def lookback(cfg: AlarmsConfig) -> tuple[int, int]:
+    """(first, last): the alarms read at most the `first` oldest records (a quantity's initial level
+    is the mean of its first FIRST values, which may start a few records in) and the `last` newest
+    (their longest window, plus the record before it that `fired` compares against), so a history
+    trimmed to those behaves as the whole one."""
+    windows = [v for v in vars(cfg).values() if type(v) is int]
+    return 10 * FIRST, max([FIRST, *windows]) + FIRST + 2
+
+
 class TrainingStopped(RuntimeError):
     """An alarm set to `stop` fired; the message names it, the step and the last good checkpoint."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from groupo.config import Config
 from groupo.distributed import Dist, broadcast_object
-from groupo.report.alarms import Alarm, fired
+from groupo.report.alarms import Alarm, fired, lookback
 from groupo.report.html import write_report
 from groupo.report.metrics import read_jsonl, truncate_after
 from groupo.report.progress import TrainProgress
@@ -64,6 +64,9 @@ class RunLog:
     def step(self, record: dict[str, Any], rollout, eval_reward: str) -> list[Alarm]:
         """Record a step (metrics line, samples, progress) and return the alarms it fired."""
         self.history.append(record)
+        first, last = lookback(self.cfg.alarms)
+        if len(self.history) > 2 * (first + last):  # bounded: a day-long run must not grow with its steps
+            del self.history[first:len(self.history) - last]
         self.summary["steps"] = record["step"]
         alarms = broadcast_object(fired(self.history, self.cfg.alarms, eval_reward)
                                   if self.main and self.cfg.run.alarms else [], self.world)
