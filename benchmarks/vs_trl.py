@@ -5,16 +5,20 @@
     python benchmarks/vs_trl.py --runs 1 --steps 4 --only groupo
     python benchmarks/vs_trl.py --creep 200           # groupo's resident memory over 200 short steps
     python benchmarks/vs_trl.py --precision fp32      # both in float32 (auto: bf16 where the CPU has it natively)
+    python benchmarks/vs_trl.py --new-tokens 256 --modes speed memory   # groupo's two modes against TRL
 
 The work (both trainers): the built-in SmolLM2-135M-Instruct, LoRA r=16 alpha=16 on q/k/v/o,
 two-digit sums with a think/answer system prompt, the same accuracy and format reward functions
 (groupo's, called by TRL through a wrapper that reads its message-list completions), 4 prompts x
-8 samples per step, at most 64 new tokens, temperature 1.0, beta 0.04 (a KL term, so both run a
+8 samples per step, at most 64 new tokens (`--new-tokens`), temperature 1.0, beta 0.04 (a KL term, so both run a
 reference forward), lr 1e-5, bf16 autocast where this CPU runs bf16 natively and float32
 elsewhere (`--precision`: emulated bf16 on an AVX2 CPU is several times slower than float32 for
 both trainers), one update per batch, 16 sequences per forward pass
 (TRL: per-device batch 16 and 2 accumulation steps, i.e. the same 32 completions per step),
 no gradient checkpointing (TRL turns it on by default; here off for both), no evaluation.
+groupo runs in its speed mode (as above) and, with `--modes speed memory`, also in its memory mode:
+`model.gradient_checkpointing=true`, which recomputes the layers' activations in the backward pass
+and keeps the shared prompts (models.logprobs.shared_prefix_forward).
 
 Each run is its own process (so its peak RSS is its own): per-step time (median after the first
 step, a warm-up), completions/s, generated tokens/s, peak RSS, and the model FLOPs per step with
@@ -84,7 +88,8 @@ def step_flops(n_params: int, prompt_tokens: float, completion_tokens: float, se
 # --------------------------------------------------------------------------------------------
 # workers: one run of one trainer; print one JSON line
 
-def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True) -> dict:
+def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new_tokens: int = 64,
+               memory: bool = False) -> dict:
     from groupo.config import load_config
     from groupo.trainer.loop import train
 
@@ -95,7 +100,8 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True) -> 
             "lora.rank": 16, "lora.alpha": 16,
             "task.name": str(data), "task.prompt_style": "r1", "task.system_prompt": SYSTEM, "task.eval_size": 1,
             "rewards.funcs": json.dumps({"accuracy": 1.0, "format": 1.0}),
-            "rollout.group_size": 4 if small else 8, "rollout.max_new_tokens": 16 if small else 64,
+            "rollout.group_size": 4 if small else 8, "rollout.max_new_tokens": 16 if small else new_tokens,
+            "model.gradient_checkpointing": str(memory).lower(),
             "rollout.temperature": 1.0, "algorithm.beta": 0.04, "train.lr": 1e-5,
             "train.prompts_per_step": 2 if small else 4, "train.micro_batch_size": 16,
             "train.steps": creep or steps, "train.save_every": 0, "run.progress": "off",
@@ -113,7 +119,7 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True) -> 
             "prompt_tokens": _prompt_tokens(), "sequences": 2 * 4 if small else 32}
 
 
-def run_trl(steps: int, workdir: Path, bf16: bool = True) -> dict:
+def run_trl(steps: int, workdir: Path, bf16: bool = True, new_tokens: int = 64) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -153,7 +159,7 @@ def run_trl(steps: int, workdir: Path, bf16: bool = True) -> dict:
 
     args = GRPOConfig(output_dir=str(workdir / "trl"), use_cpu=True, bf16=bf16, learning_rate=1e-5, beta=0.04,
                       num_generations=8, per_device_train_batch_size=16, gradient_accumulation_steps=2,
-                      max_completion_length=64, temperature=1.0, max_steps=steps, logging_steps=1,
+                      max_completion_length=new_tokens, temperature=1.0, max_steps=steps, logging_steps=1,
                       report_to="none", save_strategy="no", gradient_checkpointing=False, seed=0,
                       dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -190,10 +196,12 @@ def _prompt_tokens() -> float:
 # --------------------------------------------------------------------------------------------
 # the driver: alternate runs, summarise
 
-def _launch(trainer: str, steps: int, threads: int, creep: int = 0, bf16: bool = True) -> dict:
+def _launch(trainer: str, steps: int, threads: int, creep: int = 0, bf16: bool = True, new_tokens: int = 64,
+            mode: str = "speed") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--worker", trainer, "--steps", str(steps), "--workdir", tmp,
-               "--threads", str(threads), "--creep", str(creep), "--precision", "bf16" if bf16 else "fp32"]
+               "--threads", str(threads), "--creep", str(creep), "--precision", "bf16" if bf16 else "fp32",
+               "--new-tokens", str(new_tokens), "--modes", mode]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode or not lines:
@@ -222,6 +230,9 @@ def main() -> None:
     ap.add_argument("--creep", type=int, default=0, help="groupo only: this many short steps, RSS slope")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="both trainers' precision; auto = bf16 where the CPU has native bf16, else fp32")
+    ap.add_argument("--new-tokens", type=int, default=64, help="most new tokens per completion, both trainers")
+    ap.add_argument("--modes", nargs="+", choices=["speed", "memory"], default=["speed"],
+                    help="groupo's modes to run (memory: activation checkpointing)")
     ap.add_argument("--worker", choices=["groupo", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -235,12 +246,13 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         work = Path(args.workdir)
-        res = (run_groupo(args.steps, work, args.creep, bf16) if args.worker == "groupo"
-               else run_trl(args.steps, work, bf16))
+        res = (run_groupo(args.steps, work, args.creep, bf16, args.new_tokens, args.modes == ["memory"])
+               if args.worker == "groupo" else run_trl(args.steps, work, bf16, args.new_tokens))
         print(json.dumps(res), flush=True)
         return
 
-    print(f"CPU: {machine()}; torch threads {args.threads}; precision {args.precision} for both")
+    print(f"CPU: {machine()}; torch threads {args.threads}; precision {args.precision} for both; "
+          f"at most {args.new_tokens} new tokens")
     peak = peak_flops(args.threads, bf16)
     print(f"measured {args.precision} matmul peak: {peak / 1e12:.2f} TFLOP/s")
     if args.creep:
@@ -256,24 +268,34 @@ def main() -> None:
     model, _ = load_model("smollm2-135m-instruct")
     n_params = sum(p.numel() for p in model.parameters())
     del model
-    order = [t for _ in range(args.runs) for t in ("groupo", "trl") if args.only in (None, t)]
-    results: dict[str, list[dict]] = {"groupo": [], "trl": []}
-    for trainer in order:
-        run = _launch(trainer, args.steps, args.threads, bf16=bf16)
-        s = summarise(run, n_params, peak)
-        results[trainer].append(s)
-        print(f"{trainer:6s} run {len(results[trainer])}: {s['step_s']:.1f} s/step"
-              + (f" ({s['gen_s']:.1f} s generation)" if s["gen_s"] == s["gen_s"] else "")
-              + f", {s['tokens_per_s']:.0f} tokens/s, "
-              f"{s['completions_per_s']:.2f} completions/s, {s['tokens_per_completion']:.0f} tokens/completion, "
-              f"peak RSS {s['peak_rss_gb']:.2f} GB, {s['tflop_per_step']:.2f} TFLOP/step, MFU {s['mfu']:.1%}; "
-              f"steps {[round(x, 1) for x in run['step_s']]}, rewards {[_r(x) for x in run['reward']]}", flush=True)
-    if results["groupo"] and results["trl"]:
-        g = {k: statistics.median(r[k] for r in results["groupo"]) for k in results["groupo"][0]}
-        t = {k: statistics.median(r[k] for r in results["trl"]) for k in results["trl"][0]}
-        print(f"groupo / TRL: {g['tokens_per_s'] / t['tokens_per_s']:.2f}x generated tokens/s, "
-              f"{g['completions_per_s'] / t['completions_per_s']:.2f}x completions/s, "
-              f"{g['peak_rss_gb'] / t['peak_rss_gb']:.0%} of TRL's peak RSS (medians over runs)")
+    kinds = [f"groupo-{m}" for m in args.modes] if args.only != "trl" else []
+    kinds += ["trl"] if args.only != "groupo" else []
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(args.runs):  # alternating: one run of each kind, then again
+        for kind in kinds:
+            trainer, _, mode = kind.partition("-")
+            run = _launch(trainer, args.steps, args.threads, bf16=bf16, new_tokens=args.new_tokens,
+                          mode=mode or "speed")
+            s = summarise(run, n_params, peak)
+            results[kind].append(s)
+            print(f"{kind:13s} run {len(results[kind])}: {s['step_s']:.1f} s/step"
+                  + (f" ({s['gen_s']:.1f} s generation)" if s["gen_s"] == s["gen_s"] else "")
+                  + f", {s['tokens_per_s']:.0f} tokens/s, "
+                  f"{s['completions_per_s']:.2f} completions/s, {s['tokens_per_completion']:.0f} tokens/completion, "
+                  f"peak RSS {s['peak_rss_gb']:.2f} GB, {s['tflop_per_step']:.2f} TFLOP/step, MFU {s['mfu']:.1%}; "
+                  f"steps {[round(x, 1) for x in run['step_s']]}, rewards {[_r(x) for x in run['reward']]}",
+                  flush=True)
+    med = {k: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for k, rs in results.items() if rs}
+    for kind, m in med.items():
+        print(f"median {kind:13s}: {m['step_s']:.1f} s/step, {m['tokens_per_s']:.0f} tokens/s, "
+              f"peak RSS {m['peak_rss_gb']:.2f} GB, MFU {m['mfu']:.1%}")
+    if "trl" in med:
+        t = med["trl"]
+        for kind in (k for k in med if k != "trl"):
+            g = med[kind]
+            print(f"{kind} / TRL: {g['tokens_per_s'] / t['tokens_per_s']:.2f}x generated tokens/s, "
+                  f"{g['completions_per_s'] / t['completions_per_s']:.2f}x completions/s, "
+                  f"{g['peak_rss_gb'] / t['peak_rss_gb']:.0%} of TRL's peak RSS (medians over runs)")
 
 
 def _r(x):
