@@ -163,9 +163,9 @@ def test_where_checkpointed_layers_would_drop_the_cache_the_prompts_are_encoded_
     policy.model.base_model.model.model.register_forward_pre_hook(
         lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     got, _ = token_logprobs(policy.model, packed, share_prompts=True)
-    # the prompt pass ran (1 prompt x its first 3 tokens), found it cannot share under checkpointing,
-    # so the plain pass (3 rows x 4 prompt + 3 completion columns), not the tail (3 x 3), followed ...
-    assert shapes == [(1, 3), (3, 7)]
+    # no prompt pass (1 prompt x its first 3 tokens) and no tail (3 x 3): the plain pass (3 rows x 4
+    # prompt + 3 completion columns) ...
+    assert shapes == [(3, 7)]
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # ... and the plain pass gave the answer
 
 

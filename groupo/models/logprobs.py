@@ -223,6 +223,8 @@ def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tens
     release drops the cache of checkpointed layers (it then cannot be shared)."""
     from transformers import DynamicCache
 
+    if any(_checkpoint_layers(model, "gradient_checkpointing")) and not checkpoint_keeps_cache():
+        return None
     inner = getattr(model, "module", model)  # a DDP wrapper keeps the model on .module
     cache = DynamicCache(config=inner.config)
     with _layers_set(model, "gradient_checkpointing", False):
@@ -232,8 +234,6 @@ def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tens
         return None
     cache.batch_select_indices(rows)
     cache.layers = [PrefixLayer(layer.keys, layer.values) for layer in cache.layers]
-    if any(_checkpoint_layers(model, "gradient_checkpointing")) and not checkpoint_keeps_cache():
-        return None
     with _layers_set(model, "_can_checkpoint_with_cache", True):
         return model(**tail, past_key_values=cache, use_cache=True).logits
 

@@ -294,8 +294,8 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
     runs them: on merged LoRA weights, with the frozen weights cast once to the autocast dtype; the
     prefill encodes each prompt's first P-1 tokens once; the step is the last one, over a cache of
     P + new_tokens - 2 positions, written in place. The step's peak holds the casts, the whole cache
-    and the step's own tensors. Generation's costs beyond the forward passes (sampling, generate's own loop) are
-    measured separately (groupo.plan.machine)."""
+    and the step's own tensors. Generation's costs beyond the forward passes (sampling, generate's
+    own loop) are measured separately (groupo.plan.machine)."""
     from transformers import DynamicCache
 
     from groupo.models.lora import merged_for_inference
