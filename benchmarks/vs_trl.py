@@ -98,7 +98,9 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new
     small = creep > 0  # the memory-creep check: many short steps
     over = {"model.name": "smollm2-135m-instruct", "model.autocast": "bf16" if bf16 else "none",
             "lora.rank": 16, "lora.alpha": 16,
-            "task.name": str(data), "task.prompt_style": "r1", "task.system_prompt": SYSTEM, "task.eval_size": 1,
+            # plain style: the question alone as the user turn, after SYSTEM (the r1 style would append
+            # its instruction to the question, a longer prompt than TRL's)
+            "task.name": str(data), "task.prompt_style": "plain", "task.system_prompt": SYSTEM, "task.eval_size": 1,
             "rewards.funcs": json.dumps({"accuracy": 1.0, "format": 1.0}),
             "rollout.group_size": 4 if small else 8, "rollout.max_new_tokens": 16 if small else new_tokens,
             "model.gradient_checkpointing": str(memory).lower(),
