@@ -113,6 +113,10 @@ def test_under_activation_checkpointing_prompts_are_still_encoded_once_with_the_
     values are read from a cache the tail pass never writes, so the recomputation sees what the
     forward saw. Log-probs, entropies and LoRA gradients equal those without checkpointing, and the
     prompt pass holds one row per distinct prompt (it is shared, not re-encoded per row)."""
+    from groupo.models.logprobs import checkpoint_keeps_cache
+
+    if not checkpoint_keeps_cache():  # older transformers: the plain pass (the next test covers it)
+        pytest.skip("this transformers release drops the cache of checkpointed layers")
     model, tok = make_tiny()
     with torch.random.fork_rng():
         torch.manual_seed(0)
