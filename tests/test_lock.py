@@ -117,7 +117,9 @@ def test_a_second_groupo_train_on_the_same_run_dir_is_refused_naming_the_first(t
     from test_trainer import _cli, _overrides
 
     run = tmp_path / "run"
-    over = _overrides(tmp_path, 200, **{"run.dir": str(run)})
+    # steps enough to outlast the second one's start and its lock retries (lock.WAIT_S): 200 tiny
+    # steps once ended first on a quiet machine; the first is killed at the end anyway
+    over = _overrides(tmp_path, 100_000, **{"run.dir": str(run)})
     first = _cli(over)
     try:
         deadline = time.monotonic() + 120
