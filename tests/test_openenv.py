@@ -152,7 +152,7 @@ def test_an_openenv_server_plays_the_same_episode_over_its_websocket(echo, serve
     assert c.environment.observations == [READY, '{"echoed_message": "hello", "message_length": 5}',
                                           '{"echoed_message": "hi", "message_length": 2}']
     # each episode is a session of its own, closed once scored; the server allows 2 at once (the
-    # helper's reset that renders the prompt may still hold one), and one past them is refused by name
+    # reset that rendered the prompt may still hold one), and one past them is refused by name
     held = []
     refused = r"^OpenEnv server http://127.0.0.1:\d+: no session .*max_concurrent_envs"
     with pytest.raises(ConnectionError, match=refused):
