@@ -72,6 +72,14 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _need_chromium() -> None:
+    """Skip without Chromium, or fail: .ci/run installs it and sets GROUPO_REQUIRE_BROWSER, so CI
+    cannot skip a browser test."""
+    if _chromium() is None:
+        (pytest.fail if os.environ.get("GROUPO_REQUIRE_BROWSER") else pytest.skip)(
+            "needs chromium: apt-get install chromium")
+
+
 def _headless(args: list[str], page: Path) -> subprocess.CompletedProcess:
     return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", *args,
@@ -80,9 +88,7 @@ def _headless(args: list[str], page: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.browser
 def test_chromium_draws_every_plot_without_console_errors(tmp_path):
-    if _chromium() is None:  # .ci/run installs it and sets GROUPO_REQUIRE_BROWSER, so CI cannot skip it
-        (pytest.fail if os.environ.get("GROUPO_REQUIRE_BROWSER") else pytest.skip)(
-            "needs chromium: apt-get install chromium")
+    _need_chromium()
     rows = healthy(200)
     rows[119]["alarms"] = [{"name": "kl", "step": 120, "action": "warn", "message": "KL rose", "advice": "beta"}]
     a = write_run(tmp_path / "a", rows)
@@ -107,9 +113,7 @@ def test_chromium_draws_every_plot_without_console_errors(tmp_path):
 
 @pytest.mark.browser
 def test_chromium_draws_a_report_whose_samples_hold_comment_and_script_tags(tmp_path):
-    if _chromium() is None:
-        (pytest.fail if os.environ.get("GROUPO_REQUIRE_BROWSER") else pytest.skip)(
-            "needs chromium: apt-get install chromium")
+    _need_chromium()
     run = write_run(tmp_path / "r", healthy(3))
     with open(run / "samples.jsonl", "a", encoding="utf-8") as fh:  # what any model output can carry
         fh.write(json.dumps({"step": 3, "prompt": "What is 0 + 1? <!--<script> x", "answer": "1",
@@ -145,9 +149,7 @@ def test_an_episode_reaches_the_report_as_its_turns_with_the_calls_written_out(t
 
 @pytest.mark.browser
 def test_chromium_marks_the_tool_turns_of_an_episode(tmp_path):
-    if _chromium() is None:
-        (pytest.fail if os.environ.get("GROUPO_REQUIRE_BROWSER") else pytest.skip)(
-            "needs chromium: apt-get install chromium")
+    _need_chromium()
     run = write_run(tmp_path / "r", healthy(3))
     (run / "samples.jsonl").write_text(json.dumps(EPISODE) + "\n", encoding="utf-8")
     dom = _headless(["--dump-dom"], write_page([run], tmp_path / "report.html")).stdout
