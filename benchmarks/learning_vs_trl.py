@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 from machine import machine  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from vs_trl import completion_texts, step_clock  # benchmarks/vs_trl.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = "RESULT "  # marks the worker's JSON line among the trainers' own output
@@ -119,7 +120,7 @@ def run_groupo(steps: int, eval_size: int, precision: str, workdir: Path) -> dic
 def run_trl(steps: int, eval_size: int, precision: str, workdir: Path) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from groupo.data import load_task
@@ -141,8 +142,7 @@ def run_trl(steps: int, eval_size: int, precision: str, workdir: Path) -> dict:
     ds = Dataset.from_list([{"prompt": p.messages, "answer": p.answer} for p in train_problems])
 
     def accuracy(prompts, completions, answer, **kw):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return accuracy_fn(completions=texts, answer=answer)
+        return accuracy_fn(completions=completion_texts(completions), answer=answer)
 
     # The model as groupo's train makes it: seed, float32 weights (SDPA attention), LoRA.
     torch.manual_seed(T.seed)
@@ -161,21 +161,6 @@ def run_trl(steps: int, eval_size: int, precision: str, workdir: Path) -> dict:
 
     before, n_eval, eval_before_s = held_out_accuracy(model)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.t, self.steps, self.logs = time.perf_counter(), [], []
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
-            self.steps.append(now - self.t)
-            self.t = now
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            self.logs.append(dict(logs or {}))
-
     args = GRPOConfig(
         output_dir=str(workdir / "trl"), use_cpu=True, bf16=bf16, seed=T.seed, report_to="none",
         save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
@@ -188,7 +173,7 @@ def run_trl(steps: int, eval_size: int, precision: str, workdir: Path) -> dict:
         repetition_penalty=1.0, beta=0.0, epsilon=0.2, epsilon_high=0.2, num_iterations=1, loss_type="grpo",
         scale_rewards="group", importance_sampling_level="token", mask_truncated_completions=False)
     assert args.steps_per_generation * MICRO == PROMPTS * GROUP  # one generation per optimizer step
-    clock = Clock()
+    clock = step_clock()
     trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[accuracy], args=args, train_dataset=ds,
                           callbacks=[clock])
     t0 = time.perf_counter()

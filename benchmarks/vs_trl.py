@@ -125,7 +125,7 @@ def run_trl(steps: int, workdir: Path, bf16: bool = True, new_tokens: int = 64) 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from groupo.models.load import resolve_model
@@ -138,18 +138,49 @@ def run_trl(steps: int, workdir: Path, bf16: bool = True, new_tokens: int = 64) 
                                         {"role": "user", "content": p["question"]}], "answer": p["answer"]}
                             for p in problems(2000)])
 
-    def texts(completions):
-        return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-
     def accuracy(prompts, completions, answer, **kw):
-        return accuracy_reward(texts(completions), answer)
+        return accuracy_reward(completion_texts(completions), answer)
 
     def fmt(prompts, completions, **kw):
-        return format_reward(texts(completions))
+        return format_reward(completion_texts(completions))
 
-    class Clock(TrainerCallback):
+    args = GRPOConfig(output_dir=str(workdir / "trl"), use_cpu=True, bf16=bf16, learning_rate=1e-5, beta=0.04,
+                      num_generations=8, per_device_train_batch_size=16, gradient_accumulation_steps=2,
+                      max_completion_length=new_tokens, temperature=1.0, max_steps=steps, logging_steps=1,
+                      report_to="none", save_strategy="no", gradient_checkpointing=False, seed=0,
+                      dataloader_num_workers=0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    clock = step_clock()
+    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[accuracy, fmt], args=args,
+                          train_dataset=ds, callbacks=[clock],
+                          peft_config=LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                      "o_proj"]))
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    logs = [x for x in clock.logs if "completions/mean_length" in x]
+    return {"trainer": "trl", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "step_s": clock.steps,
+            "completion_tokens": [x["completions/mean_length"] for x in logs],
+            "reward": [x.get("reward") for x in logs], "prompt_tokens": _prompt_tokens(), "sequences": 32}
+
+
+def completion_texts(completions) -> list[str]:
+    """The text of each completion as TRL hands them to reward functions (message lists or strings)."""
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
+def step_clock():
+    """A TrainerCallback that times each optimizer step from the start of training (`steps`, seconds)
+    and keeps TRL's logged records (`logs`)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
         def __init__(self):
             self.t, self.steps, self.logs = time.perf_counter(), [], []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             now = time.perf_counter()
@@ -159,26 +190,7 @@ def run_trl(steps: int, workdir: Path, bf16: bool = True, new_tokens: int = 64) 
         def on_log(self, args, state, control, logs=None, **kw):
             self.logs.append(dict(logs or {}))
 
-    args = GRPOConfig(output_dir=str(workdir / "trl"), use_cpu=True, bf16=bf16, learning_rate=1e-5, beta=0.04,
-                      num_generations=8, per_device_train_batch_size=16, gradient_accumulation_steps=2,
-                      max_completion_length=new_tokens, temperature=1.0, max_steps=steps, logging_steps=1,
-                      report_to="none", save_strategy="no", gradient_checkpointing=False, seed=0,
-                      dataloader_num_workers=0)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(path)
-    clock = Clock()
-    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[accuracy, fmt], args=args,
-                          train_dataset=ds, callbacks=[clock],
-                          peft_config=LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                      "o_proj"]))
-    t0 = time.perf_counter()
-    clock.t = t0
-    trainer.train()
-    wall = time.perf_counter() - t0
-    logs = [x for x in clock.logs if "completions/mean_length" in x]
-    return {"trainer": "trl", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "step_s": clock.steps,
-            "completion_tokens": [x["completions/mean_length"] for x in logs],
-            "reward": [x.get("reward") for x in logs], "prompt_tokens": _prompt_tokens(), "sequences": 32}
+    return StepClock()
 
 
 def _peak_rss_mb() -> float:
