@@ -71,6 +71,10 @@ class TaskConfig:
     split: str = _f("train", "split to train on")
     eval_split: str = _f("test", "held-out split for evaluation")
     eval_size: int = _f(100, "held-out problems evaluated (0 = all)", min=0)
+    extra_eval_splits: list[str] = _f(
+        [], "further held-out splits of the same task (e.g. [unseen] for arithmetic), each evaluated "
+        "like task.eval_split: before training, every train.eval_every steps and at the end, "
+        "task.eval_size problems each; logged as accuracy/eval_<split>")
     train_size: int = _f(0, "training problems kept after shuffling (0 = all)", min=0)
     difficulty: int = _f(2, "difficulty level for synthetic tasks (1 = easiest)", min=1, max=5)
     prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool"] = _f(

@@ -19,6 +19,16 @@ all, leaving 60 and 33 to train on (the other levels hold 500). Stratified becau
 draw of 80 took 41 of the 55 differences: training then saw only 14 differences over and over,
 and learnt them by heart, not subtraction. The training stream is long (`TRAIN_LEN`) and lazily
 generated.
+
+The "unseen" split (`unseen_problems`, `task.eval_split: unseen` or `task.extra_eval_splits:
+[unseen]`) measures generalisation rather than recall: 100 fixed two-digit problems (50 sums, 50
+differences that are never negative, distinct expressions, seed stream "arithmetic/unseen/{seed}")
+written only in wordings that training never uses at any level (`_UNSEEN_*`: other bare forms,
+instructions and story frames, other names and items). A level-1 run is trained on one-digit
+problems in the training wordings, so its accuracy here says whether what it learnt carries over
+to larger numbers and new phrasings. The split is the same at every level; its expressions are not
+kept out of level 2's training or test sets (a level-2 run may train on some of them, in the
+training wordings). The training wordings and streams are untouched by it.
 """
 
 from __future__ import annotations
@@ -140,6 +150,30 @@ def _story(op: str, a: int, b: int, rng: random.Random) -> str:
     }[op])
 
 
+# Wordings of the "unseen" split only: no template, name or item here occurs in the training
+# wordings above (tests/test_data.py checks it on generated training problems of every level).
+_UNSEEN_NAMES = ["Maya", "Omar", "Priya", "Quentin", "Rosa", "Sami", "Tariq", "Uma"]
+_UNSEEN_ITEMS = ["stamps", "buttons", "beads", "cookies", "tickets", "pebbles"]
+
+
+def _unseen_wording(op: str, a: int, b: int, rng: random.Random) -> str:
+    e = f"{a} {op} {b}"
+    bare = [f"How much is {e}?", f"Work out {e}.", f"Tell me the value of {e}.", f"Solve: {e}"]
+    who, item = rng.choice(_UNSEEN_NAMES), rng.choice(_UNSEEN_ITEMS)
+    verbal, story = {
+        "+": ([f"{a} plus {b} equals what?", f"Find the total of {a} and {b}.",
+               f"If you add {b} to {a}, what do you get?", f"Increase {a} by {b}. What is the result?"],
+              [f"{who} collected {a} {item} on Monday and {b} on Tuesday. How many {item} did {who} "
+               "collect altogether?",
+               f"A jar contains {a} {item}. {who} puts in {b} more. How many {item} are in the jar now?"]),
+        "-": ([f"{a} minus {b} equals what?", f"How much is left when {b} is taken from {a}?",
+               f"If you subtract {b} from {a}, what do you get?", f"Decrease {a} by {b}. What is the result?"],
+              [f"{who} had {a} {item} and lost {b} of them. How many {item} does {who} still have?",
+               f"A shop had {a} {item} and sold {b}. How many {item} does the shop have now?"]),
+    }[op]
+    return rng.choice(rng.choice([bare, verbal, story]))
+
+
 def make_problem(rng: random.Random, level: int) -> ArithmeticProblem:
     """One problem at `level`, drawn with `rng` (all randomness comes from it)."""
     if level not in TEST_SIZE:
@@ -176,6 +210,28 @@ def test_problems(level: int, seed: int) -> list[ArithmeticProblem]:
                 continue
             per_op[op] = per_op.get(op, 0) + 1
         out[p.expression] = p
+    return list(out.values())
+
+
+UNSEEN_SIZE = {"+": 50, "-": 50}  # per operation
+
+
+def unseen_problems(seed: int) -> list[ArithmeticProblem]:
+    """The "unseen" split (see the module doc): two-digit + and - in wordings training never uses,
+    `sum(UNSEEN_SIZE.values())` problems with distinct expressions, the same at every level."""
+    rng = random.Random(f"arithmetic/unseen/{seed}")
+    out: dict[str, ArithmeticProblem] = {}
+    per_op: dict[str, int] = {}
+    while len(out) < sum(UNSEEN_SIZE.values()):
+        op, a, b = rng.choice("+-"), _digits(rng, 2), _digits(rng, 2)
+        if op == "-" and b > a:
+            a, b = b, a
+        expression = f"{a} {op} {b}"
+        if expression in out or per_op.get(op, 0) == UNSEEN_SIZE[op]:
+            continue
+        per_op[op] = per_op.get(op, 0) + 1
+        out[expression] = ArithmeticProblem(_unseen_wording(op, a, b, rng), a + b if op == "+" else a - b,
+                                            expression)
     return list(out.values())
 
 

@@ -73,9 +73,26 @@ def _finish(name: str, cfg, train_rows: Sequence[dict] | NoSplit, test_rows: lis
 # ---------------------------------------------------------------------------------------------
 # Synthetic tasks
 
+# The held-out splits (`task.eval_split`, `task.extra_eval_splits`) of the generated tasks, checked
+# when the config is (groupo.config_rules); file tasks' splits are known only once their files are read.
+EVAL_SPLITS: dict[str, tuple[str, ...]] = {
+    "arithmetic": ("test", "unseen"), "big_arithmetic": ("test",), "countdown": ("test",)}
+
+
+def check_eval_split(task: str, split: str, key: str = "task.eval_split") -> None:
+    """Refuse a held-out split a generated task does not have, in one line naming the valid ones."""
+    if task in EVAL_SPLITS and split not in EVAL_SPLITS[task]:
+        hint = " (task.extra_eval_splits=[] evaluates none)" if key == "task.extra_eval_splits" else ""
+        raise DataError(f"{key}: split {split!r} is unknown for task {task!r}; valid: "
+                        f"{', '.join(EVAL_SPLITS[task])}{hint}")
+
+
 def arithmetic_task(cfg) -> Task:
+    check_eval_split("arithmetic", cfg.eval_split)
     stream, test = arithmetic.splits(cfg.difficulty, cfg.seed)
-    return synthetic_task(cfg, f"arithmetic-d{cfg.difficulty}", stream, test)
+    if cfg.eval_split == "unseen":
+        test = arithmetic.unseen_problems(cfg.seed)
+    return synthetic_task(cfg, f"arithmetic-d{cfg.difficulty}", stream, test, split=cfg.eval_split)
 
 
 def _worked(p, style: str) -> str:
@@ -87,12 +104,14 @@ def _worked(p, style: str) -> str:
 
 
 def big_arithmetic_task(cfg) -> Task:
+    check_eval_split("big_arithmetic", cfg.eval_split)
     stream, test = big_arithmetic.splits(cfg.seed)
     return synthetic_task(cfg, "big_arithmetic", stream, test)
 
 
-def synthetic_task(cfg, name: str, stream: Sequence, test: list) -> Task:
-    """A task over a generated training stream and held-out list of ArithmeticProblem."""
+def synthetic_task(cfg, name: str, stream: Sequence, test: list, split: str = "test") -> Task:
+    """A task over a generated training stream and held-out list of ArithmeticProblem (the held-out
+    problems' ids name `split`)."""
     n_train = min(cfg.train_size or len(stream), len(stream) - cfg.few_shot)
     # Worked examples: the stream's last items, which training (the first n_train) never reaches.
     shots = [stream[len(stream) - 1 - i] for i in range(cfg.few_shot)]
@@ -103,12 +122,13 @@ def synthetic_task(cfg, name: str, stream: Sequence, test: list) -> Task:
         return to_problem({"question": p.question, "answer": str(p.answer)}, cfg, examples, f"{name}-train-{i}")
 
     test_problems = [to_problem({"question": p.question, "answer": str(p.answer)}, cfg, examples,
-                                f"{name}-test-{i}") for i, p in enumerate(test[: cfg.eval_size or None])]
+                                f"{name}-{split}-{i}") for i, p in enumerate(test[: cfg.eval_size or None])]
     return Task(name, MappedSequence(range(n_train), problem), test_problems,
                 default_rewards(cfg.prompt_style), "accuracy")
 
 
 def countdown_task(cfg) -> Task:
+    check_eval_split("countdown", cfg.eval_split)
     if cfg.path:
         test_rows = countdown.read_countdown(cfg.path, skip_bad=cfg.skip_bad_rows)
     else:

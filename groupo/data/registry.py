@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
-from groupo.data.builtin import BUILDERS, SUPPORTED, generic_task
+from groupo.data.builtin import BUILDERS, SUPPORTED, check_eval_split, generic_task
 from groupo.data.task import DataError, Task
+from groupo.types import Problem
 
 TASKS: dict[str, Callable[..., Task]] = dict(BUILDERS)
 
@@ -19,6 +21,23 @@ def load_task(cfg) -> Task:
         raise DataError(f"task {cfg.name!r} is unknown; valid: {', '.join(TASKS)}, "
                         f"or a path to a {'/'.join(SUPPORTED)} file")
     return TASKS[cfg.name](cfg)
+
+
+NONE_EXTRA = "task.extra_eval_splits=[] evaluates none; the quickstart's [unseen] is the arithmetic task's"
+
+
+def extra_eval_sets(cfg) -> dict[str, list[Problem]]:
+    """`cfg.extra_eval_splits` (a `TaskConfig`'s): split name -> its held-out problems, each the
+    task loaded with that `eval_split` and cut to `eval_size`; a split the task lacks is refused in
+    one line naming the key."""
+    out = {}
+    for split in cfg.extra_eval_splits:
+        check_eval_split(cfg.name, split, key="task.extra_eval_splits")
+        try:
+            out[split] = load_task(replace(cfg, eval_split=split)).test[: cfg.eval_size or None]
+        except DataError as e:
+            raise DataError(f"task.extra_eval_splits: split {split!r}: {e} ({NONE_EXTRA})") from None
+    return out
 
 
 # Tasks answered with code (math solved by a Python program; MBPP; HumanEval).
