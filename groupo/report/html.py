@@ -30,7 +30,8 @@ ASSETS = Path(__file__).parent / "vendor"
 PLOTS: list[tuple[str, str, list[str]]] = [
     ("reward", "Reward: total (weighted), mean and std over the batch", ["reward/mean", "reward/std"]),
     ("reward_fn", "Reward per function (unweighted mean)", ["reward/fn/*"]),
-    ("accuracy", "Accuracy: training samples and held-out (greedy)", ["accuracy/train", "accuracy/eval"]),
+    ("accuracy", "Accuracy: training samples and held-out (greedy)",
+     ["accuracy/train", "accuracy/eval", "accuracy/eval_*"]),
     ("length", "Completion length (tokens)", ["completion/len_mean", "completion/len_max"]),
     ("truncated", "Share truncated at the length limit, and with several answers",
      ["completion/truncated_frac", "completion/multi_answer_frac"]),
@@ -70,7 +71,8 @@ def run_data(run_dir: Path) -> dict[str, Any]:
     evals = read_jsonl(run_dir / "eval.jsonl")
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     series = {k: [_round(r.get(k)) for r in rows] for k in keys}
-    if evals:  # held-out accuracy at its own steps: merged into the step axis, null elsewhere
+    if evals:  # held-out accuracy at its own steps: merged into the step axis, null elsewhere; the rows
+        # of an extra split (task.extra_eval_splits, with "split") are their own series, accuracy/eval_<split>
         steps = sorted({r["step"] for r in rows} | {e["step"] for e in evals})
         at = {s: i for i, s in enumerate(steps)}
         merged = {k: [None] * len(steps) for k in keys}
@@ -78,9 +80,9 @@ def run_data(run_dir: Path) -> dict[str, Any]:
             for k in keys:
                 merged[k][at[r["step"]]] = series[k][i]
         merged["step"] = steps
-        merged["accuracy/eval"] = [None] * len(steps)
         for e in evals:
-            merged["accuracy/eval"][at[e["step"]]] = _round(e.get("accuracy"))
+            key = f"accuracy/eval_{e['split']}" if e.get("split") else "accuracy/eval"
+            merged.setdefault(key, [None] * len(steps))[at[e["step"]]] = _round(e.get("accuracy"))
         series = merged
     alarms = [a | {"step": r["step"]} for r in rows for a in r.get("alarms", [])]
     samples = read_jsonl(run_dir / "samples.jsonl")[-MAX_SAMPLES:]

@@ -16,6 +16,8 @@ KEYS: dict[str, str] = {
     "reward/gold_unparsed_frac": "share of the step's prompts whose reference answer is neither a number nor math",
     "accuracy/train": "share of sampled completions the task's evaluation reward scores 1",
     "accuracy/eval": "held-out greedy accuracy (eval.jsonl; sent to the other sinks at each evaluation)",
+    "accuracy/eval_<split>": "the same on the extra held-out split `<split>` (task.extra_eval_splits; eval.jsonl "
+                             "rows that name it)",
     "completion/len_mean": "completion length in tokens, mean",
     "completion/len_max": "completion length in tokens, max",
     "completion/truncated_frac": "share of completions that hit rollout.max_new_tokens",
@@ -67,10 +69,11 @@ def fn_key(name: str) -> str:
 
 
 def documented(key: str) -> bool:
-    """Whether `key` is in the table (reward function keys match their `<name>` row)."""
+    """Whether `key` is in the table (reward function keys match their `<name>` row, extra splits'
+    their `<split>` row)."""
     if key in KEYS:
         return True
-    return any(key.startswith(k[: -len("<name>")]) for k in KEYS if k.endswith("<name>"))
+    return any(key.startswith(k[: -len(end)]) for k in KEYS for end in ("<name>", "<split>") if k.endswith(end))
 
 
 def markdown_table() -> str:

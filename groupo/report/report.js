@@ -95,7 +95,7 @@
     const series = [{ label: "step" }].concat(lines.map((l) => ({
       label: (runs.length > 1 ? l.r.name + " " : "") + l.k,
       stroke: COLORS[l.ki % COLORS.length], width: 2, dash: DASHES[l.ri % DASHES.length], spanGaps: true,
-      points: { show: l.k === "accuracy/eval" || steps.length < 30, size: 5 },
+      points: { show: l.k.startsWith("accuracy/eval") || steps.length < 30, size: 5 },
       value: (u, v) => fmt(v),
     })));
     const u = new uPlot({
@@ -104,7 +104,7 @@
       axes: [{ label: "step", incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000] }, { size: 64, values: (u, splits) => splits.map(tick) }],
       legend: { live: true },
     }, data, box);
-    u.root.title = keys.map((k) => k + ": " + (D.keys[k] || D.keys[k.replace(/\/[^/]*$/, "/<name>")] || "")).join("\n");
+    u.root.title = keys.map((k) => k + ": " + (D.keys[k] || D.keys[k.replace(/\/[^/]*$/, "/<name>")] || D.keys[k.replace(/^accuracy\/eval_.*/, "accuracy/eval_<split>")] || "")).join("\n");
     made.push({ u, box, lines });
   }
   // "drawn" = a series' own colour is on the canvas (the test checks each plot shows a curve).

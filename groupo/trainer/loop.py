@@ -24,7 +24,7 @@ import torch
 
 from groupo.config import Config, ConfigError, dump_yaml
 from groupo.config_rules import validate
-from groupo.data import load_task, require_train
+from groupo.data import extra_eval_sets, load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
 from groupo.episodes.sampler import make_sampler, with_environment_reward
 from groupo.models import load_policy, save_policy
@@ -37,7 +37,7 @@ from groupo.rollout import EngineContext, build_engine, describe
 from groupo.trainer import parallel
 from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_latest, save_checkpoint
 from groupo.trainer.collect import collect
-from groupo.trainer.held_out import held_out_accuracy
+from groupo.trainer.held_out import HeldOut, held_out_accuracy
 from groupo.trainer.interrupts import Interrupted, finish_first, sigterm_as_interrupt
 from groupo.trainer.prepare import loss_settings, prepare, update_settings
 from groupo.trainer.record import step_record
@@ -80,6 +80,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     # --- task, rewards, model, parallel wrapper, optimizer, checkpoint, engine
     task = load_task(cfg.task)
     require_train(task)  # an empty training split: one line, before the model loads
+    extra_sets = extra_eval_sets(cfg.task)  # task.extra_eval_splits: a missing split fails here too
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens)
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
@@ -93,16 +94,15 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
     reward_fns = with_environment_reward(reward_fns, sampler)
     eval_problems = task.test[: cfg.task.eval_size or None]
-
-    def held_out() -> tuple[float, int, float]:
-        return held_out_accuracy(sampler, module, task, eval_problems, reward_fns, max_new_tokens=R.max_new_tokens,
-                                 batch_size=R.batch_size, world=world)
+    held_out = HeldOut(lambda problems: held_out_accuracy(sampler, module, task, problems, reward_fns, world=world,
+                                                          max_new_tokens=R.max_new_tokens, batch_size=R.batch_size),
+                       eval_problems, extra_sets)
 
     with RunLog(cfg, run_dir, world, state.step, state.elapsed_s) as run, sigterm_as_interrupt():
         for line in _opening(cfg, run_dir, policy, world, device, amp, s, state, engine):
             run.log(line)
-        if state.step == 0 and not run.evaluated_before():
-            run.evaluation(0, *held_out())
+        if state.step == 0:
+            held_out.evaluate(run, 0, before=True)
         session_start, step_times, stopped_early = time.monotonic(), [], False
         try:
             while state.step < T.steps:
@@ -149,7 +149,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                 if halted := next((a for a in alarms if a.action == "stop"), None):
                     _halt(run, run_dir, halted)
                 if T.eval_every and state.step % T.eval_every == 0 and state.step < T.steps:
-                    run.evaluation(state.step, *held_out())
+                    held_out.evaluate(run, state.step)
                 if T.save_every and state.step % T.save_every == 0:
                     state.elapsed_s += time.monotonic() - session_start
                     session_start = time.monotonic()
@@ -168,7 +168,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
         whole = parallel.full_state_dict(policy.model, trainable_only=policy.is_lora)  # FSDP2: gathered to rank 0
         if world.is_main:
             save_policy(policy, run_dir / "final", state_dict=whole)
-        after = run.evaluation(state.step, *held_out())
+        after = held_out.evaluate(run, state.step)
         before = run.first_accuracy()
         run.summary = {
             "run_dir": str(run_dir), "model": cfg.model.name, "task": cfg.task.name, "preset": A.preset,
@@ -176,11 +176,10 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             "train_minutes": round(state.elapsed_s / 60, 2),
             "total_minutes_this_session": round((time.monotonic() - started) / 60, 2),
             "eval_problems": len(eval_problems), "accuracy_before": before, "accuracy_after": after,
-            "improvement_points": None if before is None else round(100 * (after - before), 1)}
+            "improvement_points": None if before is None else round(100 * (after - before), 1),
+            **run.extra_eval()}  # {"extra_eval": {split: ...}} with task.extra_eval_splits
     if world.is_main:
-        run.log(f"held-out accuracy: {before:.1%} -> {after:.1%} ({run.summary['improvement_points']:+.1f} points) "
-                f"after {state.step} steps, {run.summary['train_minutes']} min of training\n"
-                f"final weights: {run_dir / 'final'}\nreport: {run.report}")
+        run.log(run.closing())
     return run.summary
 
 

@@ -57,9 +57,15 @@ class RunLog:
     def log(self, message: str) -> None:
         self.progress.log(message)
 
-    def evaluated_before(self) -> bool:
-        """Whether eval.jsonl has an evaluation (then a resumed run has its "before" figure)."""
-        return bool(broadcast_object(self.main and bool(read_jsonl(self.run_dir / "eval.jsonl")), self.world))
+    def _evals(self, split: str | None) -> list[dict[str, Any]]:
+        """eval.jsonl's rows of one held-out split (None: the main one, whose rows have no "split");
+        rank 0 reads, the others get []."""
+        rows = read_jsonl(self.run_dir / "eval.jsonl") if self.main else []
+        return [r for r in rows if r.get("split") == split]
+
+    def evaluated_before(self, split: str | None = None) -> bool:
+        """Whether eval.jsonl has an evaluation of `split` (then a resumed run has its "before" figure)."""
+        return bool(broadcast_object(bool(self._evals(split)), self.world))
 
     def step(self, record: dict[str, Any], rollout, eval_reward: str) -> list[Alarm]:
         """Record a step (metrics line, samples, progress) and return the alarms it fired."""
@@ -80,15 +86,45 @@ class RunLog:
         self.progress.advance(record)
         return alarms
 
-    def evaluation(self, step: int, accuracy: float, n: int, seconds: float) -> float:
+    def evaluation(self, step: int, accuracy: float, n: int, seconds: float, split: str | None = None) -> float:
+        """Record a held-out evaluation: an eval.jsonl row (with "split" for an extra split of
+        task.extra_eval_splits; the main split's rows have none), the sinks' accuracy/eval (or
+        accuracy/eval_<split>) and a log line."""
         if self.main:
+            row = {"step": step, "accuracy": accuracy, "n": n, "seconds": round(seconds, 1)}
             with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, "accuracy": accuracy, "n": n, "seconds": round(seconds, 1)}) + "\n")
-            self.sinks.scalars({"accuracy/eval": accuracy}, step)
-        self.log(f"eval step {step}: held-out accuracy {accuracy:.1%} on {n} problems ({seconds:.0f}s)")
+                fh.write(json.dumps(row | ({"split": split} if split else {})) + "\n")
+            self.sinks.scalars({f"accuracy/eval_{split}" if split else "accuracy/eval": accuracy}, step)
+        what = f"{split} split accuracy" if split else "held-out accuracy"
+        self.log(f"eval step {step}: {what} {accuracy:.1%} on {n} problems ({seconds:.0f}s)")
         return accuracy
 
     def first_accuracy(self) -> float | None:
-        """The run's first held-out accuracy (its "before"), the same on every rank."""
-        evals = read_jsonl(self.run_dir / "eval.jsonl") if self.main else []
+        """The run's first held-out accuracy of the main split (its "before"), the same on every rank."""
+        evals = self._evals(None)
         return broadcast_object(evals[0]["accuracy"] if evals else None, self.world)
+
+    def extra_eval(self) -> dict[str, Any]:
+        """{"extra_eval": {split: before, after, improvement, problems}} from eval.jsonl's rows of the
+        extra splits (first and last row of each), for the summary; {} when there are none."""
+        rows = read_jsonl(self.run_dir / "eval.jsonl") if self.main else []
+        out: dict[str, dict[str, Any]] = {}
+        for split in dict.fromkeys(r["split"] for r in rows if r.get("split")):
+            first, last = self._evals(split)[0], self._evals(split)[-1]
+            out[split] = {"accuracy_before": first["accuracy"], "accuracy_after": last["accuracy"],
+                          "improvement_points": round(100 * (last["accuracy"] - first["accuracy"]), 1),
+                          "eval_problems": last["n"]}
+        out = broadcast_object(out, self.world)
+        return {"extra_eval": out} if out else {}
+
+    def closing(self) -> str:
+        """The run's last log lines, from `summary`: held-out accuracy before -> after (and each extra
+        split's), the final weights and the report."""
+        s = self.summary
+        lines = [f"held-out accuracy: {s['accuracy_before']:.1%} -> {s['accuracy_after']:.1%} "
+                 f"({s['improvement_points']:+.1f} points) after {s['steps']} steps, {s['train_minutes']} min "
+                 "of training"]
+        lines += [f"{split} split accuracy: {e['accuracy_before']:.1%} -> {e['accuracy_after']:.1%} "
+                  f"({e['improvement_points']:+.1f} points) on {e['eval_problems']} problems"
+                  for split, e in s.get("extra_eval", {}).items()]
+        return "\n".join([*lines, f"final weights: {self.run_dir / 'final'}", f"report: {self.report}"])
