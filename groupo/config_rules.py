@@ -11,8 +11,9 @@ from groupo.config import Config, ConfigError
 
 
 def validate(cfg: Config) -> None:
-    """Names that must be registered somewhere: algorithm.preset, rollout.engine, run.sinks, and
-    the held-out splits of the generated tasks (a file task's are checked when it loads)."""
+    """Names that must be registered somewhere: algorithm.preset, rollout.engine, run.sinks, and the
+    held-out split of a generated task (a file task's is checked when it loads; extra splits a task
+    lacks are skipped with a warning, groupo.data.extra_eval_sets)."""
     from groupo.algorithms.presets import PRESETS
     from groupo.data.builtin import check_eval_split
     from groupo.report.sinks import SINKS
@@ -27,8 +28,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.sinks: unknown sink {bad[0]!r}; valid: {', '.join(SINKS)}")
     check_eval_split(cfg.task.name, cfg.task.eval_split)
     extra = cfg.task.extra_eval_splits
-    for split in extra:
-        check_eval_split(cfg.task.name, split, key="task.extra_eval_splits")
     if twice := next((s for i, s in enumerate(extra) if s in extra[:i] or s == cfg.task.eval_split), None):
         raise ConfigError(f"task.extra_eval_splits: split {twice!r} is already evaluated "
                           f"(task.eval_split = {cfg.task.eval_split!r}, extra: {', '.join(extra)})")

@@ -113,27 +113,28 @@ def test_extra_eval_splits_round_trip_through_groupo_config(capsys):
     assert resolve_config(None, []).task.extra_eval_splits == ["unseen"]  # the quickstart's
 
 
-def test_a_bad_extra_split_is_one_line_naming_the_valid_ones():
-    with pytest.raises(ConfigError) as e:
-        resolve_config(None, ["task.extra_eval_splits=[unseen, hard]"])
-    assert str(e.value) == ("task.extra_eval_splits: split 'hard' is unknown for task 'arithmetic'; "
-                            "valid: test, unseen (task.extra_eval_splits=[] evaluates none)")
+def test_an_extra_split_the_task_lacks_is_one_warning_and_skipped():
+    # the quickstart lists arithmetic's "unseen": another task on top of it must still train
+    cfg = resolve_config(None, ["task.name=countdown"])
+    assert cfg.task.extra_eval_splits == ["unseen"]
+    with pytest.warns(UserWarning) as caught:
+        assert extra_eval_sets(cfg.task) == {}
+    assert [str(w.message) for w in caught] == [
+        "task.extra_eval_splits: split 'unseen' skipped: split 'unseen' is unknown for task 'countdown'; valid: test"]
+    with pytest.warns(UserWarning, match=r"^task\.extra_eval_splits: split 'hard' skipped: split 'hard' is unknown "
+                                         r"for task 'arithmetic'; valid: test, unseen$"):
+        assert list(extra_eval_sets(resolve_config(None, ["task.extra_eval_splits=[unseen, hard]"]).task)) == ["unseen"]
     with pytest.raises(ConfigError, match=r"^task\.extra_eval_splits: split 'test' is already evaluated"):
         resolve_config(None, ["task.extra_eval_splits=[test]"])
-    with pytest.raises(ConfigError, match=r"^task\.extra_eval_splits: split 'unseen' is unknown for task "
-                                          r"'countdown'; valid: test \("):
-        resolve_config(None, ["task.name=countdown", "task.extra_eval_splits=[unseen]"])
 
 
-def test_a_file_task_without_the_split_fails_when_it_loads_naming_the_key():
-    cfg = TaskConfig(name="gsm8k", path=str(SAMPLES / "gsm8k"), extra_eval_splits=["dev"])
-    with pytest.raises(DataError) as e:
-        extra_eval_sets(cfg)
-    msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("task.extra_eval_splits: split 'dev': ")
+def test_a_file_task_without_the_split_is_skipped_naming_the_files_it_has():
+    cfg = TaskConfig(name="gsm8k", path=str(SAMPLES / "gsm8k"), extra_eval_splits=["dev", "train"], eval_size=2)
+    with pytest.warns(UserWarning) as caught:
+        sets = extra_eval_sets(cfg)
+    msg, = [str(w.message) for w in caught]
+    assert "\n" not in msg and msg.startswith("task.extra_eval_splits: split 'dev' skipped: ")
     assert "test.jsonl, train.jsonl" in msg  # the splits it does have
-    sets = extra_eval_sets(TaskConfig(name="gsm8k", path=str(SAMPLES / "gsm8k"), extra_eval_splits=["train"],
-                                      eval_size=2))
     assert list(sets) == ["train"] and len(sets["train"]) == 2
 
 

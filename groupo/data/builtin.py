@@ -79,12 +79,11 @@ EVAL_SPLITS: dict[str, tuple[str, ...]] = {
     "arithmetic": ("test", "unseen"), "big_arithmetic": ("test",), "countdown": ("test",)}
 
 
-def check_eval_split(task: str, split: str, key: str = "task.eval_split") -> None:
+def check_eval_split(task: str, split: str, key: str | None = "task.eval_split") -> None:
     """Refuse a held-out split a generated task does not have, in one line naming the valid ones."""
     if task in EVAL_SPLITS and split not in EVAL_SPLITS[task]:
-        hint = " (task.extra_eval_splits=[] evaluates none)" if key == "task.extra_eval_splits" else ""
-        raise DataError(f"{key}: split {split!r} is unknown for task {task!r}; valid: "
-                        f"{', '.join(EVAL_SPLITS[task])}{hint}")
+        raise DataError(f"{key + ': ' if key else ''}split {split!r} is unknown for task {task!r}; "
+                        f"valid: {', '.join(EVAL_SPLITS[task])}")
 
 
 def arithmetic_task(cfg) -> Task:

@@ -80,7 +80,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     # --- task, rewards, model, parallel wrapper, optimizer, checkpoint, engine
     task = load_task(cfg.task)
     require_train(task)  # an empty training split: one line, before the model loads
-    extra_sets = extra_eval_sets(cfg.task)  # task.extra_eval_splits: a missing split fails here too
+    extra_sets = extra_eval_sets(cfg.task)  # task.extra_eval_splits (one the task lacks: a warning)
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens)
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
