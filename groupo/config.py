@@ -77,6 +77,8 @@ class TaskConfig:
         "task.eval_size problems each; logged as accuracy/eval_<split>")
     train_size: int = _f(0, "training problems kept after shuffling (0 = all)", min=0)
     difficulty: int = _f(2, "difficulty level for synthetic tasks (1 = easiest)", min=1, max=5)
+    next_level_share: float = _f(0.0, "arithmetic: share of training problems drawn from level difficulty + 1 "
+                                 "(the held-out set stays the difficulty's own)", min=0, max=1)
     prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool"] = _f(
         "answer_tag", "instruction added to each question (see groupo.data.prompts)")
     system_prompt: str | None = _f(None, "system prompt; None = the prompt style's own")

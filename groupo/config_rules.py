@@ -27,6 +27,12 @@ def validate(cfg: Config) -> None:
     if bad := [n for n in cfg.run.sinks if n not in SINKS]:
         raise ConfigError(f"run.sinks: unknown sink {bad[0]!r}; valid: {', '.join(SINKS)}")
     check_eval_split(cfg.task.name, cfg.task.eval_split)
+    if cfg.task.next_level_share and cfg.task.name != "arithmetic":
+        raise ConfigError(f"task.next_level_share applies to the arithmetic task only (task.name = "
+                          f"{cfg.task.name!r}); set it to 0")
+    if cfg.task.next_level_share and cfg.task.difficulty == 5:
+        raise ConfigError("task.next_level_share: arithmetic difficulty 5 is the last level; lower "
+                          "task.difficulty or set the share to 0")
     extra = cfg.task.extra_eval_splits
     if twice := next((s for i, s in enumerate(extra) if s in extra[:i] or s == cfg.task.eval_split), None):
         raise ConfigError(f"task.extra_eval_splits: split {twice!r} is already evaluated "

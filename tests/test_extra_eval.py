@@ -208,3 +208,34 @@ def test_tiny_run_evaluates_both_splits_before_and_after(tmp_path, monkeypatch, 
     assert series["accuracy/eval"][at[0]] == 0.25 and series["accuracy/eval"][at[2]] == 0.75
     assert series["accuracy/eval_unseen"][at[0]] == 0.125 and series["accuracy/eval_unseen"][at[2]] == 0.625
     assert series["accuracy/eval_unseen"][at[1]] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# task.next_level_share: a share of the training problems one level up
+
+
+def test_a_next_level_share_draws_that_share_from_the_next_level_and_keeps_all_held_out_sets_out():
+    from groupo.data import arithmetic
+
+    plain, test = arithmetic.splits(1, 1234)
+    mixed, mixed_test = arithmetic.splits(1, 1234, length=4000, next_level_share=0.3)
+    assert [p.expression for p in mixed_test] == [p.expression for p in test]  # the level's own held-out set
+    assert [p.question for p in arithmetic.splits(1, 1234, next_level_share=0.0)[0][:50]] == \
+        [p.question for p in plain[:50]]  # a share of 0 is the plain stream, bit for bit
+    problems = mixed[:]
+    # level 1 has one-digit operands only; level 2's are two-digit (or a one-digit multiplier)
+    two_digit = [p for p in problems if max(int(t) for t in p.expression.split()[::2]) >= 10]
+    assert abs(len(two_digit) / len(problems) - 0.3) < 0.03  # binomial sd at n=4000: 0.007
+    held = ({p.expression for p in test} | {p.expression for p in arithmetic.test_problems(2, 1234)}
+            | {p.expression for p in arithmetic.unseen_problems(1234)})
+    assert not held & {p.expression for p in problems}
+    for p in problems:  # answers still right
+        a, op, b = p.expression.split()
+        assert p.answer == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+
+
+def test_a_next_level_share_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match=r"^task\.next_level_share applies to the arithmetic task only"):
+        resolve_config(None, ["task.name=countdown", "task.next_level_share=0.2", "task.extra_eval_splits=[]"])
+    with pytest.raises(ConfigError, match=r"^task\.next_level_share: arithmetic difficulty 5 is the last level"):
+        resolve_config(None, ["task.difficulty=5", "task.next_level_share=0.2"])

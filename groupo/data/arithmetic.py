@@ -268,11 +268,33 @@ class TrainStream(Sequence[ArithmeticProblem]):
                 return p
 
 
-def splits(level: int, seed: int, length: int = TRAIN_LEN) -> tuple[TrainStream, list[ArithmeticProblem]]:
-    """(train stream, test list) for `level`, disjoint on expressions."""
+def splits(level: int, seed: int, length: int = TRAIN_LEN,
+           next_level_share: float = 0.0) -> tuple[TrainStream, list[ArithmeticProblem]]:
+    """(train stream, test list) for `level`, disjoint on expressions.
+
+    With `next_level_share` > 0 each training problem is drawn from level + 1 with that probability
+    (its own seed stream, so a share of 0 keeps the plain stream bit for bit), and the training
+    stream also avoids level + 1's held-out expressions and the "unseen" split's, which a two-digit
+    level would otherwise reach."""
     test = test_problems(level, seed)
-    return TrainStream(lambda rng: make_problem(rng, level), f"arithmetic/train/{level}/{seed}",
-                       {p.expression for p in test}, length), test
+    held_out = {p.expression for p in test}
+    if not next_level_share:
+        return TrainStream(lambda rng: make_problem(rng, level), f"arithmetic/train/{level}/{seed}",
+                           held_out, length), test
+    if level + 1 not in TEST_SIZE:
+        raise ValueError(f"arithmetic difficulty {level} has no next level to draw a share from "
+                         f"(levels: {', '.join(map(str, LEVELS))})")
+    held_out |= {p.expression for p in test_problems(level + 1, seed) + unseen_problems(seed)}
+
+    def make(rng: random.Random) -> ArithmeticProblem:
+        # the level is drawn once: redrawing a held-out expression within it keeps the share exact
+        # (level 1 holds out 40% of its expressions, so redrawing the level too would favour level + 1)
+        drawn = level + 1 if rng.random() < next_level_share else level
+        while (p := make_problem(rng, drawn)).expression in held_out:
+            pass
+        return p
+
+    return TrainStream(make, f"arithmetic/train/{level}+{next_level_share}/{seed}", held_out, length), test
 
 
 class MappedSequence(Sequence):

@@ -88,7 +88,7 @@ def check_eval_split(task: str, split: str, key: str | None = "task.eval_split")
 
 def arithmetic_task(cfg) -> Task:
     check_eval_split("arithmetic", cfg.eval_split)
-    stream, test = arithmetic.splits(cfg.difficulty, cfg.seed)
+    stream, test = arithmetic.splits(cfg.difficulty, cfg.seed, next_level_share=cfg.next_level_share)
     if cfg.eval_split == "unseen":
         test = arithmetic.unseen_problems(cfg.seed)
     return synthetic_task(cfg, f"arithmetic-d{cfg.difficulty}", stream, test, split=cfg.eval_split)
