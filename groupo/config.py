@@ -179,6 +179,8 @@ class TrainConfig:
     steps: int = _f(60, "optimizer steps (batches of prompts)", min=1)
     prompts_per_step: int = _f(8, "prompts drawn per step", min=1)
     micro_batch_size: int = _f(16, "sequences per forward/backward pass", min=1)
+    micro_batch_tokens: int = _f(0, "token budget per forward/backward pass instead: as many sequences as fit in "
+                                 "rows x (longest prompt + longest completion) <= this; 0 = micro_batch_size", min=0)
     lr: float = _f(1e-4, "peak learning rate", min=0, min_exclusive=True)
     lr_schedule: Literal["constant", "cosine"] = _f("constant", "after warm-up")
     warmup_steps: int = _f(0, "linear warm-up steps", min=0)

@@ -149,6 +149,22 @@ def test_plan_of_a_run_that_does_not_fit_names_settings_that_do(tiny_dir, capsys
     assert "fits" in text and "update" in text and "16 completions" in text
 
 
+def test_a_token_budget_is_planned_as_the_rows_that_fit_at_the_longest_lengths(tiny_dir):
+    """train.micro_batch_tokens: every completion max_new_tokens long beside the given prompt
+    length, so a budget of 2.5 rows of (20 + 32) tokens plans as micro-batches of 2 rows."""
+    from groupo.plan.build import make_plan
+
+    over = [f"model.name={tiny_dir}", "task.name=arithmetic", "rollout.group_size=4", "train.prompts_per_step=2",
+            "rollout.max_new_tokens=32", "model.autocast=none", "lora.rank=4"]
+    rows = make_plan(quickstart_config([*over, "train.micro_batch_size=2"]), prompt_tokens=20, suggest=False)
+    budget = make_plan(quickstart_config([*over, f"train.micro_batch_tokens={52 * 5 // 2}"]), prompt_tokens=20,
+                       suggest=False, machine=rows.machine)
+    assert budget.memory.update == rows.memory.update and budget.update_s == pytest.approx(rows.update_s)
+    other = make_plan(quickstart_config([*over, "train.micro_batch_size=4"]), prompt_tokens=20, suggest=False,
+                      machine=rows.machine)
+    assert other.memory.update > rows.memory.update  # the comparison can fail
+
+
 @pytest.mark.parametrize("share", [True, False])
 def test_the_traced_update_computes_the_trainers_log_probs(share):
     """The pass the planner traces is the trainer's: on real tensors it gives token_logprobs' values

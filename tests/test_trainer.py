@@ -22,7 +22,7 @@ from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
 from groupo.report.keys import documented
 from groupo.trainer.loop import fits_budget, train
-from groupo.trainer.prepare import PreparedBatch, UpdateSettings, batched_logprobs
+from groupo.trainer.prepare import PreparedBatch, UpdateSettings, batched_logprobs, micro_batches, rows
 from groupo.trainer.update import accumulate_gradients, reduce_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,10 +146,10 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
         ref = batched_logprobs(ref_model, packed, settings)
     batch = PreparedBatch(packed=packed, adv_B=torch.randn(8), mask_BT=mask, old_logp_BT=old, ref_logp_BT=ref)
     results = []
-    for micro in (8, 3, 1):
+    for micro in ({"micro_batch_size": 8}, {"micro_batch_size": 3}, {"micro_batch_size": 1},
+                  {"micro_batch_tokens": 12}, {"micro_batch_tokens": 1}):  # budgets: 6 passes, then one per row
         policy.model.zero_grad(set_to_none=True)
-        m = reduce_metrics(accumulate_gradients(policy.model, batch, replace(settings, micro_batch_size=micro)),
-                           Dist())
+        m = reduce_metrics(accumulate_gradients(policy.model, batch, replace(settings, **micro)), Dist())
         grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
         results.append((m["loss"], grads))
     (loss8, g8), *others = results
@@ -158,6 +158,21 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
         assert g.keys() == g8.keys() and g8
         for n in g8:
             torch.testing.assert_close(g[n], g8[n], rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_by_token_budget_take_the_consecutive_rows_that_fit():
+    prompts = [[5, 6, 7], [8, 9], [20, 21, 22, 23], [30]] * 2  # lengths 3 2 4 1 3 2 4 1
+    comps = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [40, 41], [42], [43, 44, 45], [46, 47]]  # 3 1 2 4 2 1 3 2
+    packed = pack(prompts, comps, 0)
+    # by hand: rows 0-1 cost 2 x (3 + 3) = 12; adding row 2 would cost 3 x (4 + 3) = 21 > 12; ...
+    got = micro_batches(packed, 16, tokens=12)
+    assert [(sl.start, sl.stop) for sl in got] == [(0, 2), (2, 3), (3, 4), (4, 6), (6, 7), (7, 8)]
+    for sl in got:  # what a pass really costs: its rows x its trimmed width
+        r, width = rows(packed, sl).input_ids_BL.shape
+        assert r == 1 or r * width <= 12
+    assert [(sl.start, sl.stop) for sl in micro_batches(packed, 16, tokens=100)] == [(0, 8)]
+    assert [(sl.start, sl.stop) for sl in micro_batches(packed, 16, tokens=1)] == [(i, i + 1) for i in range(8)]
+    assert [(sl.start, sl.stop) for sl in micro_batches(packed, 3)] == [(0, 3), (3, 6), (6, 9)]  # by rows
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:

@@ -95,12 +95,15 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     G, prompts = R.group_size, T.prompts_per_step
     lengths = None if prompt_tokens else prompt_lengths(cfg, tokenizer)
     P_gen = prompt_tokens or longest_per_batch(lengths, E.chunks(prompts, G, R.batch_size)[0])
-    P_upd = prompt_tokens or longest_per_batch(lengths, math.ceil(T.micro_batch_size / G))
     S = completion_tokens or R.max_new_tokens
+    size = T.micro_batch_size
+    if T.micro_batch_tokens:  # every completion S long: the rows that fit beside the step's longest prompt
+        size = max(1, T.micro_batch_tokens // ((prompt_tokens or longest_per_batch(lengths, prompts)) + S))
+    P_upd = prompt_tokens or longest_per_batch(lengths, math.ceil(size / G))
     beta = loss_settings(cfg).beta
     amp_dtype = AUTOCAST_DTYPES[amp]
     rows = prompts * G
-    micro, calls = E.micro_batches(rows, T.micro_batch_size), E.chunks(prompts, G, R.batch_size)
+    micro, calls = E.micro_batches(rows, size), E.chunks(prompts, G, R.batch_size)
 
     def passes(model) -> dict:
         out = {("update", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True) for m in set(micro)}
@@ -199,11 +202,12 @@ def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens:
 
     m = plan.memory
     if m.update >= m.generation:
-        size = T.micro_batch_size // 2
+        key = "train.micro_batch_tokens" if T.micro_batch_tokens else "train.micro_batch_size"
+        size = (T.micro_batch_tokens or T.micro_batch_size) // 2
         while size >= 1:
-            p = peak("train.micro_batch_size", size)
+            p = peak(key, size)
             if p <= plan.available:
-                out.append((f"train.micro_batch_size={size}", p))
+                out.append((f"{key}={size}", p))
                 break
             size //= 2
         if not cfg.model.gradient_checkpointing:

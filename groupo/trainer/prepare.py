@@ -38,6 +38,7 @@ class UpdateSettings:
     share_prompts: bool = True  # encode each prompt once per group (models.logprobs)
     tis_cap: float | None = None         # truncated importance sampling against the engine (None = off)
     engine_old_logprobs: bool = False    # the engine's log-probs are the old policy (mu = 1)
+    micro_batch_tokens: int = 0          # > 0: micro-batches by token budget (`micro_batches`)
 
 
 def loss_settings(cfg: Config) -> LossSettings:
@@ -50,7 +51,8 @@ def update_settings(cfg: Config, *, amp: str, device_type: str, share_prompts: b
     R, A, T = cfg.rollout, cfg.algorithm, cfg.train
     return UpdateSettings(loss_settings(cfg), R.temperature, T.micro_batch_size, R.max_new_tokens,
                           A.num_iterations, T.max_grad_norm, amp, device_type, share_prompts=share_prompts,
-                          tis_cap=A.tis_cap, engine_old_logprobs=A.engine_old_logprobs)
+                          tis_cap=A.tis_cap, engine_old_logprobs=A.engine_old_logprobs,
+                          micro_batch_tokens=T.micro_batch_tokens)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,28 @@ def rows(packed: Packed, sl: slice) -> Packed:
         if isinstance(getattr(packed, f.name), torch.Tensor)}))
 
 
+def micro_batches(packed: Packed, size: int, tokens: int = 0) -> list[slice]:
+    """The rows of each forward/backward pass, consecutive (a group's rows stay together where they
+    fit, so its prompt is encoded once). `tokens` 0: `size` rows each. Otherwise as many rows as fit
+    in `tokens` padded positions, a micro-batch of r rows costing r x (its longest prompt + its
+    longest completion), as `rows` trims it; at least one row each. Short completions then share a
+    pass (fewer, larger matmuls) and long ones are split (bounded activations)."""
+    B = packed.completion_ids_BT.shape[0]
+    if not tokens:
+        return [slice(i, i + size) for i in range(0, B, size)]
+    P = packed.prompt_len
+    prompt_B = packed.attention_mask_BL[:, :P].sum(-1).tolist()
+    completion_B = packed.completion_mask_BT.sum(-1).long().tolist()
+    out, start, p, c = [], 0, 0, 0
+    for b in range(B):
+        p2, c2 = max(p, prompt_B[b]), max(c, completion_B[b])
+        if b > start and (b - start + 1) * (p2 + c2) > tokens:
+            out.append(slice(start, b))
+            start, p2, c2 = b, prompt_B[b], completion_B[b]
+        p, c = p2, c2
+    return [*out, slice(start, B)] if B else out
+
+
 def autocast(kind: str, device_type: str = "cpu"):
     """Mixed-precision context for forward passes ("none", "bf16", "fp16"; see models.precision)."""
     dtype = AUTOCAST_DTYPES[kind]
@@ -104,11 +128,10 @@ def autocast(kind: str, device_type: str = "cpu"):
 def batched_logprobs(model, packed: Packed, s: UpdateSettings) -> torch.Tensor:
     """(B, T) log-probs under `model` without gradients, in micro-batches (old / reference policy)."""
     out = []
-    B, T = packed.completion_mask_BT.shape
-    for i in range(0, B, s.micro_batch_size):
+    T = packed.completion_mask_BT.shape[1]
+    for sl in micro_batches(packed, s.micro_batch_size, s.micro_batch_tokens):
         with autocast(s.amp, s.device_type):
-            logp, _ = token_logprobs(model, rows(packed, slice(i, i + s.micro_batch_size)), s.temperature,
-                                     share_prompts=s.share_prompts)
+            logp, _ = token_logprobs(model, rows(packed, sl), s.temperature, share_prompts=s.share_prompts)
         out.append(torch.nn.functional.pad(logp.float(), (0, T - logp.shape[1])))  # back to width T
     return torch.cat(out) if out else packed.completion_mask_BT.new_zeros((0, T))
 

@@ -17,7 +17,7 @@ from groupo.algorithms.offpolicy import sampler_mismatch, tis_weights
 from groupo.distributed import Dist, all_reduce
 from groupo.models.logprobs import token_logprobs
 from groupo.trainer.parallel import grad_norm_value, grad_sync
-from groupo.trainer.prepare import PreparedBatch, UpdateSettings, autocast, rows
+from groupo.trainer.prepare import PreparedBatch, UpdateSettings, autocast, micro_batches, rows
 
 SUMMED = ("loss", "kl", "clip_low_frac", "clip_high_frac", "ratio_mean", "entropy")
 MISMATCH = ("rollout/logprob_mismatch", "rollout/mismatch_kl")  # engine vs trainer, see algorithms.offpolicy
@@ -32,7 +32,6 @@ def accumulate_gradients(model, batch: PreparedBatch, s: UpdateSettings) -> dict
     ratio's min and max. Only the last micro-batch all-reduces gradients (DDP no_sync, FSDP2
     set_requires_gradient_sync).
     """
-    B = batch.mask_BT.shape[0]
     denom = batch.denominator if batch.denominator is not None else loss_denominator(batch.mask_BT,
                                                                                       s.loss.aggregation)
     n_tokens = batch.n_tokens if batch.n_tokens is not None else batch.mask_BT.sum()
@@ -43,10 +42,9 @@ def accumulate_gradients(model, batch: PreparedBatch, s: UpdateSettings) -> dict
     keys += [*MISMATCH, *(["rollout/tis_weight_mean"] if s.tis_cap else [])] if engine is not None else []
     sums = {k: zero.clone() for k in keys}
     ratio_min, ratio_max = zero + math.inf, zero - math.inf
-    starts = range(0, B, s.micro_batch_size)
-    for i in starts:
-        sl = slice(i, i + s.micro_batch_size)
-        with grad_sync(model, enabled=i == starts[-1]):
+    slices = micro_batches(batch.packed, s.micro_batch_size, s.micro_batch_tokens)
+    for sl in slices:
+        with grad_sync(model, enabled=sl is slices[-1]):
             with autocast(s.amp, s.device_type):
                 logp, entropy = token_logprobs(model, rows(batch.packed, sl), s.temperature, with_entropy=True,
                                                share_prompts=s.share_prompts)
