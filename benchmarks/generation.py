@@ -12,8 +12,7 @@ Also prints the cached-model load time. Prompts are arithmetic questions in the 
 `drop_finished=False` (every row decoded until the batch's longest ends, as transformers'
 generate does): same seed, same completions, so the difference is the lever alone.
 `--compare-cache` does the same for the in-place KV cache (groupo/rollout/kv.py) against
-transformers' DynamicCache, which copies every layer's cache at each step; `--compare-attention`
-for the one-token attention (groupo/rollout/attention.py) against transformers' SDPA.
+transformers' DynamicCache, which copies every layer's cache at each step.
 """
 
 from __future__ import annotations
@@ -44,8 +43,6 @@ def main() -> None:
     ap.add_argument("--compare-keep", action="store_true", help="also time drop_finished=False, alternating")
     ap.add_argument("--compare-cache", action="store_true",
                     help="also time transformers' DynamicCache (reserve_cache=False), alternating")
-    ap.add_argument("--compare-attention", action="store_true",
-                    help="also time SDPA for one-token queries (fast_attention=False), alternating")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,8 +65,6 @@ def main() -> None:
         variants.append({"drop_finished": False})
     if args.compare_cache:
         variants.append({"reserve_cache": False})
-    if args.compare_attention:
-        variants.append({"fast_attention": False})
     times: dict[str, list[float]] = {}
     for amp in args.autocast:
         params = SamplingParams(n=args.group, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)

@@ -291,17 +291,15 @@ def _checkpointing(model) -> bool:
 def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: int, amp: torch.dtype | None,
                       device: str) -> tuple[Counts, Counts]:
     """(prefill, one decoding step) of groupo.rollout.hf for `prompts` x `n` rows, as its generate
-    runs them: on merged LoRA weights, with the frozen weights cast once to the autocast dtype and
-    its one-token attention (groupo.rollout.attention); the prefill encodes each prompt's first P-1
-    tokens once; the step is the last one, over a cache of P + new_tokens - 2 positions, written in
-    place. The step's peak holds the casts, the whole cache
+    runs them: on merged LoRA weights, with the frozen weights cast once to the autocast dtype; the
+    prefill encodes each prompt's first P-1 tokens once; the step is the last one, over a cache of
+    P + new_tokens - 2 positions, written in place. The step's peak holds the casts, the whole cache
     and the step's own tensors. Generation's costs beyond the forward passes (sampling, generate's
     own loop) are measured separately (groupo.plan.machine)."""
     from transformers import DynamicCache
 
     from groupo.models.lora import merged_for_inference
     from groupo.models.precision import frozen_linear_weights_in
-    from groupo.rollout.attention import decode_attention
     from groupo.rollout.kv import reserve
 
     P, rows = max(2, prompt_len), prompts * n
@@ -310,7 +308,6 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
     cfg = getattr(model, "config", None)
     trace = OpTrace("setup")
     with trace, torch.no_grad(), merged_for_inference(model), frozen_linear_weights_in(model, amp), \
-            decode_attention(model), \
             torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
         trace.start("prefill")
         cache = DynamicCache(config=cfg)

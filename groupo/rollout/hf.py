@@ -23,14 +23,13 @@ import torch
 from groupo.models.logprobs import pack, prompt_kv_cache
 from groupo.models.lora import merged_for_inference
 from groupo.models.precision import AUTOCAST_DTYPES, frozen_linear_weights_in, native_half, resolve_autocast
-from groupo.rollout.attention import decode_attention
 from groupo.rollout.kv import reserve
 from groupo.types import Completion, SamplingParams
 
 
 class HFEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto",
-                 drop_finished: bool = True, reserve_cache: bool = True, fast_attention: bool = True):
+                 drop_finished: bool = True, reserve_cache: bool = True):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; load it with groupo.models.load_model "
                              "or call groupo.models.prepare_tokenizer")
@@ -41,8 +40,6 @@ class HFEngine:
         # False: transformers' DynamicCache, which copies every layer's keys and values at each
         # step; for benchmarks/generation.py's comparison and the test that both decode alike.
         self.reserve_cache = reserve_cache
-        # False: transformers' SDPA for the one-token queries too (rollout/attention.py says why not).
-        self.fast_attention = fast_attention
         device = next(model.parameters()).device
         self.batch_size, self.autocast = batch_size, resolve_autocast(autocast, device)
         if self.autocast != "none" and device.type == "cpu" and not native_half(self.autocast):
@@ -65,7 +62,7 @@ class HFEngine:
         flat: list[Completion] = []
         amp = AUTOCAST_DTYPES[self.autocast]
         with self._generation_mode(), merged_for_inference(self.model), frozen_linear_weights_in(self.model, amp), \
-                decode_attention(self.model, self.fast_attention), _seeded(params.seed, device):
+                _seeded(params.seed, device):
             for i in range(0, len(prompts), per_chunk):
                 flat += self._generate_chunk(prompts[i:i + per_chunk], params, eos, device)
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
