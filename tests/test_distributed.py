@@ -103,7 +103,7 @@ def test_two_rank_run_writes_one_run_dir_with_global_metrics(tmp_path):
     run_dir = tmp_path / "run"
     funcs = json.dumps({f"{reward}:digit_share": 1.0, f"{reward}:slow_on_rank1": 0.0})
     args = _overrides(tmp_path, 2, **{"run.dir": str(run_dir), "rewards.funcs": funcs, "task.eval_size": 5,
-                                      "train.prompts_per_step": 4})
+                                      "train.prompts_per_step": 4, "task.extra_eval_splits": "[]"})
     out = _run([*TORCHRUN, "-m", "groupo", "train", "configs/quickstart.yaml", *args])
     assert "2 processes, ddp" in out
     assert sorted(p.name for p in tmp_path.glob("seen-rank*")) == ["seen-rank0.jsonl", "seen-rank1.jsonl"]
