@@ -49,6 +49,10 @@ class ModelConfig:
         "auto", "mixed precision for forward passes; auto = bf16 where the hardware has native bf16 "
         "(most GPUs, AVX512-BF16/AMX CPUs), else none (emulated bf16 is slower than float32)")
     gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
+    update_attention: Literal["sdpa", "eager"] = _f(
+        "sdpa", "attention kernel of the update's passes (generation keeps sdpa): eager writes the scores "
+        "out as matmuls, faster on CPUs for short sequences but it keeps rows x heads x L x L "
+        "probabilities per layer for the backward (groupo.models.attention)")
     revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
 
 

@@ -112,18 +112,22 @@ def test_time_budget_ends_training_early(tmp_path):
     assert resumed["steps"] == 1 and resumed["stopped_early"]  # the budget was spent: no step starts
 
 
-def test_first_update_ratio_is_exactly_one_with_reused_batches():
-    """mu > 1: the stored old log-probs come from the same weights, so the first ratio is 1."""
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_first_update_ratio_is_exactly_one_with_reused_batches(attention):
+    """mu > 1: the stored old log-probs come from the same weights (and the same attention kernel:
+    the old-policy pass runs the update's), so the first ratio is 1."""
     torch.manual_seed(0)
     model, tok = make_tiny()
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
     packed = pack([[5, 6, 7], [8, 9]] * 2, [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19]], tok.pad_token_id)
     mask = packed.completion_mask_BT.float()
-    s = UpdateSettings(get_preset("grpo").with_overrides(beta=0.0), temperature=0.7, micro_batch_size=3, max_len=4)
+    s = UpdateSettings(get_preset("grpo").with_overrides(beta=0.0), temperature=0.7, micro_batch_size=3, max_len=4,
+                       attention=attention)
     old = batched_logprobs(policy.model, packed, s)
     batch = PreparedBatch(packed=packed, adv_B=torch.tensor([1.0, -1.0, 0.5, -0.5]), mask_BT=mask, old_logp_BT=old)
     m = reduce_metrics(accumulate_gradients(policy.model, batch, s), Dist())
     assert m["ratio_min"] == m["ratio_max"] == 1.0
+    assert model.config._attn_implementation == "sdpa"  # generation's kernel is back
 
 
 @pytest.mark.parametrize("preset", ["grpo", "dapo", "dr_grpo", "gspo", "cispo"])
@@ -147,7 +151,8 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
     batch = PreparedBatch(packed=packed, adv_B=torch.randn(8), mask_BT=mask, old_logp_BT=old, ref_logp_BT=ref)
     results = []
     for micro in ({"micro_batch_size": 8}, {"micro_batch_size": 3}, {"micro_batch_size": 1},
-                  {"micro_batch_tokens": 12}, {"micro_batch_tokens": 1}):  # budgets: 6 passes, then one per row
+                  {"micro_batch_tokens": 12}, {"micro_batch_tokens": 1},  # budgets: 6 passes, then one per row
+                  {"attention": "eager"}):  # the scores written out: the same math, another kernel
         policy.model.zero_grad(set_to_none=True)
         m = reduce_metrics(accumulate_gradients(policy.model, batch, replace(settings, **micro)), Dist())
         grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}

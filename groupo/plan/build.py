@@ -86,6 +86,7 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     measured on the task's prompts); completion_tokens: default rollout.max_new_tokens, the worst
     case (generate decodes until its longest row stops); available: bytes the run may take (default:
     what this machine has free)."""
+    from groupo.models.attention import attention_kernel
     from groupo.trainer.prepare import loss_settings
 
     device = _device(cfg)
@@ -106,11 +107,12 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     micro, calls = E.micro_batches(rows, size), E.chunks(prompts, G, R.batch_size)
 
     def passes(model) -> dict:
-        out = {("update", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True) for m in set(micro)}
-        if beta > 0 or A.num_iterations > 1:
-            with model.disable_adapter() if cfg.lora.rank > 0 else contextlib.nullcontext():
-                out |= {("ref", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True, backward=False)
-                        for m in set(micro)}
+        with attention_kernel(model, cfg.model.update_attention):  # as the trainer's passes run
+            out = {("update", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True) for m in set(micro)}
+            if beta > 0 or A.num_iterations > 1:
+                with model.disable_adapter() if cfg.lora.rank > 0 else contextlib.nullcontext():
+                    out |= {("ref", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True, backward=False)
+                            for m in set(micro)}
         if R.engine != "vllm":
             for p in set(calls):
                 out[("prefill", p)], out[("step", p)] = generation_passes(model, p, G, P_gen, S, amp_dtype, device)

@@ -18,6 +18,7 @@ from groupo.algorithms import group_advantages, loss_denominator
 from groupo.algorithms.presets import get_preset
 from groupo.config import Config
 from groupo.distributed import Dist
+from groupo.models.attention import attention_kernel
 from groupo.models.logprobs import Packed, pack, token_logprobs, trim
 from groupo.models.precision import AUTOCAST_DTYPES
 from groupo.types import Completion, LossSettings
@@ -39,6 +40,7 @@ class UpdateSettings:
     tis_cap: float | None = None         # truncated importance sampling against the engine (None = off)
     engine_old_logprobs: bool = False    # the engine's log-probs are the old policy (mu = 1)
     micro_batch_tokens: int = 0          # > 0: micro-batches by token budget (`micro_batches`)
+    attention: str = "sdpa"              # the passes' attention kernel (models.attention)
 
 
 def loss_settings(cfg: Config) -> LossSettings:
@@ -52,7 +54,7 @@ def update_settings(cfg: Config, *, amp: str, device_type: str, share_prompts: b
     return UpdateSettings(loss_settings(cfg), R.temperature, T.micro_batch_size, R.max_new_tokens,
                           A.num_iterations, T.max_grad_norm, amp, device_type, share_prompts=share_prompts,
                           tis_cap=A.tis_cap, engine_old_logprobs=A.engine_old_logprobs,
-                          micro_batch_tokens=T.micro_batch_tokens)
+                          micro_batch_tokens=T.micro_batch_tokens, attention=cfg.model.update_attention)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def batched_logprobs(model, packed: Packed, s: UpdateSettings) -> torch.Tensor:
     out = []
     T = packed.completion_mask_BT.shape[1]
     for sl in micro_batches(packed, s.micro_batch_size, s.micro_batch_tokens):
-        with autocast(s.amp, s.device_type):
+        with autocast(s.amp, s.device_type), attention_kernel(model, s.attention):
             logp, _ = token_logprobs(model, rows(packed, sl), s.temperature, share_prompts=s.share_prompts)
         out.append(torch.nn.functional.pad(logp.float(), (0, T - logp.shape[1])))  # back to width T
     return torch.cat(out) if out else packed.completion_mask_BT.new_zeros((0, T))

@@ -15,6 +15,7 @@ import torch
 from groupo.algorithms import loss_denominator, masked_mean, policy_loss
 from groupo.algorithms.offpolicy import sampler_mismatch, tis_weights
 from groupo.distributed import Dist, all_reduce
+from groupo.models.attention import attention_kernel
 from groupo.models.logprobs import token_logprobs
 from groupo.trainer.parallel import grad_norm_value, grad_sync
 from groupo.trainer.prepare import PreparedBatch, UpdateSettings, autocast, micro_batches, rows
@@ -44,7 +45,8 @@ def accumulate_gradients(model, batch: PreparedBatch, s: UpdateSettings) -> dict
     ratio_min, ratio_max = zero + math.inf, zero - math.inf
     slices = micro_batches(batch.packed, s.micro_batch_size, s.micro_batch_tokens)
     for sl in slices:
-        with grad_sync(model, enabled=sl is slices[-1]):
+        # the kernel holds through the backward: checkpointed layers recompute their forward there
+        with grad_sync(model, enabled=sl is slices[-1]), attention_kernel(model, s.attention):
             with autocast(s.amp, s.device_type):
                 logp, entropy = token_logprobs(model, rows(batch.packed, sl), s.temperature, with_entropy=True,
                                                share_prompts=s.share_prompts)
