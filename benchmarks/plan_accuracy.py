@@ -30,6 +30,8 @@ COMMON = ["task.eval_size=2", "train.save_every=0", "run.progress=off", "run.sam
           "train.max_minutes=0", "run.tensorboard=false"]
 CONFIGS = {
     "quickstart, 4 x 8 x 48": ["train.prompts_per_step=4"],
+    "quickstart, memory mode (activation checkpointing)": ["train.prompts_per_step=4",
+                                                          "model.gradient_checkpointing=true"],
     "LoRA r64 on all linears, 4 x 4 x 96, micro-batch 8": [
         "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=96", "train.micro_batch_size=8",
         "lora.rank=64", "lora.alpha=64",

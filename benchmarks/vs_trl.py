@@ -16,7 +16,8 @@ elsewhere (`--precision`: emulated bf16 on an AVX2 CPU is several times slower t
 both trainers), one update per batch, 16 sequences per forward pass
 (TRL: per-device batch 16 and 2 accumulation steps, i.e. the same 32 completions per step),
 no gradient checkpointing (TRL turns it on by default; here off for both), no evaluation.
-groupo runs in its speed mode (as above) and, with `--modes speed memory`, also in its memory mode:
+groupo runs in its speed mode (as above, with the update's attention written out as matmuls:
+`model.update_attention=eager`) and, with `--modes speed memory`, also in its memory mode:
 `model.gradient_checkpointing=true`, which recomputes the layers' activations in the backward pass
 and keeps the shared prompts (models.logprobs.shared_prefix_forward).
 
@@ -104,6 +105,8 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new
             "rewards.funcs": json.dumps({"accuracy": 1.0, "format": 1.0}),
             "rollout.group_size": 4 if small else 8, "rollout.max_new_tokens": 16 if small else new_tokens,
             "model.gradient_checkpointing": str(memory).lower(),
+            # speed mode: the update's attention written out (short sequences; groupo.models.attention)
+            "model.update_attention": "sdpa" if memory else "eager",
             "rollout.temperature": 1.0, "algorithm.beta": 0.04, "train.lr": 1e-5,
             "train.prompts_per_step": 2 if small else 4, "train.micro_batch_size": 16,
             "train.steps": creep or steps, "train.save_every": 0, "run.progress": "off",
