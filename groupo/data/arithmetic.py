@@ -28,7 +28,8 @@ instructions and story frames, other names and items). A level-1 run is trained 
 problems in the training wordings, so its accuracy here says whether what it learnt carries over
 to larger numbers and new phrasings. The split is the same at every level; its expressions are not
 kept out of level 2's training or test sets (a level-2 run may train on some of them, in the
-training wordings). The training wordings and streams are untouched by it.
+training wordings; a level-1 stream with `next_level_share` keeps them out). The training wordings
+and the plain streams are untouched by it.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _story(op: str, a: int, b: int, rng: random.Random) -> str:
 
 
 # Wordings of the "unseen" split only: no template, name or item here occurs in the training
-# wordings above (tests/test_data.py checks it on generated training problems of every level).
+# wordings above (tests/test_extra_eval.py checks it on generated training problems of every level).
 _UNSEEN_NAMES = ["Maya", "Omar", "Priya", "Quentin", "Rosa", "Sami", "Tariq", "Uma"]
 _UNSEEN_ITEMS = ["stamps", "buttons", "beads", "cookies", "tickets", "pebbles"]
 
