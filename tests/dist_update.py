@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiny import make_tiny
+from tiny import make_tiny, nonzero_lora
 
 from groupo.algorithms.presets import get_preset
 from groupo.config import LoraConfig
@@ -60,11 +60,9 @@ def main(kind: str, out: Path) -> None:
         torch.manual_seed(0)  # peft draws lora_A from the global RNG
         model, tok = make_tiny()
         policy = load_policy_from(model, tok, LoraConfig(rank=rank, alpha=8), beta=beta)
-        with torch.no_grad(), torch.random.fork_rng():
+        with torch.random.fork_rng():
             torch.manual_seed(1)  # a non-zero adapter, so every LoRA matrix gets a gradient
-            for n, p in policy.model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.05)
+            nonzero_lora(policy.model, 0.05)
         module = parallel.wrap(policy.model, policy.ref_model, kind, world, device)
         loss = get_preset(preset).with_overrides(beta=beta, mask_truncated=preset == "dapo")
         s = UpdateSettings(loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import make_tiny
+from tiny import make_tiny, nonzero_lora
 
 from groupo.config import LoraConfig
 from groupo.models import load_policy_from
@@ -38,10 +38,7 @@ def test_eager_and_sdpa_give_the_same_log_probs_and_gradients(share_prompts):
     torch.manual_seed(0)
     model, tok = make_tiny()
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
-    with torch.no_grad():
-        for n, p in policy.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    nonzero_lora(policy.model, 0.05)
     packed = pack([[5, 6, 7], [5, 6, 7], [8, 9], [20, 21, 22, 23, 24]],
                   [[10, 11, 12], [13], [14, 15, 16, 17], [18]], tok.pad_token_id)
     out = {}
@@ -77,10 +74,7 @@ def test_the_update_runs_its_kernel_through_the_backward_of_checkpointed_layers(
         policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0,
                                   gradient_checkpointing=checkpointing)
         policy.model.train()  # layers checkpoint in training mode only
-        with torch.no_grad():
-            for n, p in policy.model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.05)
+        nonzero_lora(policy.model, 0.05)
         s = UpdateSettings(get_preset("grpo").with_overrides(beta=0.0), temperature=1.0, micro_batch_size=2,
                            max_len=4, attention=kernel)
         batch = PreparedBatch(packed=packed, adv_B=torch.tensor([1.0, -1.0, 0.5, -0.5]),

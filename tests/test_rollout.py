@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 import torch
-from tiny import make_tiny
+from tiny import make_tiny, nonzero_lora
 
 from groupo.config import Config, LoraConfig
 from groupo.models.logprobs import pack, token_logprobs
@@ -247,10 +247,7 @@ def test_frozen_weights_cast_once_give_autocasts_exact_tokens_and_logprobs_and_a
 
     model, tok = make_tiny()
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
-    with torch.no_grad():
-        for n, p in policy.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    nonzero_lora(policy.model, 0.1)
     before = {n: (p, p.detach().clone()) for n, p in policy.model.named_parameters()}
     engine = HFEngine(policy.model, tok, batch_size=8, autocast="bf16")
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=11)

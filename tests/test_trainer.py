@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import make_tiny, save_tiny
+from tiny import make_tiny, nonzero_lora, save_tiny
 
 from groupo.algorithms.presets import get_preset
 from groupo.config import ConfigError, LoraConfig, load_config
@@ -135,10 +135,7 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
     torch.manual_seed(0)
     model, tok = make_tiny()
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.04)
-    with torch.no_grad():  # make the adapter non-trivial so gradients reach every LoRA matrix
-        for n, p in policy.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    nonzero_lora(policy.model, 0.05)
     prompts = [[5, 6, 7], [8, 9], [20, 21, 22, 23], [30]] * 2
     comps = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [40, 41], [42], [43, 44, 45], [46, 47]]
     packed = pack(prompts, comps, tok.pad_token_id)

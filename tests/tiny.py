@@ -60,3 +60,12 @@ def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def nonzero_lora(model: torch.nn.Module, std: float) -> None:
+    """Draw every LoRA B matrix of `model` from N(0, std) with torch's global generator (peft starts
+    them at zero), so the adapter changes the outputs and gradients reach every LoRA matrix."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
