@@ -110,7 +110,8 @@ class RunLog:
         rows = read_jsonl(self.run_dir / "eval.jsonl") if self.main else []
         out: dict[str, dict[str, Any]] = {}
         for split in dict.fromkeys(r["split"] for r in rows if r.get("split")):
-            first, last = self._evals(split)[0], self._evals(split)[-1]
+            mine = [r for r in rows if r.get("split") == split]  # the file read once, not twice a split
+            first, last = mine[0], mine[-1]
             out[split] = {"accuracy_before": first["accuracy"], "accuracy_after": last["accuracy"],
                           "improvement_points": round(100 * (last["accuracy"] - first["accuracy"]), 1),
                           "eval_problems": last["n"]}
