@@ -21,12 +21,17 @@ is the episode's tokens so far), then one turn's tool calls run across episodes 
 (sandboxed Python runs in parallel; an episode's own calls run in order). The first round asks
 for `params.n` samples of each prompt, as a single-turn rollout does. Round k > 0 is seeded with a
 hash of (params.seed, k); the engine derives each prompt's seed from its position, so a rerun with
-the same seed gives the same episodes. The KV cache is not reused across turns: the interface takes
-token ids, so the engine encodes each episode's prefix again every round.
+the same seed gives the same episodes.
+
+KV cache across rounds: the rounds run inside the engine's `keeping_prefixes()` where it has one
+(the HF engine: each round encodes only the tokens the last one added, the sampled token that
+ended the turn and the tool's output; measured in benchmarks/episodes.py). vLLM's prefix caching
+does the same for its own engine. Any other engine encodes each episode's history every round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -89,7 +94,8 @@ def run_episodes(engine, tokenizer, messages: list[list[Message]], columns: list
     budget = params.max_new_tokens
     workers = settings.workers or len(os.sched_getaffinity(0))
     live, rnd = list(episodes), 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="groupo-episode") as pool:
+    keeping = getattr(engine, "keeping_prefixes", contextlib.nullcontext)
+    with ThreadPoolExecutor(workers, thread_name_prefix="groupo-episode") as pool, keeping():
         while live:
             for ep, c in zip(live, _generate(engine, episodes, live, params, fmt.stop, budget, rnd), strict=True):
                 room = budget - len(ep.ids)

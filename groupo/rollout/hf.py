@@ -24,12 +24,13 @@ from groupo.models.logprobs import pack, prompt_kv_cache
 from groupo.models.lora import merged_for_inference
 from groupo.models.precision import AUTOCAST_DTYPES, frozen_linear_weights_in, native_half, resolve_autocast
 from groupo.rollout.kv import reserve
+from groupo.rollout.prefixes import Feed, KeptRows, cacheable
 from groupo.types import Completion, SamplingParams
 
 
 class HFEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto",
-                 drop_finished: bool = True, reserve_cache: bool = True):
+                 drop_finished: bool = True, reserve_cache: bool = True, keep_prefixes: bool = True):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; load it with groupo.models.load_model "
                              "or call groupo.models.prepare_tokenizer")
@@ -40,6 +41,10 @@ class HFEngine:
         # False: transformers' DynamicCache, which copies every layer's keys and values at each
         # step; for benchmarks/generation.py's comparison and the test that both decode alike.
         self.reserve_cache = reserve_cache
+        # False: `keeping_prefixes` keeps nothing, so every call encodes its prompts whole; for
+        # benchmarks/episodes.py's comparison.
+        self.keep_prefixes = keep_prefixes
+        self._kept: KeptRows | None = None
         device = next(model.parameters()).device
         self.batch_size, self.autocast = batch_size, resolve_autocast(autocast, device)
         if self.autocast != "none" and device.type == "cpu" and not native_half(self.autocast):
@@ -49,6 +54,21 @@ class HFEngine:
 
     def sync_weights(self) -> None:
         """Nothing to do: generation runs on the trained module itself."""
+
+    @contextlib.contextmanager
+    def keeping_prefixes(self) -> Iterator[None]:
+        """Within: each call keeps its rows' KV cache (rollout/prefixes.py), and a prompt of the
+        next call that extends one of them (a multi-turn episode's next round: the same tokens
+        and the tool's output) encodes only what it adds. The weights must not change within
+        (the kept keys and values would be the old weights'). Kept rows are freed on leaving."""
+        if not self.keep_prefixes or not self.drop_finished:
+            yield
+            return
+        self._kept = KeptRows()
+        try:
+            yield
+        finally:
+            self._kept = None
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """`params.n` completions for each prompt (P lists of n, in prompt order).
@@ -65,6 +85,8 @@ class HFEngine:
                 _seeded(params.seed, device):
             for i in range(0, len(prompts), per_chunk):
                 flat += self._generate_chunk(prompts[i:i + per_chunk], params, eos, device)
+        if self._kept is not None:
+            self._kept.end_call()
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
     def _shared_prefix(self, batch, n: int):
@@ -79,12 +101,22 @@ class HFEngine:
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, eos: set[int],
                         device: torch.device) -> list[Completion]:
-        unique = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
-        prompts = [p for p in prompts for _ in range(params.n)]
-        batch = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
         amp = AUTOCAST_DTYPES[self.autocast]
+        resumed = None
+        if self._kept is not None and params.n == 1:  # n > 1: the prompt's cache is shared instead
+            resumed = self._kept.resume(prompts, self.tokenizer.pad_token_id, getattr(self.model, "config", None),
+                                        device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            tokens_BS, logp_BS = self._decode(batch, self._shared_prefix(unique, params.n), params, eos)
+            if resumed is not None:
+                feed, cache = resumed
+            else:
+                unique = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
+                prompts = [p for p in prompts for _ in range(params.n)]
+                batch = pack(prompts, [[] for _ in prompts], self.tokenizer.pad_token_id).to(device)
+                cache = self._shared_prefix(unique, params.n)
+                start = batch.prompt_len - 1 if cache is not None else 0
+                feed = Feed(batch.input_ids_BL[:, start:], batch.attention_mask_BL, batch.position_ids_BL[:, start:])
+            tokens_BS, logp_BS = self._decode(feed, cache, params, eos, prompts)
         completions = []
         for b, prompt in enumerate(prompts):
             tokens = tokens_BS[b].tolist()
@@ -94,9 +126,11 @@ class HFEngine:
                 text=self.tokenizer.decode(tokens[:cut], skip_special_tokens=True), finish_reason=reason))
         return completions
 
-    def _decode(self, batch, cache, params: SamplingParams, eos: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens, log-probs), each (B, S), of decoding `batch`'s prompts; `cache` holds their first
-        P-1 tokens (None: nothing cached yet). Padded after a row stops.
+    def _decode(self, feed: Feed, cache, params: SamplingParams, eos: set[int],
+                prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, log-probs), each (B, S), of decoding `prompts`: `cache` holds what of them was
+        encoded already (None: nothing), `feed` the rest. Padded after a row stops. Within
+        `keeping_prefixes`, each row's cache is kept as it leaves the batch.
 
         A loop of our own rather than transformers' `generate`, which decodes every row until the
         longest one ends: here a row that stopped (EOS or a stop string) leaves the batch and its
@@ -123,20 +157,20 @@ class HFEngine:
                 warpers.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(params.top_p))
-        B, P = batch.input_ids_BL.shape
-        S, device = params.max_new_tokens, batch.input_ids_BL.device
+        B = feed.ids_AL.shape[0]
+        S, device = params.max_new_tokens, feed.ids_AL.device
         tokens_BS = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
         logp_BS = torch.zeros((B, S), dtype=torch.float32)
         eos_E = torch.tensor(sorted(eos), device=device)
-        start = P - 1 if cache is not None else 0
         if cache is None:
             cache = DynamicCache(config=getattr(self.model, "config", None))
         if self.reserve_cache:
             cache = reserve(cache, S)  # each step writes its token in place (rollout/kv.py)
-        ids_AL, mask_AL, pos_AL = (batch.input_ids_BL[:, start:], batch.attention_mask_BL,
-                                   batch.position_ids_BL[:, start:])
+        ids_AL, mask_AL, pos_AL = feed.ids_AL, feed.mask_AL, feed.pos_AL
         rows_A = torch.arange(B, device=device)  # the rows in the batch now, as indices into the batch
         live_A = torch.ones(B, dtype=torch.bool, device=device)  # not stopped (all, when they are dropped)
+        kept = self._kept if self._kept is not None and cacheable(cache) else None
+        fed = lambda which_A, s: [prompts[b] + tokens_BS[b, :s].tolist() for b in rows_A[which_A].tolist()]
         for s in range(S):
             logits_AV = self.model(input_ids=ids_AL, attention_mask=mask_AL, position_ids=pos_AL,
                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
@@ -156,10 +190,15 @@ class HFEngine:
                 done_A |= _stopped_by_text(self.tokenizer, tokens_BS[rows_A, :s + 1], params.stop)
             done_A &= live_A
             if s == S - 1 or bool((done_A | ~live_A).all()):
+                if kept is not None:  # the cache holds each row's prompt and tokens[:s]
+                    every_A = torch.arange(len(rows_A), device=device)
+                    kept.save(cache, mask_AL, every_A, fed(every_A, s))
                 break
             if not self.drop_finished:
                 live_A &= ~done_A
             elif bool(done_A.any()):
+                if kept is not None:
+                    kept.save(cache, mask_AL, done_A.nonzero()[:, 0], fed(done_A.nonzero()[:, 0], s))
                 keep_A = (~done_A).nonzero()[:, 0]
                 cache.batch_select_indices(keep_A)
                 rows_A, token_A, mask_AL, live_A = rows_A[keep_A], token_A[keep_A], mask_AL[keep_A], live_A[keep_A]
