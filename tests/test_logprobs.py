@@ -166,38 +166,40 @@ def test_chunked_head_gives_the_whole_passes_logprobs_entropy_and_gradients(shar
     completions = [[10 + i, 11, 12, 13, 14][: 2 + i % 4] for i in range(6)]
     packed = pack(prompts, completions, tok.pad_token_id)
     results = []
-    for chunk in (0, 7):  # whole (B, T, V); 7 (row, position) pairs = one position of 6 rows at a time
+    # whole (B, T, V); 7 (row, position) pairs = one position of 6 rows at a time; 64 = one chunk
+    for chunk in (0, 7, 64):
         model.zero_grad()
         logp, ent = token_logprobs(model, packed, 0.8, with_entropy=True, share_prompts=share_prompts, chunk=chunk)
         (logp.sum() + 0.5 * logp[:, 0].sum()).backward()
         results.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
-    (a, ea, ga), (b, eb, gb) = results
-    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-    torch.testing.assert_close(eb, ea, atol=1e-5, rtol=0)
-    for x, y in zip(ga, gb, strict=True):
-        assert (x - y).norm() <= 1e-4 * x.norm() + 1e-7
+    (a, ea, ga), *chunked = results
+    for b, eb, gb in chunked:
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(eb, ea, atol=1e-5, rtol=0)
+        for x, y in zip(ga, gb, strict=True):
+            assert (x - y).norm() <= 1e-4 * x.norm() + 1e-7
     head = model.get_output_embeddings()
     assert type(head) is torch.nn.Linear and head.weight is model.get_input_embeddings().weight  # restored, tied
 
 
-def test_chunked_head_never_keeps_a_whole_batch_of_logits_for_the_backward_pass():
+def test_chunked_head_keeps_at_most_one_chunk_of_logits_for_the_backward_pass():
     model, tok = make_tiny()
     V = model.config.vocab_size
     packed = pack([[1, 5, 6]] * 4, [[10, 11, 12, 13, 14, 15]] * 4, tok.pad_token_id)
     B, T = packed.completion_ids_BT.shape
-    for chunk, expect_whole in ((0, True), (8, False)):
+    for chunk, expect_whole in ((0, True), (8, False), (B * T, True)):
         logits: list[int] = []  # sizes of the saved tensors holding vocabulary-wide rows (logits and their kin)
 
-        def pack_hook(t, logits=logits):
-            if t.dim() >= 2 and t.shape[-1] == V:
+        def pack_hook(t, logits=logits):  # (the head's weight, kept for its own gradient, is not logits)
+            if t.dim() >= 2 and t.shape[-1] == V and t.data_ptr() != model.lm_head.weight.data_ptr():
                 logits.append(t.numel())
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
             token_logprobs(model, packed, chunk=chunk)
         assert (max(logits, default=0) >= B * T * V) is expect_whole, (chunk, logits, B * T * V)
-        if not expect_whole:
-            assert max(logits, default=0) <= 8 * V  # at most one chunk's (checkpointing keeps none)
+        if chunk:  # never more than one chunk's (checkpointing keeps none; a batch of one chunk keeps it)
+            assert max(logits, default=0) <= chunk * V
 
 
 def test_token_logprobs_empty_completions():
@@ -221,3 +223,46 @@ def test_trim_drops_all_pad_columns_and_keeps_logprobs():
         a, _ = token_logprobs(model, sub)
         b, _ = token_logprobs(model, small)
     torch.testing.assert_close(a[:, :5], b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logp_and_its_written_out_backward_match_autograd_through_log_softmax(dtype, temperature):
+    from groupo.models.token_logp import token_logp
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(13, 301, generator=g) * 4).to(dtype)
+    ids = torch.randint(0, 301, (13,), generator=g)
+    ids[3] = ids[4]  # rows sharing a token
+    weights = torch.randn(13, generator=g)
+    results = []
+    for written_out in (True, False):
+        x = logits.clone().requires_grad_(True)
+        if written_out:
+            logp, ent = token_logp(x, ids, temperature, with_entropy=True)
+        else:  # the reference: autograd through log_softmax, in float32
+            full = torch.log_softmax(x.float() / temperature, dim=-1)
+            logp, ent = full.gather(-1, ids[:, None])[:, 0], -(full.exp() * full).sum(-1).detach()
+        (weights * logp).sum().backward()
+        results.append((logp.detach(), ent, x.grad))
+    (a, ea, ga), (b, eb, gb) = results
+    assert a.dtype == ea.dtype == torch.float32 and not ea.requires_grad and ga.dtype == dtype
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ea, eb, atol=1e-5, rtol=1e-4)  # lse - sum(p z): float32 cancellation
+    torch.testing.assert_close(ga.float(), gb.float(), atol=1e-6 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+    # by hand for one row: d(w log p(token))/dz = w (onehot - p) / temperature
+    p0 = torch.softmax(logits[0].float() / temperature, -1)
+    want = -weights[0] * p0 / temperature
+    want[ids[0]] += weights[0] / temperature
+    torch.testing.assert_close(ga[0].float(), want.to(dtype).float(), atol=1e-6, rtol=1e-2)
+
+
+def test_token_logp_without_a_gradient_keeps_nothing_and_gives_no_entropy_unasked():
+    from groupo.models.token_logp import token_logp
+
+    logits = torch.randn(4, 50)
+    saved: list[torch.Size] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        logp, ent = token_logp(logits, torch.tensor([1, 2, 3, 4]))
+    assert ent is None and not logp.requires_grad and saved == []
+    torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[torch.arange(4), torch.tensor([1, 2, 3, 4])])

@@ -21,6 +21,8 @@ import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from groupo.models.token_logp import token_logp
+
 
 @dataclass
 class Packed:
@@ -92,8 +94,10 @@ def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 
     output head is taken out for the pass, which then returns the final hidden states (B, T, H),
     and the head runs on `chunk` (row, position) pairs at a time, each chunk under activation
     checkpointing, so autograd keeps the hidden states and one chunk's logits are recomputed in
-    the backward pass (one more head matmul). Per token it takes
-    log p(token) = z[token] - logsumexp(z), z = logits / temperature. A GRPO micro-batch of 16 x
+    the backward pass (one more head matmul). A batch of at most `chunk` pairs is one chunk, run
+    without checkpointing: its logits are kept, no more than one recomputed chunk's at once. Per
+    token it takes log p(token) = z[token] - logsumexp(z), z = logits / temperature, with the
+    backward pass written out (groupo/models/token_logp.py). A GRPO micro-batch of 16 x
     400 completion tokens over a 49k vocabulary would otherwise hold ~1.3 GB of float32 logits for
     the backward pass and about three times that at its peak. `chunk=0`, a head that is not a plain
     Linear (e.g. LoRA on lm_head) and FSDP-sharded models take the whole (B, T, V) at once.
@@ -123,13 +127,17 @@ def head_logprobs(out_BTX: torch.Tensor, head: torch.nn.Linear | None, ids_BT: t
                   with_entropy: bool, chunk: int = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs of `ids_BT`, entropy or None) from the model's outputs: logits when `head` is
     None, else final hidden states that `head` turns into logits `chunk` (row, position) pairs at a
-    time, each chunk under activation checkpointing (see token_logprobs)."""
+    time, each chunk under activation checkpointing where there are several (see token_logprobs)."""
     if head is None:
         return _head_logprobs(out_BTX, None, ids_BT, temperature, with_entropy)
     from torch.utils.checkpoint import checkpoint
 
     B, T = ids_BT.shape
     step = max(1, chunk // B)
+    if step >= T:
+        # One chunk: checkpointing would recompute its logits in the backward pass right where they
+        # are needed, for the same peak; keeping them saves that head matmul (bit for bit the same).
+        return _head_logprobs(out_BTX, head.weight, ids_BT, temperature, with_entropy)
     parts = [checkpoint(_head_logprobs, out_BTX[:, t:t + step], head.weight, ids_BT[:, t:t + step], temperature,
                         with_entropy, use_reentrant=False) for t in range(0, T, step)]
     logp_BT = torch.cat([lp for lp, _ in parts], dim=1)
@@ -140,14 +148,9 @@ def _head_logprobs(x_BTX: torch.Tensor, weight_VH: torch.Tensor | None, ids_BT: 
                    with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs of `ids_BT`, entropy or None) from logits, or from hidden states and the head's weight."""
     logits_BTV = x_BTX if weight_VH is None else torch.nn.functional.linear(x_BTX, weight_VH)
-    z_BTV = logits_BTV.float() / temperature
-    lse_BT = torch.logsumexp(z_BTV, dim=-1)
-    logp_BT = z_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT
-    entropy_BT = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy_BT = lse_BT - (torch.softmax(z_BTV, dim=-1) * z_BTV).sum(-1)
-    return logp_BT, entropy_BT
+    B, T, V = logits_BTV.shape
+    logp_N, entropy_N = token_logp(logits_BTV.reshape(B * T, V), ids_BT.reshape(B * T), temperature, with_entropy)
+    return logp_N.view(B, T), (entropy_N.view(B, T) if with_entropy else None)
 
 
 def _chunkable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
