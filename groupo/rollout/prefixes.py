@@ -76,7 +76,7 @@ class KeptRows:
             self._next[key] = Row(key, [(layer.keys[a][:, cols], layer.values[a][:, cols]) for layer in cache.layers])
 
     def end_call(self) -> None:
-        """The rows this call saved replace the ones it did not take."""
+        """The rows this call saved replace all earlier ones."""
         self.rows, self._next = self._next, {}
 
     def resume(self, prompts: list[list[int]], pad_id: int, config, device) -> tuple[Feed, object] | None:
