@@ -24,7 +24,7 @@ PYTEST="pytest==9.2.0"
 # (the algorithms' math, reward parsing, the sandbox, data generators, the planner), whose results
 # do not depend on these versions, and the vLLM and TRL files, which need their extras.
 SUBSET=(tests/test_versions.py tests/test_models.py tests/test_logprobs.py tests/test_rollout.py tests/test_trainer.py
-        tests/test_attention_kernel.py
+        tests/test_attention_kernel.py tests/test_kv.py tests/test_prefixes.py
         tests/test_export_chat.py tests/test_eval.py tests/test_report.py tests/test_sinks.py
         tests/test_smoke.py tests/test_rewards.py tests/test_rewards_symbolic.py tests/test_config.py
         tests/test_data_loaders.py tests/test_presets_cli.py)

@@ -101,12 +101,12 @@ class KeptRows:
             pos_BL[b, L - new:] = torch.arange(k, len(p))
         cache = DynamicCache(config=config)
         some = next(r for r in rows if r)
-        for i, layer in enumerate(cache.layers):
+        for i in range(len(some.kv)):
             k0, v0 = some.kv[i]
             keys = k0.new_zeros((B, k0.shape[0], C, k0.shape[-1]))
             values = v0.new_zeros((B, v0.shape[0], C, v0.shape[-1]))
             for b, (r, k) in enumerate(zip(rows, kept, strict=True)):
                 if r:
                     keys[b, :, C - k:], values[b, :, C - k:] = r.kv[i]
-            layer.update(keys.to(device), values.to(device))
+            cache.update(keys.to(device), values.to(device), i)
         return Feed(ids_BL.to(device), mask_BW.to(device), pos_BL.to(device)), cache
