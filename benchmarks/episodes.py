@@ -10,9 +10,10 @@ wrapped, B = 0), timing each `engine.generate` call (one per round: round 0 samp
 turn, round k > 0 continues every live episode after its tool results). Alternates two engines:
 `keep` (rounds after the first encode only the tokens a round added: the tool's output; see
 `HFEngine.keeping_prefixes`) and `re-encode` (every round encodes each episode's whole history,
-prompt included). Reports per-round and total seconds, their medians, and whether both sampled
-the same episodes (same tokens; log-probs to within float rounding: the cached keys and values
-were computed in other batch shapes).
+prompt included). Reports per-round and total seconds, their medians, whether both sampled the
+same episodes (in float32, `--set model.autocast=none`, the same tokens with log-probs within float
+rounding; in bf16 the rounding of other batch shapes flips some tokens), and for each, how far its
+recorded log-probs are from the trainer's forward pass over the whole episodes.
 """
 
 from __future__ import annotations
