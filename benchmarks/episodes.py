@@ -37,7 +37,7 @@ class Timed:
     """An engine whose `generate` calls are timed, one entry per call (per round)."""
 
     def __init__(self, engine: HFEngine):
-        self.engine, self.seconds, self.encoded = engine, [], []
+        self.engine, self.seconds = engine, []
 
     def __getattr__(self, name):
         return getattr(self.engine, name)

@@ -5,6 +5,7 @@ everything again would."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def two_rounds(engine, params, keep: bool):
         with scope:
             first = engine.generate(prompts_for(engine.tokenizer), params)
             start = len(widths.widths)
-            second = engine.generate(next_prompts(first), params.__class__(**{**params.__dict__, "n": 1}))
+            second = engine.generate(next_prompts(first), replace(params, n=1))
     finally:
         widths.close()
     return first, second, widths.widths[start:]

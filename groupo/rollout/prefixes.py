@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from groupo.rollout.kv import ReservedLayer
+
 
 @dataclass
 class Row:
@@ -43,8 +45,6 @@ class Feed:
 def cacheable(cache) -> bool:
     """Rows of this cache can be kept: every layer plain full attention (a sliding-window layer
     drops old keys, so its rows are not whole prompts)."""
-    from groupo.rollout.kv import ReservedLayer
-
     return all(type(layer) in (DynamicLayer, ReservedLayer) for layer in cache.layers)
 
 
