@@ -2,7 +2,7 @@
 turns saves.
 
     python benchmarks/episodes.py                       # configs/tools_quickstart.yaml's first step
-    python benchmarks/episodes.py --prompts 6 --repeats 3 --set rollout.max_turns=3
+    python benchmarks/episodes.py --prompts 6 --repeats 3 --set episodes.max_turns=3
 
 Samples one training step's episodes (the config's prompts_per_step x group_size, the built-in
 task's first training problems, its sampling settings, seed 0) with the untrained policy (LoRA
@@ -26,10 +26,10 @@ import torch
 
 from groupo.commands.resolve import resolve_config
 from groupo.data import load_task
-from groupo.episodes.sampler import make_sampler
+from groupo.engines.hf import HFEngine
 from groupo.models import load_model, load_policy_from
 from groupo.models.precision import resolve_autocast
-from groupo.rollout.hf import HFEngine
+from groupo.rollout.sampler import make_sampler
 from groupo.types import SamplingParams
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     params = SamplingParams(n=R.group_size, temperature=R.temperature, top_p=R.top_p,
                             max_new_tokens=R.max_new_tokens, stop=tuple(R.stop), seed=0)
     print(f"{args.config} {' '.join(args.overrides)}: {len(problems)} prompts x {params.n} episodes, "
-          f"autocast={amp}, max_turns={R.max_turns}, max_new_tokens={R.max_new_tokens}")
+          f"autocast={amp}, max_turns={cfg.episodes.max_turns}, max_new_tokens={R.max_new_tokens}")
     variants = {"keep": True, "re-encode": False}
     totals: dict[str, list[float]] = {v: [] for v in variants}
     rounds: dict[str, list[list[float]]] = {v: [] for v in variants}

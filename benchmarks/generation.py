@@ -11,7 +11,7 @@ Also prints the cached-model load time. Prompts are arithmetic questions in the 
 `--compare-keep` alternates the engine as it runs (a row that stopped leaves the batch) with
 `drop_finished=False` (every row decoded until the batch's longest ends, as transformers'
 generate does): same seed, same completions, so the difference is the lever alone.
-`--compare-cache` does the same for the in-place KV cache (groupo/rollout/kv.py) against
+`--compare-cache` does the same for the in-place KV cache (groupo/engines/kv.py) against
 transformers' DynamicCache, which copies every layer's cache at each step.
 """
 
@@ -24,8 +24,8 @@ import time
 import torch
 
 from groupo.config import LoraConfig
+from groupo.engines.hf import HFEngine
 from groupo.models import load_model, load_policy_from
-from groupo.rollout.hf import HFEngine
 from groupo.types import SamplingParams
 
 

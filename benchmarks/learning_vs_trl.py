@@ -124,11 +124,12 @@ def run_trl(steps: int, eval_size: int, precision: str, workdir: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from groupo.data import load_task
+    from groupo.engines.hf import HFEngine
     from groupo.eval.evaluate import evaluate
     from groupo.models.load import prepare_tokenizer, resolve_model
     from groupo.models.lora import apply_lora
     from groupo.rewards import resolve_rewards
-    from groupo.rollout.hf import HFEngine
+    from groupo.rollout import Sampler
 
     cfg = config(steps, eval_size, precision)
     T, R = cfg.train, cfg.rollout
@@ -155,8 +156,8 @@ def run_trl(steps: int, eval_size: int, precision: str, workdir: Path) -> dict:
     def held_out_accuracy(m) -> tuple[float, int, float]:
         t = time.perf_counter()
         engine = HFEngine(m, tok, batch_size=R.batch_size, autocast=precision)
-        res = evaluate(engine, tok, task, held_out, samples=1, temperature=0.0, max_new_tokens=R.max_new_tokens,
-                       batch_size=R.batch_size, reward_fns=reward_fns)
+        res = evaluate(Sampler(engine, tok), task, held_out, samples=1, temperature=0.0,
+                       max_new_tokens=R.max_new_tokens, batch_size=R.batch_size, reward_fns=reward_fns)
         return res.accuracy, res.n, time.perf_counter() - t
 
     before, n_eval, eval_before_s = held_out_accuracy(model)

@@ -1,5 +1,5 @@
 """Drawing the next token: torch.multinomial (what transformers' generate uses) against the HF
-engine's inverse-CDF sampler (groupo.rollout.hf.sample_inverse_cdf), on decode-step-sized logits.
+engine's inverse-CDF sampler (groupo.engines.hf.sample_inverse_cdf), on decode-step-sized logits.
 
     python benchmarks/sampling.py                 # 32 rows x 49,152 (SmolLM2's vocabulary)
     python benchmarks/sampling.py --rows 64 --vocab 151936
@@ -16,7 +16,7 @@ import time
 import torch
 from machine import machine  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
-from groupo.rollout.hf import sample_inverse_cdf
+from groupo.engines.hf import sample_inverse_cdf
 
 
 def timed(f, repeats: int = 30) -> float:

@@ -11,7 +11,7 @@ Three workloads, each a batch through `Sandbox.run_many`:
   reward    the same 64 as completions through python_output_reward (extraction, sandbox,
             comparison; the rewards' shared sandbox, every mechanism on), cache cleared each repeat
   tests     64 MBPP-style solutions through tests_pass_reward, three asserts each (the test
-            judge: the candidate in a process of its own, the asserts outside it)
+            runner: the candidate in a process of its own, the asserts outside it)
 Also reports one run's latency (sequential, 1 worker). Prints the best of `--repeats`.
 """
 
@@ -24,7 +24,7 @@ import statistics
 import time
 
 from groupo.rewards import code as code_rewards
-from groupo.rewards.sandbox import Sandbox, probe
+from groupo.sandbox.run import Sandbox, probe
 
 
 def gsm8k_programs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -100,11 +100,11 @@ def main() -> None:
 
         rew = best_rate(reward, args.programs, args.repeats)
 
-        def judged(workers=workers) -> None:
+        def tested(workers=workers) -> None:
             got = code_rewards.tests_pass_reward(completions=solutions, tests=tests, sandbox_workers=workers)
             assert got == [1.0] * len(solutions)
 
-        tst = best_rate(judged, args.programs, args.repeats)
+        tst = best_rate(tested, args.programs, args.repeats)
         print(f"workers={workers:2d}  trivial {trivial[0]:6.1f}/s (median {trivial[1]:6.1f})  "
               f"gsm8k x{args.programs} {gsm[0]:6.1f}/s (median {gsm[1]:6.1f})  "
               f"python_output x{args.programs} {rew[0]:6.1f}/s (median {rew[1]:6.1f})  "

@@ -27,10 +27,10 @@ import torch
 from groupo.config import quickstart_config
 from groupo.data import load_task
 from groupo.data.prompts import encode_prompt
+from groupo.engines import hf
 from groupo.models import load_policy
 from groupo.models.logprobs import pack, token_logprobs
-from groupo.rollout import hf
-from groupo.trainer.prepare import rows
+from groupo.trainer.passes import rows
 from groupo.types import SamplingParams
 
 

@@ -8,7 +8,7 @@ The quickstart's policy (built-in SmolLM2-135M-Instruct, LoRA r16, its adapter m
 after some training), prompts from its task (arithmetic, difficulty 1) and its sampling
 (temperature 0.7, 8 samples per prompt). Each engine is built as the trainer builds it: HFEngine
 with the quickstart's autocast ("auto" resolved for the CPU), VLLMEngine with the options of
-groupo.rollout.vllm_config.from_config. For each engine:
+groupo.engines.build_engine. For each engine:
     start          the constructor (vLLM loads its own copy of the base model here)
     sync           sync_weights(), median of 3 (LoRA on vLLM: the adapter written + a new LoRARequest)
     first gen      the first generate, right after a sync (vLLM loads the adapter lazily here)
@@ -97,13 +97,13 @@ def main() -> None:
 
 
 def _hf(model, tok, cfg, amp):
-    from groupo.rollout.hf import HFEngine
+    from groupo.engines.hf import HFEngine
 
     return HFEngine(model, tok, batch_size=cfg.rollout.batch_size, autocast=amp)
 
 
 def _vllm(model, tok, cfg, amp, run_dir):
-    from groupo.rollout import EngineContext, build_engine
+    from groupo.engines import EngineContext, build_engine
 
     # The trainer's own construction (model folder, dtype, KV cache, adapter folder), so the two cannot drift apart.
     cfg.rollout.engine = "vllm"

@@ -1,7 +1,7 @@
-"""A stateful environment written the way `rollout.environment` loads it (TRL's `environment_factory`
+"""A stateful environment written the way `episodes.environment` loads it (TRL's `environment_factory`
 convention; see docs/tools.md):
 
-    groupo train rollout.tool_format=chat_template rollout.environment=examples/env_game.py:GuessTheNumber
+    groupo train episodes.tool_format=chat_template episodes.environment=examples/env_game.py:GuessTheNumber
 
 One instance per episode. `reset(**columns)` gets the dataset row (here its `secret` column, else a
 number drawn from `seed`) and returns text appended to the prompt; the public method `guess` is the

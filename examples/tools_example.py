@@ -1,8 +1,8 @@
-"""Two tools written the way `rollout.tools` loads them: plain functions with type hints and a
+"""Two tools written the way `episodes.tools` loads them: plain functions with type hints and a
 Google-style docstring, exactly as TRL's `GRPOTrainer(tools=...)` takes them (see docs/tools.md).
 
-    rollout.tool_format: chat_template
-    rollout.tools: [calculator, examples/tools_example.py:constant, examples/tools_example.py:to_metres]
+    episodes.tool_format: chat_template
+    episodes.tools: [calculator, examples/tools_example.py:constant, examples/tools_example.py:to_metres]
 
 The docstring and hints become the JSON schema the chat template shows the model. A tool may be
 async, and may raise: the model gets the error ("Error: ValueError: ...") as the tool's result.

@@ -80,7 +80,7 @@ def reply(model, tokenizer, messages: list[dict], out: TextIO, *, max_new_tokens
 
 def episode_reply(sampler, messages: list[dict], out: TextIO, *, max_new_tokens: int,
                   temperature: float) -> list[dict]:
-    """One episode with the run's tools (groupo.episodes.sampler) answering `messages`: written to
+    """One episode with the run's tools (groupo.rollout.sampler) answering `messages`: written to
     `out` whole once it ends (tool results included); returns its assistant and tool messages."""
     from groupo.types import Problem, SamplingParams
 

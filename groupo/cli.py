@@ -29,7 +29,7 @@ EPILOG = """examples:
   groupo train --resume runs/quickstart          # continue from the newest checkpoint
   groupo config algorithm.preset=gspo            # print the resolved configuration
   groupo plan configs/countdown.yaml             # predicted step time and peak memory, before launch
-  groupo serve --port 8000                       # a vLLM server for rollout.vllm_url=http://127.0.0.1:8000
+  groupo serve --port 8000                       # a vLLM server for rollout.vllm.url=http://127.0.0.1:8000
   groupo export runs/quickstart exported/        # a merged Hugging Face folder (transformers, vLLM)
   groupo chat runs/quickstart                    # talk to the trained policy
 """
@@ -42,11 +42,11 @@ RAW = ("train", "export", "chat")  # descriptions with line breaks of their own
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input or machine (config, data, model path, a reward function):
     printed as one clear message, without a traceback."""
+    from groupo.engines.base import EngineError
     from groupo.models.builtin import FetchError
     from groupo.models.load import ModelNotFoundError
     from groupo.report.alarms import TrainingStopped
     from groupo.rewards.base import RewardError
-    from groupo.rollout.base import EngineError
     from groupo.trainer.checkpoint import CheckpointError
 
     return ConfigError, FetchError, ModelNotFoundError, RewardError, EngineError, TrainingStopped, CheckpointError
@@ -68,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message comes (a plain StreamHandler keeps
+    the stream it was made with, which in-process callers such as tests may have closed since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def _quiet_libraries() -> None:
     """Our own progress display replaces the libraries' per-load bars and deprecation chatter;
     and the CPU thread pool waits passively."""
@@ -84,7 +97,7 @@ def _quiet_libraries() -> None:
     # groupo's own INFO messages (e.g. which sandbox protections this machine allows) are shown.
     log = logging.getLogger("groupo")
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

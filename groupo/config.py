@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import types
@@ -107,15 +108,25 @@ class RewardsConfig:
     extract_order: list[str] = _f(
         ["answer_tag", "boxed", "gsm8k", "answer_is", "last_number"],
         "where the final answer is looked for, in order (see groupo.rewards.extract)")
-    sandbox_memory_mb: int = _f(1024, "address-space limit of each program a code reward runs, MiB "
-                                "(groupo.rewards.sandbox)", min=128)
-    sandbox_workers: int = _f(0, "programs the code rewards run in parallel (0 = one per CPU)", min=0)
     column_aliases: dict[str, str] = _f(
         {}, "extra keyword -> dataset column for reward functions, e.g. {solution: answer} gives TRL's "
         "accuracy_reward (which reads `solution`) the reference answer; replaces a column of that name")
     completion_format: Literal["trl", "text"] = _f(
         "trl", "how user reward functions get completions: trl = as TRL's GRPOTrainer passes them "
         "([{role: assistant, content: ...}] for chat prompts), text = plain strings")
+
+
+@dataclass
+class VllmConfig:
+    """rollout.engine = vllm: the colocated engine's memory, or the server it samples on."""
+
+    memory_share: float = _f(0.3, "on a GPU: share of the GPU's memory the engine may take (it sleeps during "
+                             "updates)", min=0, max=1, min_exclusive=True)
+    kv_cache_gb: int = _f(1, "on a CPU: KV cache size in whole GiB", min=1)
+    max_model_len: int = _f(0, "longest prompt + completion in tokens (0 = the model's own maximum)", min=0)
+    url: str = _f("", "as a server: base URL of a running `vllm serve` (groupo serve), e.g. http://127.0.0.1:8000; "
+                  "empty = the colocated engine in this process")
+    timeout_s: float = _f(600.0, "server: seconds to wait for one request", min=0, min_exclusive=True)
 
 
 @dataclass
@@ -128,18 +139,17 @@ class RolloutConfig:
     top_k: int = _f(0, "top-k sampling (0 = off)", min=0)
     stop: list[str] = _f([], "extra stop strings (the EOS token always stops)")
     batch_size: int = _f(64, "sequences generated per forward batch", min=1)
-    vllm_memory_share: float = _f(0.3, "vllm on a GPU: share of the GPU's memory the engine may take "
-                                  "(it sleeps during updates)", min=0, max=1, min_exclusive=True)
-    vllm_kv_cache_gb: int = _f(1, "vllm on a CPU: KV cache size in whole GiB", min=1)
-    vllm_max_model_len: int = _f(0, "vllm: longest prompt + completion in tokens (0 = the model's own maximum)",
-                                 min=0)
-    vllm_url: str = _f("", "vllm as a server: base URL of a running `vllm serve` (groupo serve), e.g. "
-                       "http://127.0.0.1:8000; empty = the colocated engine in this process")
-    vllm_timeout_s: float = _f(600.0, "vllm server: seconds to wait for one request", min=0, min_exclusive=True)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+
+
+@dataclass
+class EpisodesConfig:
+    """Multi-turn episodes with tools (docs/tools.md); off while tool_format is empty."""
+
     tool_format: Literal["", "python_block", "chat_template"] = _f(
-        "", "episodes with tools (docs/tools.md): python_block = ```python blocks run by the python tool, their "
-        "output appended as ```output blocks (any model); chat_template = the model's own tool calls, rendered by "
-        "its chat template (Hermes-style <tool_call> JSON); empty = one completion per prompt, no tools")
+        "", "episodes with tools: python_block = ```python blocks run by the python tool, their output appended "
+        "as ```output blocks (any model); chat_template = the model's own tool calls, rendered by its chat "
+        "template (Hermes-style <tool_call> JSON); empty = one completion per prompt, no tools")
     tools: list[str] = _f([], "tools offered in episodes: python (sandboxed), calculator, file.py:function or "
                           "module:function (plain typed, documented functions, as TRL's tools=); python_block: "
                           "python only (the default)")
@@ -149,6 +159,16 @@ class RolloutConfig:
     max_tool_output_tokens: int = _f(256, "a tool result longer than this many tokens is cut and marked", min=1)
     tool_timeout_s: float = _f(10.0, "wall-clock limit of one tool call, seconds (python: also its CPU limit)",
                                min=0, min_exclusive=True)
+    tool_workers: int = _f(0, "tool calls run at once across episodes (threads; 0 = one per CPU)", min=0)
+
+
+@dataclass
+class SandboxConfig:
+    """Where model-written code runs: code rewards and the python tool (groupo.sandbox). Their time
+    limits are rewards.timeout_s and episodes.tool_timeout_s."""
+
+    workers: int = _f(0, "programs run in parallel (0 = one per CPU)", min=0)
+    memory_mb: int = _f(1024, "address-space limit of each program, MiB", min=128)
 
 
 def _optional_key(f: dataclasses.Field, tp: Any) -> tuple[str, Any, Any]:
@@ -266,6 +286,8 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -375,9 +397,25 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         raise ConfigError(f"{key} = {value!r} is out of range; allowed: {rng}")
 
 
-def set_key(cfg: Config, key: str, value: Any, source: str = "") -> None:
+# Keys that moved to a section of their own: the old name still sets the new key, with one warning
+# line (silent when a run directory's saved config.yaml is read back, e.g. on resume).
+RENAMED = {
+    **{f"rollout.{k}": f"episodes.{k}" for k in ("tool_format", "tools", "environment", "max_turns",
+                                                 "max_tool_output_tokens", "tool_timeout_s")},
+    "rewards.sandbox_workers": "sandbox.workers", "rewards.sandbox_memory_mb": "sandbox.memory_mb",
+    **{f"rollout.vllm_{k}": f"rollout.vllm.{k}" for k in ("memory_share", "kv_cache_gb", "max_model_len", "url",
+                                                          "timeout_s")},
+}
+log = logging.getLogger("groupo")
+
+
+def set_key(cfg: Config, key: str, value: Any, source: str = "", *, warn_renamed: bool = True) -> None:
     """Set dotted `key` on `cfg` to `value`, checking the key, the type and the range."""
     where = f"{source}: " if source else ""
+    if key in RENAMED:
+        if warn_renamed:
+            log.warning("warning: %s%s is now %s (the old name still works)", where, key, RENAMED[key])
+        key = RENAMED[key]
     node: Any = cfg
     parts = key.split(".")
     for part in parts[:-1]:
@@ -498,21 +536,21 @@ def check_together(cfg: Config) -> None:
     live in registries (presets, engines, sinks) are checked by groupo.config_rules.validate."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
         raise ConfigError(f"run.device = {cfg.run.device!r} is not a device; valid: auto, cpu, cuda, cuda:N")
-    R, A = cfg.rollout, cfg.algorithm
-    if R.vllm_url and R.engine != "vllm":
-        raise ConfigError(f"rollout.vllm_url is set but rollout.engine = {R.engine!r}: "
+    R, E, A = cfg.rollout, cfg.episodes, cfg.algorithm
+    if R.vllm.url and R.engine != "vllm":
+        raise ConfigError(f"rollout.vllm.url is set but rollout.engine = {R.engine!r}: "
                           "set rollout.engine=vllm to sample on that server, or leave the URL empty")
-    if R.vllm_url and not re.match(r"https?://[^/\s]+", R.vllm_url):
-        raise ConfigError(f"rollout.vllm_url = {R.vllm_url!r} is not a URL; expected e.g. http://127.0.0.1:8000")
+    if R.vllm.url and not re.match(r"https?://[^/\s]+", R.vllm.url):
+        raise ConfigError(f"rollout.vllm.url = {R.vllm.url!r} is not a URL; expected e.g. http://127.0.0.1:8000")
     if R.engine == "vllm" and cfg.train.parallel == "fsdp2":
         raise ConfigError("rollout.engine = 'vllm' runs beside train.parallel = 'ddp' only (each rank hands "
                           "its engine whole weights; FSDP2 would gather them first): use train.parallel=ddp")
-    if (R.tools or R.environment) and not R.tool_format:
-        raise ConfigError("rollout.tools / rollout.environment are set but rollout.tool_format is empty: set "
-                          "rollout.tool_format=chat_template (the model's own tool calls) or python_block")
-    if R.tool_format == "python_block" and (set(R.tools) - {"python"} or R.environment):
-        raise ConfigError("rollout.tool_format=python_block runs ```python blocks with the python tool only; other "
-                          "tools and environments need rollout.tool_format=chat_template")
+    if (E.tools or E.environment) and not E.tool_format:
+        raise ConfigError("episodes.tools / episodes.environment are set but episodes.tool_format is empty: set "
+                          "episodes.tool_format=chat_template (the model's own tool calls) or python_block")
+    if E.tool_format == "python_block" and (set(E.tools) - {"python"} or E.environment):
+        raise ConfigError("episodes.tool_format=python_block runs ```python blocks with the python tool only; other "
+                          "tools and environments need episodes.tool_format=chat_template")
     if A.engine_old_logprobs and A.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{A.num_iterations} (later updates need the trainer's own old log-probs)")
@@ -540,9 +578,10 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def from_dict(data: dict) -> Config:
-    """Rebuild a Config from `to_dict` output (e.g. a run's saved config.yaml)."""
+    """Rebuild a Config from `to_dict` output (e.g. a run's saved config.yaml, of this version or an
+    earlier one: renamed keys are read under their new names)."""
     cfg = Config()
     for key, value in _flatten(data).items():
-        set_key(cfg, key, value)
+        set_key(cfg, key, value, warn_renamed=False)
     check_together(cfg)
     return cfg

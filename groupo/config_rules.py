@@ -16,8 +16,8 @@ def validate(cfg: Config) -> None:
     lacks are skipped with a warning, groupo.data.extra_eval_sets)."""
     from groupo.algorithms.presets import PRESETS
     from groupo.data.builtin import check_eval_split
+    from groupo.engines import ENGINES
     from groupo.report.sinks import SINKS
-    from groupo.rollout import ENGINES
 
     if cfg.algorithm.preset not in PRESETS:
         raise ConfigError(f"algorithm.preset = {cfg.algorithm.preset!r} is unknown; "

@@ -40,6 +40,14 @@ class SamplingParams:
     seed: int | None = None
 
 
+# How a completion ended, the one status every engine and the episode driver report:
+#   stop       the model ended it (EOS or a stop string; in an episode, a turn that called no tool)
+#   length     the token budget ran out (rollout.max_new_tokens): truncated
+#   max_turns  an episode's last allowed turn still called tools (episodes.max_turns)
+#   done       the episode's environment said it was over
+FinishReason = Literal["stop", "length", "max_turns", "done"]
+
+
 @dataclass
 class Completion:
     """One sampled completion of one prompt."""
@@ -48,11 +56,11 @@ class Completion:
     token_ids: list[int]             # generated tokens, up to and including EOS/stop if any
     logprobs: list[float]            # log-prob of each generated token under the sampling policy
     text: str                        # decoded completion (special tokens skipped)
-    finish_reason: Literal["stop", "length"]
-    # Episodes with tools (groupo.episodes); None in single-turn rollouts, where every token is sampled.
+    finish_reason: FinishReason
+    # Episodes with tools (groupo.rollout.episodes); None in single-turn rollouts, where every token is sampled.
     sampled_mask: list[int] | None = None   # per token of token_ids: 1 sampled by the policy, 0 tool/environment
     messages: list[dict] | None = None      # the assistant and tool turns, as TRL passes completions to rewards
-    tool_stats: dict | None = None          # turns, calls, errors, calls per tool, seconds (groupo.episodes)
+    tool_stats: dict | None = None          # turns, calls, errors, calls per tool, seconds (groupo.rollout.episodes)
     environment: Any = None                 # the episode's environment instance (rewards get `environments=`)
 
 

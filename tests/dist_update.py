@@ -30,7 +30,8 @@ from groupo.distributed import setup, shutdown
 from groupo.models import load_policy_from
 from groupo.trainer import parallel
 from groupo.trainer.collect import RolloutBatch
-from groupo.trainer.prepare import UpdateSettings, prepare
+from groupo.trainer.prepare import prepare
+from groupo.trainer.settings import UpdateSettings
 from groupo.trainer.update import build_optimizer, update
 from groupo.types import Completion, Problem
 
@@ -65,7 +66,7 @@ def main(kind: str, out: Path) -> None:
             nonzero_lora(policy.model, 0.05)
         module = parallel.wrap(policy.model, policy.ref_model, kind, world, device)
         loss = get_preset(preset).with_overrides(beta=beta, mask_truncated=preset == "dapo")
-        s = UpdateSettings(loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,
+        s = UpdateSettings(loss=loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,
                            max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module))
         optimizer, scheduler = build_optimizer(policy.model, 1e-3, 0.0, [0.9, 0.999], 0, 1, "constant")
         trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from groupo.config import RewardsConfig, TaskConfig
+from groupo.config import RewardsConfig, SandboxConfig, TaskConfig
 from groupo.data import DataError, load_task
 from groupo.rewards import (
     REWARDS,
@@ -189,9 +189,11 @@ def test_rewards_are_registered_and_get_the_run_settings():
     names = {"python_output", "python_runs", "python_number", "code_format", "code_tags", "compiles",
              "lint_clean", "tests_pass", "tests_all_pass"}
     assert names <= set(REWARDS)
-    resolved = resolve_rewards(RewardsConfig(timeout_s=1.5), {"python_output": 1.0, "code_format": 0.2})
+    resolved = resolve_rewards(RewardsConfig(timeout_s=1.5), {"python_output": 1.0, "code_format": 0.2},
+                               sandbox=SandboxConfig(workers=3, memory_mb=512))
     fn, weight = resolved["python_output"]
     assert weight == 1.0 and fn.keywords["timeout_s"] == 1.5  # rewards.timeout_s bounds each program
+    assert (fn.keywords["sandbox_workers"], fn.keywords["sandbox_memory_mb"]) == (3, 512)  # the sandbox section
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,14 +137,13 @@ def test_quickstart_yaml_is_the_default():
 def test_every_loss_setting_is_a_config_key_and_reaches_the_loss():
     """The run's LossSettings are built once from the config: each setting a user can set lands in
     it (no key silently ignored), and unset ones keep the preset's value."""
-    from groupo.algorithms.presets import LossSettings, get_preset
-    from groupo.trainer.prepare import loss_settings
+    from groupo.algorithms.presets import LossSettings, get_preset, loss_settings
 
     names = {f.name for f in dataclasses.fields(LossSettings)}
     assert names <= {f.name for f in dataclasses.fields(AlgorithmConfig)}
-    assert loss_settings(load_config(None, ["algorithm.preset=dapo"])) == get_preset("dapo")
+    assert loss_settings(load_config(None, ["algorithm.preset=dapo"]).algorithm) == get_preset("dapo")
     s = loss_settings(load_config(None, ["algorithm.preset=dapo", "algorithm.eps_high=0.3", "algorithm.beta=0.01",
-                                         "algorithm.mask_truncated=true", "algorithm.adv_std=population"]))
+                                         "algorithm.mask_truncated=true", "algorithm.adv_std=population"]).algorithm)
     assert (s.eps_high, s.beta, s.mask_truncated, s.adv_std, s.eps_low) == (0.3, 0.01, True, "population", 0.2)
 
 
@@ -222,3 +221,54 @@ def test_a_run_dir_left_by_a_failed_start_can_be_used_again(tmp_path):
     (run / "metrics.jsonl").write_text("")
     (run / "checkpoints" / "step-10").mkdir(parents=True)
     assert holds_run(run)
+
+
+# Keys that moved into sections of their own: the old name, its new one, and a value to set.
+OLD_KEYS = [("rollout.tool_format", "episodes.tool_format", "python_block"),
+            ("rollout.tools", "episodes.tools", ["python"]), ("rollout.max_turns", "episodes.max_turns", 3),
+            ("rollout.max_tool_output_tokens", "episodes.max_tool_output_tokens", 40),
+            ("rollout.tool_timeout_s", "episodes.tool_timeout_s", 2.5),
+            ("rewards.sandbox_workers", "sandbox.workers", 3), ("rewards.sandbox_memory_mb", "sandbox.memory_mb", 512),
+            ("rollout.vllm_url", "rollout.vllm.url", "http://127.0.0.1:9"),
+            ("rollout.vllm_kv_cache_gb", "rollout.vllm.kv_cache_gb", 2),
+            ("rollout.vllm_memory_share", "rollout.vllm.memory_share", 0.5),
+            ("rollout.vllm_max_model_len", "rollout.vllm.max_model_len", 256),
+            ("rollout.vllm_timeout_s", "rollout.vllm.timeout_s", 30.0)]
+
+
+def _get(cfg, key):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize(("old", "new", "value"), OLD_KEYS)
+def test_an_old_key_sets_its_new_one_with_one_warning_line(old, new, value, caplog):
+    extra = {"vllm": ["rollout.engine=vllm"], "tools": ["episodes.tool_format=python_block"]}
+    extra = next((v for k, v in extra.items() if k in old), [])
+    with caplog.at_level("WARNING", logger="groupo"):
+        cfg = load_config(None, [*extra, f"{old}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+    assert _get(cfg, new) == value
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: command line: {old} is now {new} (the old name still works)"]
+
+
+def test_a_run_saved_with_the_old_layout_loads_silently_and_the_new_layout_is_printed(tmp_path, caplog, capsys):
+    """A config.yaml saved by an earlier version (flat tool, sandbox and vLLM keys) rebuilds the same
+    Config as the new layout, without warnings (resume reads it back); `groupo config` prints the new."""
+    new = load_config(None, ["episodes.tool_format=python_block", "episodes.max_turns=3", "sandbox.workers=2",
+                             "rollout.vllm.kv_cache_gb=2"])
+    saved = yaml.safe_load(dump_yaml(new))
+    rollout = saved["rollout"]
+    rollout.update({"tool_format": "python_block", "max_turns": 3, "tools": [], "environment": "",
+                    "max_tool_output_tokens": 256, "tool_timeout_s": 10.0,
+                    **{f"vllm_{k}": v for k, v in rollout.pop("vllm").items()}})
+    saved["rewards"].update(sandbox_workers=2, sandbox_memory_mb=1024)
+    del saved["episodes"], saved["sandbox"]
+    with caplog.at_level("WARNING", logger="groupo"):
+        assert from_dict(saved) == new
+    assert caplog.records == []
+    assert main(["config", "episodes.max_turns=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["episodes"]["max_turns"] == 3 and "vllm" in printed["rollout"] and "sandbox" in printed
+    assert not {"tool_format", "vllm_url"} & set(printed["rollout"]) and "sandbox_workers" not in printed["rewards"]

@@ -14,10 +14,12 @@ from tiny import make_tiny
 
 from groupo.algorithms import loss_denominator, policy_loss
 from groupo.config import load_config
+from groupo.engines import Engine
 from groupo.models import load_policy_from
 from groupo.trainer import loop
 from groupo.trainer.collect import RolloutBatch
-from groupo.trainer.prepare import UpdateSettings, loss_mask, prepare
+from groupo.trainer.prepare import loss_mask, prepare
+from groupo.trainer.settings import UpdateSettings
 from groupo.types import Completion, LossSettings
 
 
@@ -69,7 +71,7 @@ def test_prepare_counts_only_the_policys_tokens_in_the_global_denominator():
            _episode([1, 1, 1], [0], [1]), _episode([1], [0], [1])]
     batch = RolloutBatch(problems=[None, None], completions=eps, rewards_PG=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
                          per_fn={}, prompt_ids=[c.prompt_ids for c in eps], n_zero_var=0, n_groups=2, group_size=2)
-    s = UpdateSettings(LossSettings(aggregation="token_mean"), temperature=1.0, micro_batch_size=4, max_len=8)
+    s = UpdateSettings(loss=LossSettings(aggregation="token_mean"), temperature=1.0, micro_batch_size=4, max_len=8)
     from groupo.distributed import Dist
 
     prepared = prepare(policy.model, policy, batch, s, Dist(), pad_id=tok.pad_token_id, device=torch.device("cpu"))
@@ -88,7 +90,7 @@ def program(question: str) -> str:
     return f"{a} + {b}"
 
 
-class Coder:
+class Coder(Engine):
     """A scripted policy: its first turn is a program, and once it has seen the program's output it
     answers with what was printed. Every sampled token gets log-prob -0.1. With `sloppy`, a third
     of its programs (chosen from the call's seed, so a rerun is identical) add 1 to the result."""
@@ -125,7 +127,7 @@ def test_a_run_with_the_python_tool_trains_on_whole_episodes(tmp_path, monkeypat
     monkeypatch.setattr(loop, "build_engine", lambda cfg, ctx: Coder(ctx.tokenizer))
     run = tmp_path / "run"
     cfg = load_config(None, _overrides(tmp_path, 2, **{
-        "run.dir": str(run), "rollout.tool_format": "python_block", "rollout.max_new_tokens": 160,
+        "run.dir": str(run), "episodes.tool_format": "python_block", "rollout.max_new_tokens": 160,
         "rewards.funcs": json.dumps({"accuracy": 1.0}), "task.prompt_style": "plain", "task.difficulty": 2}))
     torch.manual_seed(0)
     loop.train(cfg, run, policy=load_policy_from(*make_tiny(), cfg.lora, beta=0.0))
@@ -148,13 +150,13 @@ def test_groupo_chat_runs_a_runs_tools(tmp_path):
     import io
 
     from groupo.chat import chat_loop
-    from groupo.episodes import EpisodeSettings
-    from groupo.episodes.sampler import Sampler
-    from groupo.tools import Toolbox, ToolSettings, load_tools
+    from groupo.rollout import EpisodeSettings
+    from groupo.rollout.sampler import Sampler
+    from groupo.tools import Toolbox, ToolSettings, load_tools, make_format
 
     _, tok = make_tiny()
-    sampler = Sampler(Coder(tok), tok, EpisodeSettings("python_block", 2),
-                      Toolbox(load_tools(["python"]), None, ToolSettings(), tok))
+    sampler = Sampler(Coder(tok), tok, EpisodeSettings(max_turns=2),
+                      make_format("python_block", tok, Toolbox(load_tools(["python"]), None, ToolSettings(), tok)))
     out = io.StringIO()
     turns = chat_loop(None, tok, io.StringIO("What is 12 times 34?\nMultiply 7 by 6.\n"), out, max_new_tokens=160,
                       sampler=sampler)
@@ -174,7 +176,7 @@ def test_a_run_with_tools_interrupted_mid_update_resumes_to_the_uninterrupted_we
     from groupo.trainer.checkpoint import list_checkpoints
 
     def run(name: str, resume: bool = False):
-        over = _overrides(tmp_path, 4, **{"run.dir": str(tmp_path / name), "rollout.tool_format": "python_block",
+        over = _overrides(tmp_path, 4, **{"run.dir": str(tmp_path / name), "episodes.tool_format": "python_block",
                                           "rollout.max_new_tokens": 160, "train.save_every": 0,
                                           "rewards.funcs": json.dumps({"accuracy": 1.0}), "task.difficulty": 2,
                                           "task.prompt_style": "plain"})

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from groupo.episodes import EpisodeSettings, episode_metrics, episode_segments, round_seed, run_episodes
+from groupo.engines import Engine
 from groupo.models.offline_tokenizer import make_tokenizer
+from groupo.rollout import EpisodeSettings, episode_metrics, round_seed, run_episodes
 from groupo.tools import (
     ChatTemplate,
     Toolbox,
     ToolCall,
     ToolResult,
     ToolSettings,
-    encode_episode_prompt,
     environment_rewards,
     load_environment,
     load_tools,
@@ -73,7 +73,7 @@ def ids_of(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """A policy with fixed turns. `scripts[p][j]` is episode j of prompt p: its turns in order, each
     a text or a list of token ids. The turn to give is found from the prompt: the initial prompt
     identifies p; the sampled turns already in it identify j and how many turns are done (a prompt
@@ -157,7 +157,7 @@ def episode(tok, scripts, tools, *, fmt="chat_template", env=None, max_turns=4, 
                    for m, c in zip(messages, columns, strict=True)]
     engine = ScriptedEngine(tok, prompts, scripts)
     params = SamplingParams(n=len(scripts[0]), max_new_tokens=max_new_tokens, seed=5)
-    groups = run_episodes(engine, tok, messages, columns, params, EpisodeSettings(fmt, max_turns), toolbox)
+    groups = run_episodes(engine, f, messages, columns, params, EpisodeSettings(max_turns))
     return groups, engine, prompts
 
 
@@ -204,13 +204,11 @@ def test_a_chat_template_call_gives_the_documented_episode():
         {"role": "assistant", "content": "It is 408."}]
     stats = dict(c.tool_stats)
     assert stats.pop("tool_s") < 1.0
-    assert stats == {"turns": 2, "calls": 1, "errors": 0, "truncated": 0, "calls_by_tool": {"calculator": 1},
-                     "ended": "answer"}
+    assert stats == {"turns": 2, "calls": 1, "errors": 0, "truncated": 0, "calls_by_tool": {"calculator": 1}}
     # the engine saw the prompt, then prompt + turn 1 + the tool tokens: nothing re-encoded
     rest = 200 - len(c.token_ids) + len(s2)
     assert [(n, p.n, p.max_new_tokens) for n, p in engine.calls] == [(1, 1, 200), (1, 1, rest)]
     assert engine.calls[1][1].seed == round_seed(5, 1) != 5 and engine.calls[0][1].seed == 5
-    assert episode_segments(c, tok) == [(tok.decode(s1), False), (tool_suffix("408"), True), (tok.decode(s2), False)]
 
 
 def test_sampled_ids_are_kept_even_where_decoding_and_encoding_again_would_change_them():
@@ -250,7 +248,7 @@ def test_bad_calls_go_back_to_the_model_and_are_counted(user_tools):
         s1, s2 = engine.sampled[(0, j)]
         assert c.messages[1] == {"role": "tool", "name": c.messages[1]["name"], "content": content}
         assert_layout(c, [(s1, True), (ids_of(tok, tool_suffix(content)), False), (s2, True)])
-        assert (c.tool_stats["calls"], c.tool_stats["errors"], c.tool_stats["ended"]) == (1, 1, "answer")
+        assert (c.tool_stats["calls"], c.tool_stats["errors"], c.finish_reason) == (1, 1, "stop")
     assert "tool_calls" not in group[0].messages[0] and group[0].messages[1]["name"] == "unknown"
     assert 0.45 < group[3].tool_stats["tool_s"] < 1.5
     assert [n for n, _ in engine.calls] == [1, 5]  # round 0: one prompt, n=5; then the five episodes
@@ -278,9 +276,8 @@ def test_max_turns_ends_the_episode_without_running_the_last_turns_calls():
     assert len(s) == 3
     assert_layout(c, [(s[0], True), (ids_of(tok, tool_suffix("1")), False), (s[1], True),
                       (ids_of(tok, tool_suffix("2")), False), (s[2], True)])
-    assert (c.tool_stats["turns"], c.tool_stats["calls"], c.tool_stats["ended"]) == (3, 2, "max_turns")
+    assert (c.tool_stats["turns"], c.tool_stats["calls"], c.finish_reason) == (3, 2, "max_turns")
     assert c.messages[-1]["tool_calls"][0]["function"]["arguments"] == {"expression": "2 + 1"}  # not run
-    assert c.finish_reason == "stop"
 
 
 def test_the_budget_bounds_the_whole_episode():
@@ -292,11 +289,11 @@ def test_the_budget_bounds_the_whole_episode():
     [[c]], engine, _ = episode(tok, [[[turn1, answer]]], load_tools(["calculator"]), max_new_tokens=n1 + n_tool + 3)
     _s1, s2 = engine.sampled[(0, 0)]
     assert s2 == ids_of(tok, answer)[:3] and len(c.token_ids) == n1 + n_tool + 3
-    assert (c.finish_reason, c.tool_stats["ended"]) == ("length", "length")
+    assert c.finish_reason == "length"
     # a tool result that does not fit (with a token to spare) ends the episode without it
     [[c]], engine, _ = episode(tok, [[[turn1, answer]]], load_tools(["calculator"]), max_new_tokens=n1 + n_tool)
     assert c.token_ids == engine.sampled[(0, 0)][0] and c.sampled_mask == [1] * n1
-    assert (c.finish_reason, c.tool_stats["ended"], c.tool_stats["calls"]) == ("length", "length", 1)
+    assert (c.finish_reason, c.tool_stats["calls"]) == ("length", 1)
     assert [m["role"] for m in c.messages] == ["assistant"]
 
 
@@ -333,7 +330,7 @@ def test_python_blocks_run_in_the_sandbox_and_their_output_comes_back_in_the_tur
     assert c.text.endswith("```output\n56089\n```\nSo the answer is 56088.")
     assert [m["role"] for m in c.messages] == ["assistant", "tool", "assistant", "tool", "assistant"]
     assert c.messages[1] == {"role": "tool", "name": "python", "content": "56088\n"}
-    assert (c.tool_stats["turns"], c.tool_stats["calls"], c.tool_stats["ended"]) == (3, 2, "answer")
+    assert (c.tool_stats["turns"], c.tool_stats["calls"], c.finish_reason) == (3, 2, "stop")
     assert d.sampled_mask == [1] * len(d.token_ids) and d.tool_stats["calls"] == 0
     assert all("```\n" in p.stop for _, p in engine.calls)
     m = episode_metrics([c, d])
@@ -369,7 +366,7 @@ def test_an_environment_episode_resets_plays_and_is_rewarded():
     assert tok.decode(prompt).endswith("What is 12 * 34?\nGuess my number between 1 and 100.<|im_end|>\n"
                                        "<|im_start|>assistant\n")
     assert [m["content"] for m in c.messages if m["role"] == "tool"] == ["lower", "higher", "correct"]
-    assert c.tool_stats["ended"] == "done" and c.tool_stats["turns"] == 3
+    assert c.finish_reason == "done" and c.tool_stats["turns"] == 3
     assert c.environment.get_reward() == 1.0 / 3  # found on the third guess
     assert c.sampled_mask[-1] == 0  # the episode ends with the last tool result
 
@@ -378,7 +375,7 @@ def test_an_environment_episode_resets_plays_and_is_rewarded():
 # The real HF engine after a tool turn
 
 
-class ToolFirst:
+class ToolFirst(Engine):
     """The first round is a scripted calculator call; later rounds are sampled by `engine`."""
 
     def __init__(self, engine, tok):
@@ -396,16 +393,17 @@ def test_hf_engine_episodes_are_reproducible_and_their_logprobs_match_a_forward_
     import torch
     from tiny import make_tiny
 
+    from groupo.engines.hf import HFEngine
     from groupo.models.logprobs import pack, token_logprobs
-    from groupo.rollout.hf import HFEngine
 
     model, tok = make_tiny()
     tok.chat_template = HERMES
     toolbox = Toolbox(load_tools(["calculator"]), None, ToolSettings(), tok)
     messages = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "Add 2 and 3.")]
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=126, seed=11)
-    run = lambda: run_episodes(ToolFirst(HFEngine(model, tok, batch_size=8, autocast="none"), tok), tok, messages,
-                               [{}, {}], params, EpisodeSettings("chat_template", max_turns=2), toolbox)
+    fmt = make_format("chat_template", tok, toolbox)
+    run = lambda: run_episodes(ToolFirst(HFEngine(model, tok, batch_size=8, autocast="none"), tok), fmt, messages,
+                               [{}, {}], params, EpisodeSettings(max_turns=2))
     first, again = run(), run()
     flat = [c for g in first for c in g]
     assert [(c.token_ids, c.logprobs) for c in flat] == [(c.token_ids, c.logprobs) for g in again for c in g]
@@ -432,9 +430,9 @@ def test_episode_prompts_render_the_tools_and_environment_rewards_are_read():
     schema = toolbox.tools["calculator"].schema
     expected = (f"<|im_start|>system\nTools:\n{json.dumps(schema)}\n<|im_end|>\n"
                 "<|im_start|>user\nHi (more)<|im_end|>\n<|im_start|>assistant\n")
-    assert encode_episode_prompt(tok, messages, toolbox, "chat_template") == ids_of(tok, expected)
+    assert make_format("chat_template", tok, toolbox).prompt_ids(messages) == ids_of(tok, expected)
     plain = Toolbox(load_tools(["python"]), None, ToolSettings(), tok)
-    assert encode_episode_prompt(tok, messages, plain, "python_block") == ids_of(
+    assert make_format("python_block", tok, plain).prompt_ids(messages) == ids_of(
         tok, "<|im_start|>user\nHi (more)<|im_end|>\n<|im_start|>assistant\n")
     game = load_environment(f"{EXAMPLES / 'env_game.py'}:GuessTheNumber").factory()
     game.reset(secret=7)
@@ -453,14 +451,14 @@ def test_the_samplers_prompt_cache_is_bounded_and_still_encodes_each_prompt_righ
     """A generated task never repeats a prompt: the cache of encoded prompts is capped (a day-long
     run must not grow with its steps), and a prompt encoded after a flush is the same ids."""
     from groupo.data.prompts import encode_prompt
-    from groupo.episodes import sampler as sampler_mod
+    from groupo.rollout import sampler as sampler_mod
     from groupo.types import Problem
 
     monkeypatch.setattr(sampler_mod, "PROMPT_CACHE", 3)
     tok = make_tokenizer()
     seen = []
 
-    class Echo:  # an engine that hands back what it was given
+    class Echo(Engine):  # an engine that hands back what it was given
         def generate(self, prompts, params):
             seen.append(prompts)
             return [[] for _ in prompts]

@@ -12,8 +12,10 @@ from groupo.config import TaskConfig
 from groupo.data import Task, load_task
 from groupo.data.prompts import encode_prompt
 from groupo.data.task import to_problem
+from groupo.engines import Engine
 from groupo.eval import evaluate, majority_correct, pass_at_k
 from groupo.rewards import accuracy_reward
+from groupo.rollout import Sampler
 from groupo.types import Completion
 
 
@@ -46,7 +48,7 @@ def test_majority_vote():
     assert majority_correct([None, None], [False, False]) is False
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """Returns fixed completion texts: `greedy[i]` at temperature 0, else `sampled[i]` (k texts)."""
 
     def __init__(self, prompt_index, greedy, sampled):
@@ -78,7 +80,7 @@ def test_evaluate_scripted():
         ["1", "7", "1", "2"],                    # c = 1, majority 1 (wrong)
         ["0", "0", "0", "0"],                    # c = 0
     ])
-    res = evaluate(engine, tok, task, problems, samples=4, temperature=1.0, batch_size=8)
+    res = evaluate(Sampler(engine, tok), task, problems, samples=4, temperature=1.0, batch_size=8)
     assert res.n == 3 and res.accuracy == pytest.approx(2 / 3)           # greedy: 5 ok, 1 wrong, 9 ok
     # pass@1 = mean(c/n) = (3/4 + 1/4 + 0)/3; pass@2 = (1 + (1 - C(3,2)/C(4,2)) + 0)/3; pass@4 = 2/3
     assert res.pass_at_k == pytest.approx({1: 1 / 3, 2: 0.5, 4: 2 / 3})
@@ -92,12 +94,12 @@ def test_evaluate_scripted():
 
 def test_evaluate_rejects_greedy_samples():
     with pytest.raises(ValueError, match="temperature > 0"):
-        evaluate(None, None, None, [], samples=4, temperature=0.0)
+        evaluate(None, None, [], samples=4, temperature=0.0)
 
 
 def _hf_engine_available():
     try:
-        import groupo.rollout.hf  # noqa: F401
+        import groupo.engines.hf  # noqa: F401
         return True
     except ImportError:
         return False

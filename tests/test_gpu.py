@@ -17,8 +17,8 @@ from tiny import make_tiny
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from groupo.config import load_config
+from groupo.engines.hf import HFEngine
 from groupo.models.logprobs import pack, token_logprobs
-from groupo.rollout.hf import HFEngine
 from groupo.trainer.loop import train
 from groupo.types import SamplingParams
 

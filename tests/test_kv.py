@@ -1,12 +1,12 @@
-"""The decoding loop's in-place KV cache (groupo/rollout/kv.py) against transformers' DynamicCache."""
+"""The decoding loop's in-place KV cache (groupo/engines/kv.py) against transformers' DynamicCache."""
 
 import pytest
 import torch
 from test_rollout import eos_biased_tiny, prompts_for
 from transformers.cache_utils import DynamicLayer
 
-from groupo.rollout.hf import HFEngine
-from groupo.rollout.kv import ReservedLayer
+from groupo.engines.hf import HFEngine
+from groupo.engines.kv import ReservedLayer
 from groupo.types import SamplingParams
 
 

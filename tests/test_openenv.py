@@ -123,7 +123,7 @@ def assert_hello_hi(prompt, c):
          "tool_calls": [{"type": "function", "function": {"name": "echo", "arguments": {"message": "hi"}}}]},
         {"role": "tool", "name": "echo", "content": '{"echoed_message": "hi", "message_length": 2}'},
         {"role": "assistant", "content": "I said hello, then hi."}]
-    assert (c.tool_stats["ended"], c.tool_stats["turns"], c.tool_stats["errors"]) == ("answer", 3, 0)
+    assert (c.finish_reason, c.tool_stats["turns"], c.tool_stats["errors"]) == ("stop", 3, 0)
     assert c.environment.done is False
     # the echo environment rewards a step with 0.1 per character: the last step echoed "hi"
     assert c.environment.get_reward() == 2 * 0.1
@@ -173,7 +173,7 @@ def test_done_ends_the_episode_and_bad_arguments_go_back_to_the_model(echo):
     assert results[0].startswith("Error: ValidationError: 1 validation error for EchoAction\nmessage\n")
     assert results[1:] == ['{"echoed_message": "hello", "message_length": 5}',
                            '{"echoed_message": "bye", "message_length": 3}']
-    assert (c.tool_stats["ended"], c.tool_stats["turns"], c.tool_stats["errors"]) == ("done", 3, 1)
+    assert (c.finish_reason, c.tool_stats["turns"], c.tool_stats["errors"]) == ("done", 3, 1)
     assert c.environment.done is True
     assert c.environment.get_reward() == pytest.approx(0.5 + 0.3)  # reward="sum": "hello" and "bye"
     # a finished episode takes no more steps

@@ -1,4 +1,4 @@
-"""The HF engine's KV cache kept across the rounds of multi-turn episodes (groupo/rollout/prefixes.py):
+"""The HF engine's KV cache kept across the rounds of multi-turn episodes (groupo/engines/prefixes.py):
 a round that extends the last one's rows encodes only what it adds, and samples what encoding
 everything again would."""
 
@@ -14,9 +14,10 @@ from test_rollout import eos_biased_tiny, prompts_for
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from groupo.engines import Engine
+from groupo.engines.hf import HFEngine
+from groupo.engines.prefixes import cacheable
 from groupo.models.logprobs import pack, token_logprobs
-from groupo.rollout.hf import HFEngine
-from groupo.rollout.prefixes import cacheable
 from groupo.tools import load_tools
 from groupo.types import SamplingParams
 
@@ -136,7 +137,7 @@ def test_caches_with_sliding_window_layers_are_not_kept():
     assert cacheable(full) and not cacheable(sliding)
 
 
-class Scoped:
+class Scoped(Engine):
     """An engine wrapper that says whether each generate call ran inside keeping_prefixes."""
 
     def __init__(self, engine):

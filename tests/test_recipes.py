@@ -10,10 +10,10 @@ import pytest
 import yaml
 from tiny import save_tiny
 
+from groupo.algorithms.presets import loss_settings
 from groupo.cli import main
 from groupo.config import load_config, to_dict
 from groupo.smoke import SMOKE, smoke_settings
-from groupo.trainer.prepare import loss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -55,14 +55,14 @@ def test_recipe_trains_in_smoke_form(name, extra, tiny_dir, tmp_path):
     prompts = SMOKE["train.prompts_per_step"]
     for r in rows:
         if r["rollout/groups_used"] == 0:  # dynamic sampling found no group with a signal: all draws dropped
-            assert loss_settings(full).dynamic_sampling and r["rollout/zero_var_group_frac"] == 1.0
+            assert loss_settings(full.algorithm).dynamic_sampling and r["rollout/zero_var_group_frac"] == 1.0
             assert r["reward/mean"] is None and r["data_position"] == r["step"] * full.algorithm.max_draws * prompts
             continue
         assert 0 < r["rollout/groups_used"] <= prompts  # dynamic sampling may keep fewer after its draws
         assert all(math.isfinite(r[k]) for k in ("reward/mean", "loss/total", "optim/grad_norm"))
         assert 0 < r["completion/len_max"] <= SMOKE["rollout.max_new_tokens"]
     varying = any("digit_share" in e for e in extra)
-    if varying or not loss_settings(full).dynamic_sampling:  # then every step updates on full groups
+    if varying or not loss_settings(full.algorithm).dynamic_sampling:  # then every step updates on full groups
         assert all(r["rollout/groups_used"] == prompts for r in rows)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     smoke = smoke_settings(full)
@@ -82,7 +82,7 @@ def test_recipe_trains_in_smoke_form(name, extra, tiny_dir, tmp_path):
 
 def _full(name: str, *extra: str):
     cfg = load_config(ROOT / "configs" / name, list(extra))
-    return cfg, loss_settings(cfg)
+    return cfg, loss_settings(cfg.algorithm)
 
 
 def test_deepseekmath_recipe_has_the_papers_settings():
@@ -132,11 +132,11 @@ def test_code_recipes():
     assert {"code_format", "python_number", "code_tags"} <= set(cfg.rewards.funcs)  # format + partial credit
     cfg, _ = _full("code_solver_tir.yaml")  # the same problems as episodes with the python tool
     assert (cfg.model.name, cfg.task.name) == ("Qwen/Qwen2.5-Coder-1.5B-Instruct", "code_math_zh")
-    assert (cfg.rollout.tool_format, cfg.rollout.tools, cfg.task.prompt_style) == ("python_block", ["python"],
+    assert (cfg.episodes.tool_format, cfg.episodes.tools, cfg.task.prompt_style) == ("python_block", ["python"],
                                                                                      "python_tool")
     assert cfg.rewards.funcs == {"accuracy": 1.0, "answer_format": 0.1}
     cfg, _ = _full("tools_quickstart.yaml")
-    assert (cfg.task.name, cfg.rollout.tool_format, cfg.model.name) == ("big_arithmetic", "python_block",
+    assert (cfg.task.name, cfg.episodes.tool_format, cfg.model.name) == ("big_arithmetic", "python_block",
                                                                          "smollm2-135m-instruct")
     cfg, _ = _full("code_quality.yaml")
     assert cfg.task.name == "mbpp"

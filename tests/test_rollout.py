@@ -9,10 +9,10 @@ import torch
 from tiny import make_tiny, nonzero_lora
 
 from groupo.config import Config, LoraConfig
+from groupo.engines import EngineContext, build_engine
+from groupo.engines.hf import HFEngine
 from groupo.models.logprobs import pack, token_logprobs
 from groupo.models.policy import load_policy_from
-from groupo.rollout import EngineContext, build_engine
-from groupo.rollout.hf import HFEngine
 from groupo.types import Completion, SamplingParams
 
 
@@ -217,7 +217,7 @@ def test_engine_registry_errors():
 
 
 def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one():
-    from groupo.rollout.hf import sample_inverse_cdf
+    from groupo.engines.hf import sample_inverse_cdf
 
     probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 1.0, 3.0, 0.0, 0.0]])  # row 2 unnormalised
     n = 100_000
@@ -233,7 +233,7 @@ def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one(
 
 
 def test_inverse_cdf_where_rounding_reaches_the_total_takes_the_last_possible_token(monkeypatch):
-    from groupo.rollout import hf
+    from groupo.engines import hf
 
     monkeypatch.setattr(hf.torch, "rand", lambda shape, **kw: torch.ones(shape))  # u = the total exactly
     probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.25, 0.75, 0.0, 0.0, 0.0]])
@@ -242,8 +242,8 @@ def test_inverse_cdf_where_rounding_reaches_the_total_takes_the_last_possible_to
 
 def test_frozen_weights_cast_once_give_autocasts_exact_tokens_and_logprobs_and_are_restored(monkeypatch):
     from groupo.config import LoraConfig
+    from groupo.engines import hf
     from groupo.models.policy import load_policy_from
-    from groupo.rollout import hf
 
     model, tok = make_tiny()
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
@@ -270,7 +270,7 @@ def hand_sample(model, rows, steps, seed, temperature, eos, device=None):
     batch, in row order, drawn for all rows (the engine's protocol); inverse CDF on each row's
     tempered softmax. `device`: the model's CUDA device, where the engine draws the uniforms too
     (from that device's generator seeded with `seed`); None: the CPU."""
-    from groupo.rollout.hf import sample_inverse_cdf
+    from groupo.engines.hf import sample_inverse_cdf
 
     seqs, out, done = [list(r) for r in rows], [[] for _ in rows], [False] * len(rows)
     fork = torch.random.fork_rng(devices=[device], device_type="cuda") if device else torch.random.fork_rng()

@@ -14,8 +14,8 @@ from tiny import make_tiny
 
 from groupo.cli import main
 from groupo.config import LoraConfig
+from groupo.engines.vllm import EngineError, VLLMEngine
 from groupo.models.policy import load_policy_from
-from groupo.rollout.vllm import EngineError, VLLMEngine
 from groupo.types import SamplingParams
 
 

@@ -16,10 +16,10 @@ from tiny import make_tiny, save_tiny
 
 from groupo.cli import main
 from groupo.config import LoraConfig, load_config
+from groupo.engines import EngineError
+from groupo.engines.serve import serve_command
+from groupo.engines.vllm_client import VLLMServerEngine
 from groupo.models.policy import load_policy_from
-from groupo.rollout import EngineError
-from groupo.rollout.serve import serve_command
-from groupo.rollout.vllm_server import VLLMServerEngine
 from groupo.types import SamplingParams
 
 
@@ -138,7 +138,7 @@ def test_an_unreachable_server_is_named_with_the_key_and_the_fix_and_the_run_kee
     run = tmp_path / "run"
     args = [f"model.name={tmp_path / 'model'}", f"run.dir={run}", "task.eval_size=2", "run.progress=plain",
             "rollout.group_size=2", "train.prompts_per_step=2", "rollout.max_new_tokens=2", "train.save_every=1",
-            "train.steps=1", "rollout.engine=vllm", f"rollout.vllm_url={url}"]
+            "train.steps=1", "rollout.engine=vllm", f"rollout.vllm.url={url}"]
     assert main(["train", *args]) == 0  # one step through the server
     httpd.shutdown()  # the server goes away
     httpd.server_close()
@@ -146,22 +146,22 @@ def test_an_unreachable_server_is_named_with_the_key_and_the_fix_and_the_run_kee
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"rollout.vllm_url = '{url}': no vLLM server answered /v1/models" in err and "groupo serve" in err
+    assert f"rollout.vllm.url = '{url}': no vLLM server answered /v1/models" in err and "groupo serve" in err
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # the checkpoint, metrics and samples are as the server left them
 
 
 def test_a_url_without_the_vllm_engine_or_not_a_url_is_a_config_error():
-    with pytest.raises(ValueError, match=r"rollout.vllm_url is set but rollout.engine = 'hf'"):
-        load_config(None, ["rollout.vllm_url=http://127.0.0.1:8000"])
-    with pytest.raises(ValueError, match=r"rollout.vllm_url = 'localhost:8000' is not a URL"):
-        load_config(None, ["rollout.engine=vllm", "rollout.vllm_url=localhost:8000"])
+    with pytest.raises(ValueError, match=r"rollout.vllm.url is set but rollout.engine = 'hf'"):
+        load_config(None, ["rollout.vllm.url=http://127.0.0.1:8000"])
+    with pytest.raises(ValueError, match=r"rollout.vllm.url = 'localhost:8000' is not a URL"):
+        load_config(None, ["rollout.engine=vllm", "rollout.vllm.url=localhost:8000"])
 
 
 def test_serve_command_sets_what_the_trainer_relies_on(tmp_path):
     save_tiny(tmp_path / "model")
-    cfg = load_config(None, [f"model.name={tmp_path / 'model'}", "lora.rank=24", "rollout.vllm_kv_cache_gb=3",
-                             "rollout.vllm_max_model_len=512", "train.seed=7"])
+    cfg = load_config(None, [f"model.name={tmp_path / 'model'}", "lora.rank=24", "rollout.vllm.kv_cache_gb=3",
+                             "rollout.vllm.max_model_len=512", "train.seed=7"])
     argv, env = serve_command(cfg, host="0.0.0.0", port=8100, cuda=False, amp="bf16", extra=["--max-num-seqs", "8"])
     assert argv[1:4] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
     assert argv[4] == str(tmp_path / "model")

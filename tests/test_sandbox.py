@@ -31,7 +31,7 @@ import pytest
 
 from groupo.rewards import code as code_rewards
 from groupo.rewards import python_output_reward
-from groupo.rewards.sandbox import CHILD, UID_BASE, Limits, Sandbox, SandboxError, probe
+from groupo.sandbox.run import CHILD, UID_BASE, Limits, Sandbox, SandboxError, probe
 
 ROOT = os.getuid() == 0
 NAMESPACES = ("netns", "mountns", "pidns", "proc")
@@ -401,13 +401,13 @@ def test_an_unprivileged_trainer_gets_user_namespaces():
     src = Path(CHILD).parent
     with tempfile.TemporaryDirectory(prefix="groupo-userns-") as tmp:
         os.chmod(tmp, 0o777)
-        for name in ("sandbox.py", "sandbox_child.py"):
+        for name in ("run.py", "child.py"):
             shutil.copy(src / name, tmp)
         script = Path(tmp, "trainer.py")
         script.write_text(textwrap.dedent(f"""
             import sys
             sys.path.insert(0, {tmp!r})
-            import sandbox
+            import run as sandbox
             box = sandbox.Sandbox(workers=1)
             print(sorted(box.protections.features))
             r = box.run('''
@@ -434,8 +434,8 @@ def test_an_unprivileged_trainer_gets_user_namespaces():
 
 def test_a_failing_setup_step_is_a_clear_error(sandbox, monkeypatch):
     """The sandbox's own failures raise (they are not the model's fault), naming the step."""
-    from groupo.rewards import sandbox as sandbox_module
+    from groupo.sandbox import run as sandbox_module
 
-    monkeypatch.setattr(sandbox_module, "CHILD", "/nonexistent/sandbox_child.py")
+    monkeypatch.setattr(sandbox_module, "CHILD", "/nonexistent/child.py")
     with pytest.raises(SandboxError, match="no report"):
         sandbox.run("print(1)")

@@ -207,7 +207,7 @@ def test_a_tool_that_cannot_load_is_one_clear_config_error(tool_file, spec, mess
     with pytest.raises(ConfigError) as e:
         load_tools([spec.format(file=tool_file)])
     text = str(e.value)
-    assert text.startswith("rollout.tools: ") and message in text and "\n" not in text
+    assert text.startswith("episodes.tools: ") and message in text and "\n" not in text
 
 
 def test_two_tools_of_one_name_are_refused(tool_file):
@@ -220,7 +220,7 @@ def test_environment_methods_are_its_tools_and_reset_is_required(env_file):
     assert list(env.tools) == ["bump"] and env.has_reward  # not reset, get_reward or _private
     assert env.tools["bump"].schema["function"]["parameters"]["properties"] == {
         "by": {"type": "integer", "description": "How much."}}
-    with pytest.raises(ConfigError, match=r"^rollout.environment: .*NoReset' has no reset method; define reset"):
+    with pytest.raises(ConfigError, match=r"^episodes.environment: .*NoReset' has no reset method; define reset"):
         load_environment(f"{env_file}:NoReset")
 
 
@@ -232,10 +232,10 @@ def test_episodes_get_fresh_environments_reset_with_their_columns(env_file):
     assert b.call(ToolCall("bump", {"by": 4})).content == "12" and b.done
     assert [s["function"]["name"] for s in box.schemas] == ["calculator", "bump"]
     bad = Toolbox({}, load_environment(f"{env_file}:BadReset"), ToolSettings(), make_tokenizer())
-    with pytest.raises(ConfigError, match=r"^rollout.environment: .*BadReset reset\(\*\*columns\) failed on a row "
+    with pytest.raises(ConfigError, match=r"^episodes.environment: .*BadReset reset\(\*\*columns\) failed on a row "
                                           r"with columns \['answer'\]: KeyError: 'level'$"):
         bad.new_episode({"answer": "1"})
-    with pytest.raises(ConfigError, match=r"^rollout.tools: \['bump'\] also named by rollout.environment"):
+    with pytest.raises(ConfigError, match=r"^episodes.tools: \['bump'\] also named by episodes.environment"):
         Toolbox({"bump": box.tools["calculator"]}, load_environment(f"{env_file}:Counter"), ToolSettings(), None)
 
 
@@ -359,15 +359,15 @@ def test_hermes_calls_are_parsed_and_bad_ones_flagged():
 
 def test_python_block_offers_only_python_and_chat_template_needs_a_tool_template(tool_file):
     tok = make_tokenizer()
-    with pytest.raises(ConfigError, match=r"^rollout.tool_format=python_block .* rollout.tool_format=chat_template"):
+    with pytest.raises(ConfigError, match=r"^episodes.tool_format=python_block .* episodes.tool_format=chat_template"):
         make_format("python_block", tok, toolbox(["python", "calculator"]))
-    with pytest.raises(ConfigError, match=r"^rollout.tool_format=python_block runs .* set rollout.tools=\[python\]$"):
+    with pytest.raises(ConfigError, match=r"^episodes.tool_format=python_block runs .* set episodes.tools=\[python\]$"):
         make_format("python_block", tok, toolbox([]))
     assert isinstance(make_format("python_block", tok, toolbox(["python"])), PythonBlock)
-    with pytest.raises(ConfigError, match=r"^rollout.tool_format=chat_template: the tokenizer's chat template "
+    with pytest.raises(ConfigError, match=r"^episodes.tool_format=chat_template: the tokenizer's chat template "
                                           r"does not render the tools \['calculator'\].*tool_format=python_block"):
         ChatTemplate(tok, toolbox(["calculator"]))  # plain ChatML: no tools
-    with pytest.raises(ConfigError, match="valid: python_block, chat_template"):
+    with pytest.raises(ValueError, match="unknown tool format 'xml'; valid: python_block, chat_template"):
         make_format("xml", tok, toolbox(["python"]))
 
 

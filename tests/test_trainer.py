@@ -22,7 +22,9 @@ from groupo.models import load_policy_from
 from groupo.models.logprobs import pack
 from groupo.report.keys import documented
 from groupo.trainer.loop import fits_budget, train
-from groupo.trainer.prepare import PreparedBatch, UpdateSettings, batched_logprobs, micro_batches, rows
+from groupo.trainer.passes import batched_logprobs, micro_batches, rows
+from groupo.trainer.prepare import PreparedBatch
+from groupo.trainer.settings import UpdateSettings
 from groupo.trainer.update import accumulate_gradients, reduce_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +123,7 @@ def test_first_update_ratio_is_exactly_one_with_reused_batches(attention):
     policy = load_policy_from(model, tok, LoraConfig(rank=4, alpha=8), beta=0.0)
     packed = pack([[5, 6, 7], [8, 9]] * 2, [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19]], tok.pad_token_id)
     mask = packed.completion_mask_BT.float()
-    s = UpdateSettings(get_preset("grpo").with_overrides(beta=0.0), temperature=0.7, micro_batch_size=3, max_len=4,
+    s = UpdateSettings(loss=get_preset("grpo").with_overrides(beta=0.0), temperature=0.7, micro_batch_size=3, max_len=4,
                        attention=attention)
     old = batched_logprobs(policy.model, packed, s)
     batch = PreparedBatch(packed=packed, adv_B=torch.tensor([1.0, -1.0, 0.5, -0.5]), mask_BT=mask, old_logp_BT=old)
@@ -140,7 +142,7 @@ def test_micro_batch_size_does_not_change_loss_or_gradient(preset):
     comps = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [40, 41], [42], [43, 44, 45], [46, 47]]
     packed = pack(prompts, comps, tok.pad_token_id)
     mask = packed.completion_mask_BT.float()
-    settings = UpdateSettings(get_preset(preset).with_overrides(beta=0.04), temperature=1.0, micro_batch_size=8,
+    settings = UpdateSettings(loss=get_preset(preset).with_overrides(beta=0.04), temperature=1.0, micro_batch_size=8,
                               max_len=5)
     old = batched_logprobs(policy.model, packed, settings) + 0.05 * torch.randn(mask.shape)
     with policy.reference() as ref_model:

@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
     pytest.importorskip("vllm")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from groupo.rollout.vllm import VLLMEngine
+    from groupo.engines.vllm import VLLMEngine
 
     tmp = tmp_path_factory.mktemp("vllm")
     path = _tiny_dir(tmp)
@@ -150,7 +150,7 @@ def test_a_resumed_run_samples_from_the_checkpoints_adapter(tmp_path):
     (tmp_path / "reward.py").write_text(REWARD_FILE)
     run = tmp_path / "run"
     over = {"model.name": str(model_dir), "model.autocast": "none", "lora.rank": 8, "lora.alpha": 16,
-            "rollout.engine": "vllm", "rollout.vllm_kv_cache_gb": 1, "rollout.group_size": 4,
+            "rollout.engine": "vllm", "rollout.vllm.kv_cache_gb": 1, "rollout.group_size": 4,
             "rollout.max_new_tokens": 6, "rollout.temperature": 1.0, "train.prompts_per_step": 2,
             "train.lr": 0.05, "train.save_every": 1, "task.eval_size": 2, "run.dir": str(run), "run.progress": "plain",
             "rewards.funcs": json.dumps({f"{tmp_path / 'reward.py'}:digit_share": 1.0})}
@@ -173,7 +173,7 @@ def test_a_resumed_run_samples_from_the_checkpoints_adapter(tmp_path):
 
 def test_a_model_vllm_cannot_load_is_named(tmp_path):
     pytest.importorskip("vllm")
-    from groupo.rollout.vllm import EngineError, VLLMEngine
+    from groupo.engines.vllm import EngineError, VLLMEngine
 
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -27,8 +27,9 @@ from test_trainer import _overrides
 from test_vllm import PROMPTS, TOL, _engine_logprobs, _tiny_dir, _trainer_logprobs
 
 from groupo.config import load_config
-from groupo.episodes import EpisodeSettings, episode_metrics, run_episodes
-from groupo.tools import Toolbox, ToolSettings, load_tools
+from groupo.engines import Engine
+from groupo.rollout import EpisodeSettings, episode_metrics, run_episodes
+from groupo.tools import Toolbox, ToolSettings, load_tools, make_format
 from groupo.trainer import loop
 from groupo.types import Completion, SamplingParams
 
@@ -39,7 +40,7 @@ PROGRAM = "```python\nprint(6*7)\n```\n"
 OUTPUT = "```output\n42\n```\n"  # what the sandbox prints for PROGRAM, in the python_block format
 
 
-class ForcedProgram:
+class ForcedProgram(Engine):
     """The engine, except that the first round of episodes is PROGRAM, forced: its log-probs are
     the engine's for those tokens after each prompt (temperature 1). Records every call's prompts,
     params and completions."""
@@ -76,8 +77,9 @@ def _episodes(engine, tok, *, n=2, max_new_tokens=96, seed=7):
     forced = ForcedProgram(engine, tok)
     toolbox = Toolbox(load_tools(["python"]), None, ToolSettings(timeout_s=10.0), tok)
     params = SamplingParams(n=n, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-    groups = run_episodes(forced, tok, [[{"role": "user", "content": q}] for q in QUESTIONS], [{} for _ in QUESTIONS],
-                          params, EpisodeSettings("python_block", max_turns=2), toolbox)
+    groups = run_episodes(forced, make_format("python_block", tok, toolbox), [[{"role": "user", "content": q}]
+                                                                                for q in QUESTIONS],
+                          [{} for _ in QUESTIONS], params, EpisodeSettings(max_turns=2))
     return [c for g in groups for c in g], forced
 
 
@@ -167,8 +169,8 @@ def test_a_run_with_the_python_tool_trains_on_vllm_episodes(tmp_path, monkeypatc
     run = tmp_path / "run"
     cfg = load_config(None, _overrides(tmp_path, 2, **{
         "model.name": str(_tiny_dir(tmp_path)), "lora.rank": 8, "lora.alpha": 16, "rollout.engine": "vllm",
-        "rollout.vllm_kv_cache_gb": 1, "rollout.tool_format": "python_block", "rollout.tools": "[python]",
-        "rollout.max_turns": 2, "rollout.max_new_tokens": 48, "rollout.tool_timeout_s": 10, "task.eval_size": 2,
+        "rollout.vllm.kv_cache_gb": 1, "episodes.tool_format": "python_block", "episodes.tools": "[python]",
+        "episodes.max_turns": 2, "rollout.max_new_tokens": 48, "episodes.tool_timeout_s": 10, "task.eval_size": 2,
         "train.save_every": 0, "train.lr": 0.05, "run.dir": str(run)}))
     loop.train(cfg, run)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

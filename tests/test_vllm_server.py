@@ -29,9 +29,9 @@ from test_vllm import (
 )
 
 from groupo.config import LoraConfig, load_config
+from groupo.engines.serve import serve_command
+from groupo.engines.vllm_client import VLLMServerEngine
 from groupo.models import load_policy_from
-from groupo.rollout.serve import serve_command
-from groupo.rollout.vllm_server import VLLMServerEngine
 from groupo.trainer.loop import train
 
 pytestmark = pytest.mark.vllm
@@ -50,7 +50,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-server")
     model_dir = _tiny_dir(tmp)
     cfg = load_config(None, [f"model.name={model_dir}", "model.autocast=none", "lora.rank=8",
-                             "rollout.vllm_max_model_len=256", "rollout.vllm_kv_cache_gb=1"])
+                             "rollout.vllm.max_model_len=256", "rollout.vllm.kv_cache_gb=1"])
     port = _free_port()
     argv, env = serve_command(cfg, host="127.0.0.1", port=port, cuda=False, amp="none")
     log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed at teardown)
@@ -122,7 +122,7 @@ def test_a_run_through_the_server_loads_each_steps_adapter_and_resumes_from_the_
     (tmp_path / "reward.py").write_text(REWARD_FILE)
     run = tmp_path / "run"
     over = {"model.name": str(model_dir), "model.autocast": "none", "lora.rank": 8, "lora.alpha": 16,
-            "rollout.engine": "vllm", "rollout.vllm_url": url, "rollout.group_size": 4, "rollout.max_new_tokens": 6,
+            "rollout.engine": "vllm", "rollout.vllm.url": url, "rollout.group_size": 4, "rollout.max_new_tokens": 6,
             "rollout.temperature": 1.0, "train.prompts_per_step": 2, "train.lr": 0.05, "train.save_every": 1,
             "task.eval_size": 2, "run.dir": str(run), "run.progress": "plain",
             "rewards.funcs": json.dumps({f"{tmp_path / 'reward.py'}:digit_share": 1.0})}

@@ -8,6 +8,9 @@ help, in groupo.types.LossSettings.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from groupo.types import LossSettings
 
 PRESETS: dict[str, LossSettings] = {
@@ -46,3 +49,10 @@ def get_preset(name: str) -> LossSettings:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+def loss_settings(algorithm: Any) -> LossSettings:
+    """The preset `algorithm.preset` names with every LossSettings field that `algorithm` (a config's
+    algorithm section) sets (None = the preset's value)."""
+    names = [f.name for f in dataclasses.fields(LossSettings)]
+    return get_preset(algorithm.preset).with_overrides(**{n: getattr(algorithm, n) for n in names})

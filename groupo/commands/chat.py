@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, label = load_chat_model(args.model, args.base, device)
     sampler = _tools_of(args.model, model, tokenizer)
     if sampler is not None:
-        label += f", with its tools ({sampler.episodes.tool_format}: {', '.join(sampler.toolbox.tools)})"
+        label += f", with its tools ({sampler.fmt.name}: {', '.join(sampler.toolbox.tools)})"
     interactive = sys.stdin.isatty()
     if interactive:
         Console(stderr=True).print(f"[bold]groupo chat[/]: {label}. /exit or Ctrl-D quits, /reset forgets.")
@@ -42,17 +42,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tools_of(source: str, model, tokenizer):
-    """The episode sampler of a run trained with tools (rollout.tool_format), else None."""
+    """The episode sampler of a run trained with tools (episodes.tool_format), else None."""
     from pathlib import Path
 
     if not (Path(source) / "config.yaml").is_file():
         return None
     from groupo.commands.resolve import run_config
-    from groupo.episodes.sampler import make_sampler
-    from groupo.rollout import EngineContext, build_engine
+    from groupo.engines import EngineContext, build_engine
+    from groupo.rollout.sampler import make_sampler
 
     cfg = run_config(source)
-    if not cfg.rollout.tool_format:
+    if not cfg.episodes.tool_format:
         return None
     cfg.rollout.engine = "hf"  # one conversation: the in-process engine on the loaded weights
     return make_sampler(cfg, build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast)), tokenizer)

@@ -6,9 +6,9 @@
 
 With --run, the run's saved config.yaml supplies the model, the task, the prompt style and the
 answer parsing, so the evaluation asks and grades exactly as training did; --base evaluates the
-untrained base model under the same settings. A run trained with tools (rollout.tool_format) is
+untrained base model under the same settings. A run trained with tools (episodes.tool_format) is
 evaluated on episodes with the same tools, --base included (the "before" figure); with --model,
-`--set rollout.tool_format=python_block` gives any model the python tool. Prints greedy accuracy,
+`--set episodes.tool_format=python_block` gives any model the python tool. Prints greedy accuracy,
 pass@k and maj@k; --out writes one JSON line per sample and the summary next to it (FILE.summary.json).
 """
 
@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from groupo.data import load_task
-    from groupo.episodes.sampler import make_sampler, with_environment_reward
+    from groupo.engines import EngineContext, build_engine
     from groupo.eval.evaluate import evaluate
     from groupo.rewards import resolve_rewards
-    from groupo.rollout import EngineContext, build_engine
+    from groupo.rollout.sampler import make_sampler, with_environment_reward
 
     if args.base and not args.run:
         raise ConfigError("--base needs --run RUN_DIR")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = load_task(cfg.task)
     problems = task.test
-    reward_fns = resolve_rewards(cfg.rewards, task, cfg.rollout.max_new_tokens)
+    reward_fns = resolve_rewards(cfg.rewards, task, cfg.rollout.max_new_tokens, sandbox=cfg.sandbox)
     t0 = time.monotonic()
     model, tokenizer = _load(args, cfg, device)
     load_s = time.monotonic() - t0
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {done}/{total} prompts ({time.monotonic() - t1:.0f}s)", file=sys.stderr)
 
     t1 = time.monotonic()
-    res = evaluate(engine, tokenizer, task, problems, samples=args.samples, sampler=sampler,
+    res = evaluate(sampler, task, problems, samples=args.samples,
                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=temperature,
                    top_p=cfg.rollout.top_p, batch_size=cfg.rollout.batch_size, reward_fns=reward_fns,
                    seed=args.seed, progress=progress)

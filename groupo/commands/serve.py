@@ -6,7 +6,7 @@ import argparse
 
 from groupo.commands.resolve import resolve_config, split_items
 
-HELP = "start a vLLM server for rollout.vllm_url (vLLM's OpenAI-compatible API)"
+HELP = "start a vLLM server for rollout.vllm.url (vLLM's OpenAI-compatible API)"
 DESCRIPTION = ("Start vLLM's OpenAI-compatible server for the config's model, with runtime LoRA loading and the "
                "log-prob settings the trainer needs; arguments after `--` go to vLLM unchanged "
                "(e.g. -- --tensor-parallel-size 2).")
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from groupo.rollout.serve import run_serve
+    from groupo.engines.serve import run_serve
 
     return run_serve(resolve_config(*split_items(args.items)), host=args.host, port=args.port,
                      extra=args.vllm_args, dry_run=args.dry_run)

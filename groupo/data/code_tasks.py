@@ -42,7 +42,7 @@ MATH_INSTRUCTIONS = {
            "<think>\n你的思考过程\n</think>\n```python\n你的代码\n```"),
 }
 MATH_REWARDS = {"python_output": 1.0, "code_format": 0.2, "python_number": 0.1, "code_tags": 0.1}
-# task.prompt_style=python_tool: the same problems as episodes (rollout.tool_format=python_block):
+# task.prompt_style=python_tool: the same problems as episodes (episodes.tool_format=python_block):
 # think, run a program and see what it prints, then answer; rewarded on the answer.
 TOOL_INSTRUCTIONS = {
     "en": ("Solve this problem with Python. First think inside <think></think> tags, then write a program in a "

@@ -8,7 +8,7 @@ Styles (`TaskConfig.prompt_style`):
                 (the R1-Zero system prompt of arXiv 2501.12948, table 1, is the default)
     boxed       the question, then: final answer in \\boxed{}
     python_tool the question, then: write a ```python block that prints the result (run by the
-                python tool of an episode, rollout.tool_format=python_block), then <answer>...</answer>
+                python tool of an episode, episodes.tool_format=python_block), then <answer>...</answer>
 
 The instruction goes into the user turn (small instruct models follow it more reliably there than
 in a system prompt). Few-shot examples become prior user/assistant turns whose assistant answers

@@ -18,15 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from groupo.data.task import Task
-from groupo.episodes.sampler import Sampler
-from groupo.rewards.combine import score
+from groupo.rewards.combine import score_completions
 from groupo.rewards.countdown import find_expression
 from groupo.rewards.extract import DEFAULT_ORDER, extract_answer
 from groupo.rewards.math import answer_key
 from groupo.rewards.registry import REWARDS, resolve_rewards
 from groupo.rewards.trl_compat import Adapted
-from groupo.rollout.base import RolloutEngine
-from groupo.types import Problem, SamplingParams
+from groupo.types import Completion, Problem, SamplingParams
 
 
 @dataclass
@@ -90,11 +88,7 @@ def _run(sample: Callable, task: Task, problems: list[Problem], params: Sampling
          batch_size: int, reward_fns: dict, progress, greedy: bool) -> list[dict]:
     groups = _generate(sample, problems, params, batch_size, progress)
     flat = [(p, j, c) for p, g in zip(problems, groups, strict=True) for j, c in enumerate(g)]
-    episodes = any(c.messages is not None for _, _, c in flat)
-    total, per_fn = score(reward_fns, [p.messages for p, _, _ in flat], [c.text for _, _, c in flat],
-                          [p.columns for p, _, _ in flat], completion_ids=[c.token_ids for _, _, c in flat],
-                          messages=[c.messages for _, _, c in flat] if episodes else None,
-                          environments=[c.environment for _, _, c in flat] if episodes else None)
+    total, per_fn = score_completions(reward_fns, [p for p, _, _ in flat], [c for _, _, c in flat])
     order = _extract_order(reward_fns, task.eval_reward)
     records = []
     for i, (p, j, c) in enumerate(flat):
@@ -111,11 +105,12 @@ def _run(sample: Callable, task: Task, problems: list[Problem], params: Sampling
     return records
 
 
-def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Problem], *, samples: int = 1,
-             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             batch_size: int = 64, reward_fns: dict | None = None, seed: int = 0, greedy: bool = True,
-             progress: Callable[[int, int], None] | None = None, sampler: Callable | None = None) -> EvalResult:
-    """Evaluate `problems` of `task` with the model behind `engine`.
+def evaluate(sample: Callable[[list[Problem], SamplingParams], list[list[Completion]]], task: Task,
+             problems: list[Problem], *, samples: int = 1, max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 64, reward_fns: dict | None = None, seed: int = 0,
+             greedy: bool = True, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Evaluate `problems` of `task` with what `sample(problems, params)` draws: completions per
+    problem (a groupo.rollout.Sampler: one turn, or episodes with the run's tools).
 
     samples: completions per problem (k). With samples = 1 and temperature = 0 this is one greedy
         pass. With samples > 1 they are drawn at `temperature` (must be > 0) for pass@k and maj@k,
@@ -123,8 +118,6 @@ def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Proble
     reward_fns: name -> (fn, weight), as from `resolve_rewards` (default: the task's rewards); the
         task's `eval_reward` is added from the registry if missing.
     progress: called with (prompts done, prompts total) after each generation batch.
-    sampler: `sampler(problems, params)` -> completions per problem (groupo.episodes.sampler: e.g.
-        episodes with the run's tools); default: one turn from `engine` on each chat-templated prompt.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -133,7 +126,6 @@ def evaluate(engine: RolloutEngine, tokenizer, task: Task, problems: list[Proble
     fns = dict(reward_fns) if reward_fns is not None else resolve_rewards({}, task)
     if task.eval_reward not in fns:
         fns[task.eval_reward] = (REWARDS[task.eval_reward], 0.0)
-    sample = sampler or Sampler(engine, tokenizer)  # one turn; each prompt encoded once for every pass
     n = len(problems)
     records: list[dict] = []
     accuracy = None

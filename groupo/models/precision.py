@@ -10,6 +10,15 @@ import torch
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
+def autocast(kind: str | torch.dtype | None, device: torch.device | str = "cpu"):
+    """The mixed-precision context of forward passes: `kind` is "none", "bf16" or "fp16" (or that
+    dtype itself, None for none), `device` the device (or its type) the passes run on."""
+    dtype = AUTOCAST_DTYPES[kind] if isinstance(kind, str) else kind
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
 def native_half(kind: str, device: torch.device | str = "cpu") -> bool:
     """Whether `kind` ("bf16"/"fp16") has native kernels on `device` (AVX512-BF16/AMX on CPUs)."""
     if torch.device(device).type == "cuda":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from groupo.algorithms.presets import loss_settings
 from groupo.config import Config, ConfigError
 from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
 from groupo.plan import estimate as E
@@ -87,7 +88,6 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     case (generate decodes until its longest row stops); available: bytes the run may take (default:
     what this machine has free)."""
     from groupo.models.attention import attention_kernel
-    from groupo.trainer.prepare import loss_settings
 
     device = _device(cfg)
     amp = resolve_autocast(cfg.model.autocast, device)
@@ -101,7 +101,7 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     if T.micro_batch_tokens:  # every completion S long: the rows that fit beside the step's longest prompt
         size = max(1, T.micro_batch_tokens // ((prompt_tokens or longest_per_batch(lengths, prompts)) + S))
     P_upd = prompt_tokens or longest_per_batch(lengths, math.ceil(size / G))
-    beta = loss_settings(cfg).beta
+    beta = loss_settings(cfg.algorithm).beta
     amp_dtype = AUTOCAST_DTYPES[amp]
     rows = prompts * G
     micro, calls = E.micro_batches(rows, size), E.chunks(prompts, G, R.batch_size)
@@ -132,8 +132,9 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
         E.generation_seconds(traced["prefill", p], traced["step", p], S, p * G, hf_config.vocab_size, machine)
         for p in calls)
     memory = _memory(cfg, params, beta, machine, traced, device, several_micro_batches=len(micro) > 1)
-    plan = Plan(device, amp, max(P_gen, P_upd), S, rows, gen_s, reference_s, update_s, memory,
-                available or available_bytes(device), machine)
+    plan = Plan(device=device, amp=amp, prompt_tokens=max(P_gen, P_upd), completion_tokens=S, rows=rows, gen_s=gen_s,
+                reference_s=reference_s, update_s=update_s, memory=memory,
+                available=available or available_bytes(device), machine=machine)
     if device == "cpu" and amp != "none" and not native_half(amp):
         plan.notes.append(f"autocast {amp} is emulated on this CPU (no native {amp} kernels): float32 "
                           "(model.autocast=none) is several times faster here; planned as configured")
@@ -178,8 +179,8 @@ def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Mac
     grads = trainable * each  # the traced update allocates them; held between micro-batches
     engine = 0
     if cfg.rollout.engine == "vllm":  # its own copy of the weights, in the autocast dtype, and its KV cache
-        share = (int(cfg.rollout.vllm_memory_share * torch.cuda.mem_get_info()[1]) if device.startswith("cuda")
-                 else cfg.rollout.vllm_kv_cache_gb * 2**30)
+        share = (int(cfg.rollout.vllm.memory_share * torch.cuda.mem_get_info()[1]) if device.startswith("cuda")
+                 else cfg.rollout.vllm.kv_cache_gb * 2**30)
         engine = weights // (2 if cfg.model.autocast != "none" and cfg.model.dtype == "float32" else 1) + share
     if cfg.lora.rank == 0 and beta > 0:
         weights *= 2  # the frozen reference copy (the trainer's; vLLM holds only the policy)

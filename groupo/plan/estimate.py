@@ -64,7 +64,7 @@ def micro_batches(rows: int, size: int) -> list[int]:
 
 
 def chunks(prompts: int, n: int, batch_size: int) -> list[int]:
-    """Prompts in each generate call of groupo.rollout.hf: whole groups, batch_size // n prompts."""
+    """Prompts in each generate call of groupo.engines.hf: whole groups, batch_size // n prompts."""
     per = max(1, batch_size // n)
     return [min(per, prompts - i) for i in range(0, prompts, per)]
 

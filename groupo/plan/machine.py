@@ -142,12 +142,12 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
     the same pass has on fake tensors."""
     from transformers import AutoModelForCausalLM
 
+    from groupo.engines.hf import HFEngine
     from groupo.models.logprobs import pack, token_logprobs
     from groupo.models.lora import apply_lora
     from groupo.models.offline_tokenizer import make_tokenizer
-    from groupo.models.precision import AUTOCAST_DTYPES
+    from groupo.models.precision import AUTOCAST_DTYPES, autocast
     from groupo.plan.trace import fake_mode, fake_model, generation_passes, update_pass
-    from groupo.rollout.hf import HFEngine
     from groupo.types import SamplingParams
 
     cfg = tiny_config(hf_config)
@@ -164,7 +164,7 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
         upd = update_pass(fake, rows, group, P, T, amp, device, True)
         prefill, step = generation_passes(fake, rows // group, group, P, T, amp, device)
     packed = pack([[5] * P] * rows, [[6] * T] * rows, 0).to(device)
-    auto = torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None)
+    auto = autocast(amp, device)
 
     def forward(grad: bool):
         with auto, torch.set_grad_enabled(grad):

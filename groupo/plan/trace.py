@@ -8,7 +8,7 @@ aten op the passes issue (Python modules, autocast casts, autograd's backward): 
 sums matmul FLOPs (torch's own flop formulas) and the bytes other ops read and write, and tracks
 the bytes of the tensors alive, whose maximum is the pass's peak beyond what existed before it.
 
-The passes mirror the trainer's (groupo.models.logprobs, groupo.rollout.hf): the update's
+The passes mirror the trainer's (groupo.models.logprobs, groupo.engines.hf): the update's
 shared-prompt forward with the chunked, checkpointed output head, and a decoding step with a KV
 cache. Masks are given as 4D tensors (the form transformers uses as is) because building them
 from 2D padding masks reads values that fake tensors do not have.
@@ -25,6 +25,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from groupo.models.precision import autocast
 
 MATMULS = {"mm", "addmm", "bmm", "baddbmm"}  # timed per shape (groupo.plan.machine); other FLOPs are attention's
 ALIASES = {"_unsafe_view", "detach", "alias", "lift_fresh"}  # not marked as views, but move no bytes
@@ -271,7 +273,7 @@ def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: i
     grad = torch.enable_grad() if backward else torch.no_grad()
     share = (share_prompts and P > 1 and math.ceil(rows / group) < rows
              and (checkpoint_keeps_cache() or not _checkpointing(model)))
-    with trace, grad, torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+    with trace, grad, autocast(amp, device):
         logp, _ = update_logprobs(model, zero_inputs(rows, group, P, T, device, share), share, temperature,
                                   with_entropy=backward)
         if backward:
@@ -290,7 +292,7 @@ def _checkpointing(model) -> bool:
 
 def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: int, amp: torch.dtype | None,
                       device: str) -> tuple[Counts, Counts]:
-    """(prefill, one decoding step) of groupo.rollout.hf for `prompts` x `n` rows, as its generate
+    """(prefill, one decoding step) of groupo.engines.hf for `prompts` x `n` rows, as its generate
     runs them: on merged LoRA weights, with the frozen weights cast once to the autocast dtype; the
     prefill encodes each prompt's first P-1 tokens once; the step is the last one, over a cache of
     P + new_tokens - 2 positions, written in place. The step's peak holds the casts, the whole cache
@@ -298,9 +300,9 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
     own loop) are measured separately (groupo.plan.machine)."""
     from transformers import DynamicCache
 
+    from groupo.engines.kv import reserve
     from groupo.models.lora import merged_for_inference
     from groupo.models.precision import frozen_linear_weights_in
-    from groupo.rollout.kv import reserve
 
     P, rows = max(2, prompt_len), prompts * n
     past = P + new_tokens - 2  # cache length before the last step
@@ -308,14 +310,14 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
     cfg = getattr(model, "config", None)
     trace = OpTrace("setup")
     with trace, torch.no_grad(), merged_for_inference(model), frozen_linear_weights_in(model, amp), \
-            torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+            autocast(amp, device):
         trace.start("prefill")
         cache = DynamicCache(config=cfg)
         model(input_ids=_ids(prompts, P - 1, device), attention_mask=_mask(prompts, P - 1, P - 1, device),
               position_ids=_ids(prompts, P - 1, device), past_key_values=cache, use_cache=True, logits_to_keep=1)
         del cache
         trace.start("setup")  # a cache of `past` positions for every row, built as fast as possible,
-        cache = reserve(DynamicCache(config=cfg), 1)  # with room for the step's token (rollout/kv.py)
+        cache = reserve(DynamicCache(config=cfg), 1)  # with room for the step's token (engines/kv.py)
         model(input_ids=_ids(rows, past, device), attention_mask=_mask(rows, past, past, device),
               position_ids=_ids(rows, past, device), past_key_values=cache, use_cache=True, logits_to_keep=1)
         trace.start("step")

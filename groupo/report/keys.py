@@ -41,7 +41,7 @@ KEYS: dict[str, str] = {
     "tools/calls_mean": "tool calls per episode, mean",
     "tools/calls/<name>": "calls of tool `<name>` per episode, mean",
     "tools/error_frac": "share of tool calls that failed (malformed, unknown tool, bad arguments, raised, timed out)",
-    "tools/truncated_frac": "share of tool calls whose result was cut at rollout.max_tool_output_tokens",
+    "tools/truncated_frac": "share of tool calls whose result was cut at episodes.max_tool_output_tokens",
     "time/tool_s": "seconds spent in tool calls, summed over calls (they run in parallel across episodes)",
     "time/step_s": "wall time of the step, seconds",
     "time/gen_s": "sampling and scoring",

@@ -2,7 +2,7 @@
 the weighted combination the trainer logs per function."""
 
 from groupo.rewards.base import RewardError
-from groupo.rewards.combine import score
+from groupo.rewards.combine import score, score_completions
 from groupo.rewards.countdown import countdown_reward
 from groupo.rewards.extract import extract_answer, parse_number
 from groupo.rewards.format import answer_format_reward, format_reward, soft_format_reward, tag_count_reward
@@ -13,7 +13,7 @@ from groupo.rewards.registry import REWARDS, resolve_rewards
 __all__ = [
     "REWARDS", "RewardError", "accuracy_reward", "answer_format_reward", "cosine_reward",
     "countdown_reward", "extract_answer", "format_reward", "is_equivalent", "overlong_reward",
-    "parse_number", "resolve_rewards", "score", "soft_format_reward", "tag_count_reward",
+    "parse_number", "resolve_rewards", "score", "score_completions", "soft_format_reward", "tag_count_reward",
 ]
 
 from groupo.rewards.code import (

@@ -18,16 +18,16 @@ Code as the answer (the last fenced block, or the whole completion when it has n
     tests_pass       the fraction of the sample's `tests` that pass (MBPP asserts, HumanEval check)
     tests_all_pass   1.0 iff every test passes
 
-Programs run in `groupo.rewards.sandbox` (see there what it protects against). A completion's
+Programs run in `groupo.sandbox.run` (see there what it protects against). A completion's
 program runs once per batch however many of these rewards use it (results are cached by text).
 
 What a program cannot forge: python_output's verdict is the trainer's comparison of the printed
 line with a reference answer that never enters the sandbox. tests_pass runs the tests in
-`groupo.rewards.judge`, a process apart from the candidate's that the candidate cannot read or
-write: the tests, their setup and a per-run nonce reach only the judge, every comparison runs on
-the judge's own builtin objects, and only lines carrying the nonce count. Exiting early, patching
+`groupo.sandbox.tests_runner`, a process apart from the candidate's that the candidate cannot read or
+write: the tests, their setup and a per-run nonce reach only the runner, every comparison runs on
+the runner's own builtin objects, and only lines carrying the nonce count. Exiting early, patching
 helpers or `unittest`, objects whose == is always true, printing or writing guessed markers to any
-descriptor, and reading the caller's frames all score 0 (see judge.py for why).
+descriptor, and reading the caller's frames all score 0 (see tests_runner.py for why).
 """
 
 from __future__ import annotations
@@ -44,25 +44,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.extract import parse_number
 from groupo.rewards.math import check_reference, is_equivalent
-from groupo.rewards.sandbox import Limits, Result, shared_sandbox
-
-JUDGE_PATH = Path(__file__).with_name("judge.py")
-
-
-@cache
-def judge_program() -> str:
-    """The test judge (judge.py) as the sandbox's program, compiled here once: the sandbox runs
-    this interpreter, so its code object travels as marshal data and each run skips compiling 450
-    lines (~10 ms of a ~100 ms run)."""
-    code = compile(JUDGE_PATH.read_text(encoding="utf-8"), str(JUDGE_PATH), "exec")
-    return f"import marshal\nexec(marshal.loads(bytes.fromhex({marshal.dumps(code).hex()!r})))\n"
+from groupo.sandbox import Limits, Result, runner_program, shared_sandbox
 
 PYTHON_TAGS = ("python", "py", "python3", "")
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[ \t]*$")
@@ -301,10 +289,10 @@ def tests_pass_reward(completions: list, tests: list, prompts: list | None = Non
         setup = test_setup[i] if test_setup and test_setup[i] else ""
         runs.setdefault((code, setup, tuple(str(t) for t in sample_tests)), []).append(i)
     # a nonce per run: one run's verdict lines say nothing about another's. The tests travel on the
-    # judge's stdin, never in a file or the launcher's memory (see judge.py)
+    # runner's stdin, never in a file or the launcher's memory (see tests_runner.py)
     nonces = [secrets.token_hex(16) for _ in runs]
     results = shared_sandbox(sandbox_workers).run_many(
-        [judge_program()] * len(runs), files=[{"solution.py": code} for code, _, _ in runs],
+        [runner_program()] * len(runs), files=[{"solution.py": code} for code, _, _ in runs],
         limits=_limits(timeout_s, sandbox_memory_mb),
         stdins=[marshal.dumps((nonce, setup, list(t))) for nonce, (_, setup, t) in zip(nonces, runs, strict=True)])
     passed = [0] * n

@@ -27,6 +27,7 @@ from typing import Any
 from groupo.rewards import symbolic
 from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.trl_compat import RewardLog, RewardState, trl_completions
+from groupo.types import Completion, Problem
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +143,16 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]
     return [float(t) for t in total], per_fn
+
+
+def score_completions(reward_fns: dict[str, tuple[RewardFn, float]], problems: Sequence[Problem],
+                      completions: Sequence[Completion], *, trainer_state: RewardState | None = None,
+                      log: RewardLog | None = None) -> tuple[list[float], dict[str, list[float | None]]]:
+    """`score` of sampled completions, `problems[i]` the problem of `completions[i]`: each gets its
+    problem's prompt and columns, its token ids, and for episodes its messages and environment."""
+    episodes = any(c.messages is not None for c in completions)
+    return score(reward_fns, [p.messages for p in problems], [c.text for c in completions],
+                 [p.columns for p in problems], completion_ids=[c.token_ids for c in completions],
+                 trainer_state=trainer_state, log=log,
+                 messages=[c.messages for c in completions] if episodes else None,
+                 environments=[c.environment for c in completions] if episodes else None)

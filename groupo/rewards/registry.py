@@ -76,22 +76,24 @@ def _bind(fn: RewardFn, options: dict[str, Any]) -> RewardFn:
     return functools.partial(fn, **given) if given else fn
 
 
-def reward_options(rewards: Any, max_completion_length: int | None) -> dict[str, Any]:
-    """The settings built-in rewards take, from a `RewardsConfig`."""
+def reward_options(rewards: Any, max_completion_length: int | None, sandbox: Any = None) -> dict[str, Any]:
+    """The settings built-in rewards take, from a `RewardsConfig` (and a `SandboxConfig`, for the
+    rewards that run code)."""
     try:
         order = check_order(getattr(rewards, "extract_order", DEFAULT_ORDER))
     except ValueError as e:
         raise ConfigError(f"rewards.extract_order: {e}") from None
     options = {"extract_order": order, "timeout_s": rewards.timeout_s,
-               "overlong_buffer": rewards.overlong_buffer,
-               **{k: v for k, v in vars(rewards).items() if k.startswith("sandbox_")}}
+               "overlong_buffer": rewards.overlong_buffer}
+    if sandbox is not None:
+        options |= {"sandbox_workers": sandbox.workers, "sandbox_memory_mb": sandbox.memory_mb}
     if max_completion_length is not None:
         options["max_completion_length"] = max_completion_length
     return options
 
 
-def resolve_rewards(rewards: Any, defaults: Any,
-                    max_completion_length: int | None = None) -> dict[str, tuple[RewardFn, float]]:
+def resolve_rewards(rewards: Any, defaults: Any, max_completion_length: int | None = None,
+                    sandbox: Any = None) -> dict[str, tuple[RewardFn, float]]:
     """name -> (function, weight) for the configured rewards, or the task's defaults.
 
     rewards: a `RewardsConfig` (its `funcs`, and settings bound into built-in rewards), or a plain
@@ -100,11 +102,12 @@ def resolve_rewards(rewards: Any, defaults: Any,
     max_completion_length: the generation limit in tokens (`rollout.max_new_tokens`), needed by
         the length rewards. With a RewardsConfig whose `overlong_buffer > 0`, DAPO's "overlong"
         reward is added with weight `overlong_penalty` unless `funcs` already names it.
+    sandbox: a `SandboxConfig`, whose workers and memory limit the code rewards get (default: theirs).
     """
     is_cfg = not isinstance(rewards, dict)
     funcs = rewards.funcs if is_cfg else rewards
     spec = dict(funcs or (defaults if isinstance(defaults, dict) else defaults.rewards))
-    options = reward_options(rewards, max_completion_length) if is_cfg else {}
+    options = reward_options(rewards, max_completion_length, sandbox) if is_cfg else {}
     if is_cfg and rewards.overlong_buffer > 0:
         if max_completion_length is None or rewards.overlong_buffer > max_completion_length:
             raise ConfigError(f"rewards.overlong_buffer = {rewards.overlong_buffer} needs "
@@ -122,7 +125,7 @@ def resolve_rewards(rewards: Any, defaults: Any,
     return out
 
 
-# Rewards that run or check code (groupo.rewards.code; programs run in groupo.rewards.sandbox).
+# Rewards that run or check code (groupo.rewards.code; programs run in groupo.sandbox.run).
 from groupo.rewards.code import CODE_REWARDS  # noqa: E402
 
 REWARDS.update(CODE_REWARDS)

@@ -1,6 +1,6 @@
-"""Tools for multi-turn episodes: loading (`rollout.tools`, `rollout.environment`), the built-in
+"""Tools for multi-turn episodes: loading (`episodes.tools`, `episodes.environment`), the built-in
 `python` (sandboxed) and `calculator`, per-episode calls that never raise, and the tool-call
-formats (`rollout.tool_format`). See docs/tools.md."""
+formats (`episodes.tool_format`). See docs/tools.md."""
 
 from groupo.tools.base import Tool, ToolCall, ToolResult, ToolSettings
 from groupo.tools.calculator import calculator
@@ -8,7 +8,6 @@ from groupo.tools.formats import (
                                   FORMATS,
                                   ChatTemplate,
                                   PythonBlock,
-                                  encode_episode_prompt,
                                   make_format,
                                   output_block,
                                   parse_hermes,
@@ -18,6 +17,6 @@ from groupo.tools.load import BUILTIN, Environment, load_environment, load_tools
 from groupo.tools.toolbox import EpisodeTools, Toolbox, environment_rewards
 
 __all__ = ["BUILTIN", "FORMATS", "ChatTemplate", "Environment", "EpisodeTools", "PythonBlock", "Tool", "ToolCall",
-           "ToolResult", "ToolSettings", "Toolbox", "calculator", "encode_episode_prompt", "environment_rewards",
+           "ToolResult", "ToolSettings", "Toolbox", "calculator", "environment_rewards",
            "load_environment", "load_tools", "make_format", "output_block", "parse_hermes", "with_observation"]
 

@@ -1,4 +1,4 @@
-"""Tool-call formats (`rollout.tool_format`): how tools are offered, how calls are read from a turn's
+"""Tool-call formats (`episodes.tool_format`): how tools are offered, how calls are read from a turn's
 text, and which tokens carry the results back.
 
     python_block    any model. A ```python block that closes a turn is run by the `python` tool and
@@ -35,7 +35,6 @@ from groupo.tools.base import ToolCall, ToolResult
 from groupo.tools.toolbox import Toolbox
 from groupo.types import Message
 
-FORMATS = ("python_block", "chat_template")
 PYTHON_TAGS = ("python", "py", "python3")
 _HERMES = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
 
@@ -47,13 +46,13 @@ class PythonBlock:
     def __init__(self, tokenizer, toolbox: Toolbox):
         others = sorted(set(toolbox.tools) - {"python"})
         if others:
-            raise ConfigError(f"rollout.tool_format=python_block offers only the python tool, not {others} "
+            raise ConfigError(f"episodes.tool_format=python_block offers only the python tool, not {others} "
                               f"(its code runs in the sandbox, out of their reach); use "
-                              f"rollout.tool_format=chat_template for them")
+                              f"episodes.tool_format=chat_template for them")
         if "python" not in toolbox.tools:
-            raise ConfigError("rollout.tool_format=python_block runs ```python blocks with the python tool; "
-                              "set rollout.tools=[python]")
-        self.tokenizer = tokenizer
+            raise ConfigError("episodes.tool_format=python_block runs ```python blocks with the python tool; "
+                              "set episodes.tools=[python]")
+        self.tokenizer, self.toolbox = tokenizer, toolbox
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         return encode_prompt(self.tokenizer, messages)
@@ -84,15 +83,15 @@ class ChatTemplate:
     stop = ()
 
     def __init__(self, tokenizer, toolbox: Toolbox):
-        self.tokenizer, self.schemas = tokenizer, toolbox.schemas
+        self.tokenizer, self.toolbox, self.schemas = tokenizer, toolbox, toolbox.schemas
         self.specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
         try:
             why = self._cannot_render()
         except Exception as e:  # jinja errors: the template rejects tools or the tool role
             why = f"failed to render a tool call ({type(e).__name__}: {e})"
         if why:
-            raise ConfigError(f"rollout.tool_format=chat_template: the tokenizer's chat template {why}; "
-                              f"use rollout.tool_format=python_block (```python blocks, any model)")
+            raise ConfigError(f"episodes.tool_format=chat_template: the tokenizer's chat template {why}; "
+                              f"use episodes.tool_format=python_block (```python blocks, any model)")
 
     def _cannot_render(self) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -171,10 +170,15 @@ def parse_hermes(text: str) -> list[ToolCall]:
     return calls
 
 
+FORMATS = {"python_block": PythonBlock, "chat_template": ChatTemplate}
+
+
 def make_format(tool_format: str, tokenizer, toolbox: Toolbox) -> PythonBlock | ChatTemplate:
+    """The format `tool_format` names, built for `tokenizer` and `toolbox`: a ConfigError says when
+    they cannot go together (the name itself is checked with the config key, episodes.tool_format)."""
     if tool_format not in FORMATS:
-        raise ConfigError(f"rollout.tool_format: {tool_format!r} is unknown; valid: {', '.join(FORMATS)}")
-    return (PythonBlock if tool_format == "python_block" else ChatTemplate)(tokenizer, toolbox)
+        raise ValueError(f"unknown tool format {tool_format!r}; valid: {', '.join(FORMATS)}")
+    return FORMATS[tool_format](tokenizer, toolbox)
 
 
 def with_observation(messages: Sequence[Message], observation: str | None) -> list[Message]:
@@ -182,9 +186,3 @@ def with_observation(messages: Sequence[Message], observation: str | None) -> li
     if observation is None:
         return list(messages)
     return [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + observation}]
-
-
-def encode_episode_prompt(tokenizer, messages: Sequence[Message], toolbox: Toolbox, tool_format: str) -> list[int]:
-    """Token ids of an episode's prompt: tools rendered by the chat template (chat_template), or the
-    plain prompt (python_block: the task's instructions say how to use ```python blocks)."""
-    return make_format(tool_format, tokenizer, toolbox).prompt_ids(messages)

@@ -1,4 +1,4 @@
-"""Loading tools (`rollout.tools`) and environments (`rollout.environment`) from their specs.
+"""Loading tools (`episodes.tools`) and environments (`episodes.environment`) from their specs.
 
 A tool spec is a built-in name (`python`, `calculator`) or a user function, `path/to/file.py:func`
 or `package.module:func`: a plain function, sync or async, with type hints and a Google-style
@@ -38,13 +38,13 @@ def load_tools(specs: list[str]) -> dict[str, Tool]:
     episode to that episode's sandboxed session."""
     tools: dict[str, Tool] = {}
     for spec in specs:
-        func = BUILTIN.get(spec) or load_object(spec, "rollout.tools")
+        func = BUILTIN.get(spec) or load_object(spec, "episodes.tools")
         if not callable(func) or inspect.isclass(func):
-            raise ConfigError(f"rollout.tools: {spec!r} is not a function; name a plain function, "
+            raise ConfigError(f"episodes.tools: {spec!r} is not a function; name a plain function, "
                               f"e.g. my_tools.py:search")
-        tool = Tool(func.__name__, schema_of(func, "rollout.tools", spec), None if spec == "python" else func)
+        tool = Tool(func.__name__, schema_of(func, "episodes.tools", spec), None if spec == "python" else func)
         if tool.name in tools:
-            raise ConfigError(f"rollout.tools: two tools are named {tool.name!r}; list each tool once")
+            raise ConfigError(f"episodes.tools: two tools are named {tool.name!r}; list each tool once")
         tools[tool.name] = tool
     return tools
 
@@ -61,19 +61,19 @@ class Environment:
 
 
 def load_environment(spec: str) -> Environment:
-    factory = load_object(spec, "rollout.environment")
+    factory = load_object(spec, "episodes.environment")
     if not callable(factory):
-        raise ConfigError(f"rollout.environment: {spec!r} is not a class or factory function")
+        raise ConfigError(f"episodes.environment: {spec!r} is not a class or factory function")
     try:
         probe = factory()
     except Exception as e:
-        raise ConfigError(f"rollout.environment: {spec}() failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"episodes.environment: {spec}() failed: {type(e).__name__}: {e}") from None
     if not callable(getattr(probe, "reset", None)):
-        raise ConfigError(f"rollout.environment: {spec!r} has no reset method; define "
+        raise ConfigError(f"episodes.environment: {spec!r} has no reset method; define "
                           f"reset(self, **columns) returning None or text to append to the prompt")
     tools = {}
     for name in environment_methods(probe):
-        tools[name] = Tool(name, schema_of(getattr(probe, name), "rollout.environment", f"{spec}.{name}"))
+        tools[name] = Tool(name, schema_of(getattr(probe, name), "episodes.environment", f"{spec}.{name}"))
     return Environment(spec, factory, tools, callable(getattr(probe, "get_reward", None)))
 
 

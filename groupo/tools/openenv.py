@@ -1,12 +1,12 @@
-"""OpenEnv environments as `rollout.environment`s.
+"""OpenEnv environments as `episodes.environment`s.
 
 An OpenEnv environment (the `openenv-core` package) speaks Gymnasium's language: `reset()` and
 `step(action)` return an Observation (a pydantic model with `done`, `reward` and the
 environment's own fields), and an Action is a pydantic model too. `openenv_environment` turns one
-into the class that `rollout.environment` loads (TRL's `environment_factory` convention, see
+into the class that `episodes.environment` loads (TRL's `environment_factory` convention, see
 groupo/tools/load.py):
 
-    # my_env.py, then rollout.environment: my_env.py:Echo
+    # my_env.py, then episodes.environment: my_env.py:Echo
     from groupo.tools.openenv import openenv_environment
     from echo.models import EchoAction
     from echo.server.echo_environment import EchoEnvironment

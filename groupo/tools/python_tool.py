@@ -1,6 +1,6 @@
 """The built-in `python` tool: model-written code, run in groupo's sandbox.
 
-Every call is one sandboxed run (`groupo.rewards.sandbox`), with the protections and limits of
+Every call is one sandboxed run (`groupo.sandbox.run`), with the protections and limits of
 code rewards: no network, a read-only filesystem, capped time, memory, processes and output.
 
 State across the calls of one episode (a variable defined in the first cell is there in the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import signal
 
-from groupo.rewards.sandbox import Limits, Result, shared_sandbox
+from groupo.sandbox import Limits, Result, shared_sandbox
 
 # Runs in the sandbox as main.py: the earlier cells (in _cells.json) with stdout/stderr silenced,
 # then the new one, all in one namespace, as a notebook would.

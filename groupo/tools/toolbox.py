@@ -37,7 +37,7 @@ class Toolbox:
                  tokenizer):
         clash = set(tools) & set(environment.tools) if environment else set()
         if clash:
-            raise ConfigError(f"rollout.tools: {sorted(clash)} also named by rollout.environment "
+            raise ConfigError(f"episodes.tools: {sorted(clash)} also named by episodes.environment "
                               f"{environment.spec!r}; rename one of them")
         self.tools = {**tools, **(environment.tools if environment else {})}
         self.environment, self.settings, self.tokenizer = environment, settings, tokenizer
@@ -58,7 +58,7 @@ class Toolbox:
                 env = self.environment.factory()
                 observation = env.reset(**columns)
             except Exception as e:  # the user's code, on a dataset row: name both
-                raise ConfigError(f"rollout.environment: {self.environment.spec} reset(**columns) failed on a row "
+                raise ConfigError(f"episodes.environment: {self.environment.spec} reset(**columns) failed on a row "
                                   f"with columns {sorted(columns)}: {type(e).__name__}: {e}") from e
         return EpisodeTools(self, env, None if observation is None else str(observation))
 

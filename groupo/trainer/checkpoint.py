@@ -238,17 +238,6 @@ def _read(path: Path, world: Dist) -> tuple:
     return read_single(path)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNG from `path`; return the trainer state.
-
-    A damaged checkpoint raises CheckpointError naming the file (load_latest falls back instead)."""
-    try:
-        read = _read(path, world)
-    except Damaged as e:
-        raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from None
-    return _apply(path, read, model, optimizer, scheduler, world)
-
-
 def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, world: Dist = Dist()) -> Resumed | None:
     """Load the newest intact checkpoint of `run_dir`; None when there is none at all.
 

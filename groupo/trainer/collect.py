@@ -16,7 +16,7 @@ import torch
 
 from groupo.algorithms import zero_variance_groups
 from groupo.distributed import Dist, gather_objects
-from groupo.rewards import score
+from groupo.rewards import score_completions
 from groupo.rewards.trl_compat import RewardLog, RewardState
 from groupo.types import Completion, Problem, SamplingParams
 
@@ -70,7 +70,7 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
     """Sample and score one step's groups; returns (batch, data position after the draws).
 
     `sample(problems, params)` gives each problem's `params.n` completions (one turn each, or whole
-    episodes with tools: groupo.episodes.sampler). Each draw takes the next `prompts_per_step`
+    episodes with tools: groupo.rollout.sampler). Each draw takes the next `prompts_per_step`
     prompts of the training stream (`problems_at(i)` is prompt i). Without dynamic sampling the
     batch is the first draw. With it, groups whose rewards are all equal are dropped and further
     prompts drawn, at most `max_draws` times, until
@@ -91,12 +91,7 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
         groups = sample(mine, replace(params, seed=params.seed + draw))
         flat = [c for g in groups for c in g]
         rep = [p for p in mine for _ in range(G)]
-        episodes = any(c.messages is not None for c in flat)
-        total, scores = score(reward_fns, [p.messages for p in rep], [c.text for c in flat],
-                              [p.columns for p in rep], completion_ids=[c.token_ids for c in flat],
-                              trainer_state=reward_state, log=log,
-                              messages=[c.messages for c in flat] if episodes else None,
-                              environments=[c.environment for c in flat] if episodes else None)
+        total, scores = score_completions(reward_fns, rep, flat, trainer_state=reward_state, log=log)
         for c in flat:
             c.environment = None  # scored; a user's instance need not survive pickling to the other ranks
         # Back to the draw's order: rank r sampled prompts r, r + W, r + 2W, ...

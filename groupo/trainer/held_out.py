@@ -14,12 +14,11 @@ from groupo.trainer import parallel
 def held_out_accuracy(sampler, module, task, problems: list, reward_fns: dict, *, max_new_tokens: int,
                       batch_size: int, world: Dist) -> tuple[float, int, float]:
     """(accuracy, problems, seconds): each rank evaluates every W-th problem, the counts are summed.
-    `sampler` is the run's (groupo.episodes.sampler): with tools, the evaluation runs episodes too."""
+    `sampler` is the run's (groupo.rollout.sampler): with tools, the evaluation runs episodes too."""
     t0 = time.monotonic()
     with parallel.full_params(module):
-        res = evaluate(sampler.engine, sampler.tokenizer, task, problems[world.rank::world.world_size], samples=1,
-                       temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size, reward_fns=reward_fns,
-                       sampler=sampler)
+        res = evaluate(sampler, task, problems[world.rank::world.world_size], samples=1, temperature=0.0,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, reward_fns=reward_fns)
     shares = gather_objects((res.accuracy * res.n, res.n), world)
     n = sum(k for _, k in shares)
     return (sum(c for c, _ in shares) / n if n else 0.0), n, time.monotonic() - t0

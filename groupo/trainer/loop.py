@@ -22,26 +22,28 @@ from typing import Any
 
 import torch
 
+from groupo.algorithms.presets import loss_settings
 from groupo.config import Config, ConfigError, dump_yaml
 from groupo.config_rules import validate
 from groupo.data import extra_eval_sets, load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
-from groupo.episodes.sampler import make_sampler, with_environment_reward
+from groupo.engines import EngineContext, build_engine
 from groupo.models import load_policy, save_policy
 from groupo.models.logprobs import checkpoint_keeps_cache
 from groupo.models.precision import resolve_autocast
 from groupo.report.alarms import TrainingStopped, loss_note
 from groupo.rewards import resolve_rewards
 from groupo.rewards.trl_compat import RewardState
-from groupo.rollout import EngineContext, build_engine, describe
+from groupo.rollout.sampler import make_sampler, with_environment_reward
 from groupo.trainer import parallel
 from groupo.trainer.checkpoint import TrainerState, list_checkpoints, load_latest, save_checkpoint
 from groupo.trainer.collect import collect
 from groupo.trainer.held_out import HeldOut, held_out_accuracy
 from groupo.trainer.interrupts import Interrupted, finish_first, sigterm_as_interrupt
-from groupo.trainer.prepare import loss_settings, prepare, update_settings
+from groupo.trainer.prepare import prepare
 from groupo.trainer.record import step_record
 from groupo.trainer.runlog import RunLog
+from groupo.trainer.settings import update_settings
 from groupo.trainer.update import build_optimizer, update
 from groupo.types import SamplingParams
 
@@ -81,7 +83,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     task = load_task(cfg.task)
     require_train(task)  # an empty training split: one line, before the model loads
     extra_sets = extra_eval_sets(cfg.task)  # task.extra_eval_splits (one the task lacks: a warning)
-    reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens)
+    reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens, sandbox=cfg.sandbox)
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
@@ -193,7 +195,7 @@ def _precision(cfg: Config, device: torch.device) -> str:
 def _policy(cfg: Config, policy, world: Dist, device: torch.device):
     """(module the passes go through, the policy): loaded unless given, moved, wrapped (DDP / FSDP2)."""
     if policy is None:
-        policy = load_policy(cfg.model, cfg.lora, loss_settings(cfg).beta, device=device)
+        policy = load_policy(cfg.model, cfg.lora, loss_settings(cfg.algorithm).beta, device=device)
     for m in (policy.model, policy.ref_model):
         if m is not None:
             m.to(device)
@@ -203,7 +205,7 @@ def _policy(cfg: Config, policy, world: Dist, device: torch.device):
 def _opening(cfg: Config, run_dir: Path, policy, world: Dist, device, amp: str, s, state, engine) -> list[str]:
     """The lines that open a run's log: what trains where, and the settings worth a note."""
     n_trainable = sum(p.numel() for p in policy.trainable_parameters())
-    where = describe(engine)
+    where = engine.describe()
     lines = [f"run dir {run_dir}  |  {n_trainable:,} trainable parameters  |  preset {cfg.algorithm.preset}  |  "
              f"{device}, autocast {amp}"
              + (f"  |  {world.world_size} processes, {cfg.train.parallel}" if world.enabled else "")

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from groupo.episodes.metrics import episode_metrics
 from groupo.report.keys import UPDATE_KEYS, fn_key
 from groupo.rewards.extract import parse_number
 from groupo.rewards.math import looks_symbolic
+from groupo.rollout.metrics import episode_metrics
 
 
 def step_record(step: int, rollout, update_metrics: dict[str, float], eval_reward: str, *, step_time: float,

@@ -17,8 +17,11 @@ from groupo.algorithms.offpolicy import sampler_mismatch, tis_weights
 from groupo.distributed import Dist, all_reduce
 from groupo.models.attention import attention_kernel
 from groupo.models.logprobs import token_logprobs
+from groupo.models.precision import autocast
 from groupo.trainer.parallel import grad_norm_value, grad_sync
-from groupo.trainer.prepare import PreparedBatch, UpdateSettings, autocast, micro_batches, rows
+from groupo.trainer.passes import micro_batches, rows
+from groupo.trainer.prepare import PreparedBatch
+from groupo.trainer.settings import UpdateSettings
 
 SUMMED = ("loss", "kl", "clip_low_frac", "clip_high_frac", "ratio_mean", "entropy")
 MISMATCH = ("rollout/logprob_mismatch", "rollout/mismatch_kl")  # engine vs trainer, see algorithms.offpolicy

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from groupo.rollout.kv import ReservedLayer
+from groupo.engines.kv import ReservedLayer
 
 
 @dataclass

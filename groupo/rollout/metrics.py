@@ -1,4 +1,4 @@
-"""What a batch of episodes did with its tools, as run metrics, and an episode split for display."""
+"""What a batch of episodes did with its tools, as run metrics."""
 
 from __future__ import annotations
 
@@ -23,15 +23,3 @@ def episode_metrics(completions: Sequence[Completion]) -> dict[str, float]:
         out[f"tools/calls/{name}"] = sum(s["calls_by_tool"].get(name, 0) for s in stats) / n
     return out
 
-
-def episode_segments(completion: Completion, tokenizer) -> list[tuple[str, bool]]:
-    """The episode's text as (text, is_tool) runs, split where `sampled_mask` changes: what
-    samples.jsonl and the report show with tool results marked."""
-    mask = completion.sampled_mask or [1] * len(completion.token_ids)
-    segments, start = [], 0
-    for i in range(1, len(mask) + 1):
-        if i == len(mask) or mask[i] != mask[start]:
-            text = tokenizer.decode(completion.token_ids[start:i], skip_special_tokens=False)
-            segments.append((text, mask[start] == 0))
-            start = i
-    return segments

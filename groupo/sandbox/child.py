@@ -1,6 +1,6 @@
 """The sandbox launcher: sets up one isolated execution, runs the program, reports how it ended.
 
-`groupo.rewards.sandbox` starts this file by path as ``python -I -S -B sandbox_child.py JOB``:
+`groupo.sandbox.run` starts this file by path as ``python -I -S -B child.py JOB``:
 isolated mode (no PYTHON* variables, no user site, the script's folder is not put on sys.path, so
 no file next to it can shadow the standard library), no site-packages and standard-library
 imports only, which keeps start-up near 15 ms. JOB is a `marshal` file the parent wrote.
@@ -280,7 +280,7 @@ def enter_program_side(job: dict) -> None:
     privileges, and return in the process that will run the program.
 
     The program's stdin may be a secret its program keeps from processes it starts (the test
-    judge's tests, `groupo.rewards.judge`): every ancestor of the program that inherits it is
+    runner's tests, `groupo.sandbox.tests_runner`): every ancestor of the program that inherits it is
     non-dumpable (so no process of the sandbox's uid can open /proc/PID/fd/0 or read its memory)
     from before the program exists, and closes it."""
     _ok(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # the maps written below

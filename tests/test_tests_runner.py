@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from groupo.rewards.code import JUDGE_PATH, judge_program, tests_pass_reward
-from groupo.rewards.sandbox import Limits, Sandbox
+from groupo.rewards.code import tests_pass_reward
+from groupo.sandbox import RUNNER_PATH, runner_program
+from groupo.sandbox.run import Limits, Sandbox
 
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-4, 4) == 0", "assert add(10, 5) == 15"]
 HELPER_TESTS = ["import unittest\nunittest.TestCase().assertEqual(add(1, 2), 3)",  # what the patches target
@@ -62,7 +63,7 @@ ATTACKS = {
         "class Anything(int):\n"
         "    def __eq__(self, other):\n        return True\n"
         "    __hash__ = int.__hash__\n"
-        "def add(a, b):\n    return Anything(7)\n"),  # an int 7 to the judge: equal to none of 3, 0, 15
+        "def add(a, b):\n    return Anything(7)\n"),  # an int 7 to the runner: equal to none of 3, 0, 15
     "always-equal object": (
         "class Anything:\n"
         "    def __eq__(self, other):\n        return True\n"
@@ -80,7 +81,7 @@ ATTACKS = {
         "            os.write(fd, f'PASS {i}\\n{i}\\n'.encode())\n"
         "        except OSError:\n"
         "            pass\n"),
-    "the judge's descriptors and memory": WRONG + (
+    "the runner's descriptors and memory": WRONG + (
         "import os, re\n"
         "found = b''\n"
         "for pid in [os.getppid(), 1] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:\n"
@@ -93,7 +94,7 @@ ATTACKS = {
         "for h in set(re.findall(rb'[0-9a-f]{32}', found)):\n"
         "    for i in range(3):\n"
         "        os.write(2, h + b' %d\\n' % i)\n"),
-    "planted modules": WRONG + (  # were the judge to import them, they would find its nonce
+    "planted modules": WRONG + (  # were the runner to import them, they would find its nonce
         "import os\n"
         "forge = ('import sys\\nf = sys._getframe()\\nwhile f is not None:\\n'\n"
         "         '    if \"nonce\" in f.f_locals:\\n'\n"
@@ -115,9 +116,9 @@ ATTACKS = {
 def test_a_wrong_solution_scores_0_however_it_cheats(name):
     code, tests = ATTACKS[name], HELPER_TESTS if name in ("patched helpers", "planted modules") else ADD_TESTS
     assert tests_pass_reward(completions=[f"```python\n{code}```"], tests=[tests], timeout_s=5.0) == [0.0]
-    # the same trick beside a right answer still earns it its score: judging does not depend on
+    # the same trick beside a right answer still earns it its score: scoring does not depend on
     # what the candidate's process prints, patches or finds (writing garbage into its own pipe to
-    # the judge, or exiting, costs a right answer its score: only the candidate loses by it)
+    # the runner, or exiting, costs a right answer its score: only the candidate loses by it)
     if name in ("stack frame", "gc and globals", "patched helpers", "printed guesses"):
         right = code.replace("return a - b", "return a + b")
         assert tests_pass_reward(completions=[f"```python\n{right}```"], tests=[tests]) == [1.0]
@@ -131,7 +132,7 @@ def snoop(nonce: str) -> str:
         "import hashlib, os, re, sys\n"
         "def add(a, b):\n    return a + b\n"
         "def grab(pid):\n"
-        "    who = {os.getpid(): 'self', os.getppid(): 'judge'}.get(pid, pid)\n"
+        "    who = {os.getpid(): 'self', os.getppid(): 'runner'}.get(pid, pid)\n"
         "    out = []\n"
         "    for what in ('fd/0', 'environ'):\n"
         "        try:\n"
@@ -173,7 +174,7 @@ def check_snoop(stdout: str, stderr: str, nonce: str) -> None:
     assert "nonce found: False" in report and "test found: False" in report, stderr
     assert int(next(x for x in report if x.startswith("bytes read")).split()[-1]) > 1 << 20  # it did look
     tried = [line.split() for line in report if line.startswith(("opened", "refused"))]
-    assert ["opened", "self", "mem"] in tried and ["refused", "judge", "mem"] in tried, report
+    assert ["opened", "self", "mem"] in tried and ["refused", "runner", "mem"] in tried, report
     assert not [t for t in tried if t[0] == "opened" and t[1] != "self" and t[2] in ("fd/0", "mem")], report
     assert f"{nonce} 0" not in stdout  # and 1 + 2 != 987654321: the test failed
 
@@ -183,36 +184,36 @@ def test_the_candidate_never_sees_the_tests_or_the_nonce(disable):
     """White box, as root (the sandbox's own uid per run), with and without namespaces."""
     nonce = secrets.token_hex(16)
     box = Sandbox(workers=1, disable=disable)
-    result = box.run(judge_program(), files={"solution.py": snoop(nonce)}, limits=Limits(wall_s=60, cpu_s=60),
+    result = box.run(runner_program(), files={"solution.py": snoop(nonce)}, limits=Limits(wall_s=60, cpu_s=60),
                      stdin=marshal.dumps((nonce, "", SNOOPED_TESTS)))
     box.close()
     check_snoop(result.stdout, result.stderr, nonce)
 
 
 def test_the_candidate_never_sees_them_under_an_unprivileged_trainer():
-    """The same for a non-root trainer (uid 65534, the system python, the sandbox and judge files
+    """The same for a non-root trainer (uid 65534, the system python, the sandbox and runner files
     copied), whose sandbox runs in user namespaces: the candidate is "root" in its own namespace."""
     if os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
         pytest.skip("needs root, setpriv and /usr/bin/python3 to become an unprivileged trainer")
-    with tempfile.TemporaryDirectory(prefix="groupo-judge-") as tmp:  # pytest's tmp_path is root's alone
+    with tempfile.TemporaryDirectory(prefix="groupo-runner-") as tmp:  # pytest's tmp_path is root's alone
         os.chmod(tmp, 0o777)
         stdout, stderr, nonce = _unprivileged_run(Path(tmp))
     check_snoop(stdout, stderr, nonce)
 
 
 def _unprivileged_run(tmp_path: Path) -> tuple[str, str, str]:
-    for name in ("sandbox.py", "sandbox_child.py", "judge.py"):
-        shutil.copy(Path(JUDGE_PATH).with_name(name), tmp_path)
+    for name in ("run.py", "child.py", "tests_runner.py"):
+        shutil.copy(Path(RUNNER_PATH).with_name(name), tmp_path)
     nonce = secrets.token_hex(16)
     (tmp_path / "payload").write_bytes(marshal.dumps((nonce, "", SNOOPED_TESTS)))
     (tmp_path / "solution.py").write_text(snoop(nonce))
     (tmp_path / "trainer.py").write_text(
         "import json, sys\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "import sandbox\n"
+        "import run as sandbox\n"
         "box = sandbox.Sandbox(workers=1)\n"
         f"d = {str(tmp_path)!r}\n"
-        "r = box.run(open(d + '/judge.py').read(), files={'solution.py': open(d + '/solution.py').read()},\n"
+        "r = box.run(open(d + '/tests_runner.py').read(), files={'solution.py': open(d + '/solution.py').read()},\n"
         "            limits=sandbox.Limits(wall_s=60, cpu_s=60), stdin=open(d + '/payload', 'rb').read())\n"
         "print(json.dumps([sorted(box.protections.features), r.stdout, r.stderr]))\n")
     out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
@@ -252,7 +253,7 @@ def test_correct_solutions_of_every_plain_type_and_partial_credit():
     assert got == [12 / 13]
 
 
-def test_a_batch_judges_each_distinct_solution_once(monkeypatch):
+def test_a_batch_runs_the_tests_of_each_distinct_solution_once(monkeypatch):
     from groupo.rewards import code as code_rewards
 
     box = code_rewards.shared_sandbox()

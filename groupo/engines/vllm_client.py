@@ -1,8 +1,8 @@
-"""Rollouts on a running vLLM server (`vllm serve`, OpenAI-compatible API) named by rollout.vllm_url.
+"""Rollouts on a running vLLM server (`vllm serve`, OpenAI-compatible API) named by rollout.vllm.url.
 
 For set-ups where generation has machines of its own: the server may shard the model (tensor
 parallel) or run replicas (data parallel) behind one URL, and every trainer rank sends its own
-prompts to it. `groupo serve CONFIG` starts a matching server (groupo/rollout/serve.py writes its
+prompts to it. `groupo serve CONFIG` starts a matching server (groupo/engines/serve.py writes its
 command line); any `vllm serve` with the same flags works.
 
 LoRA: after every optimizer step (and after a resume) rank 0 writes the adapter under the run
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from groupo.distributed import Dist, barrier, broadcast_object
-from groupo.rollout.base import EngineError, prompt_seed
+from groupo.engines.base import Engine, EngineError, prompt_seed
 from groupo.types import Completion, SamplingParams
 
 SERVE_HINT = "start one with `groupo serve CONFIG` (or the `vllm serve` command it prints with --dry-run)"
@@ -63,15 +63,15 @@ def parse_choices(prompt: list[int], response: dict[str, Any]) -> list[Completio
     return group
 
 
-class VLLMServerEngine:
+class VLLMServerEngine(Engine):
     def __init__(self, model: torch.nn.Module, tokenizer, *, url: str, adapter_dir: Path | None, lora_rank: int,
                  world: Dist | None = None, timeout_s: float = 600.0):
         self.model, self.tokenizer = model, tokenizer
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
         self.world = world or Dist()
         if lora_rank == 0:
-            raise EngineError("rollout.vllm_url (vLLM as a server) needs LoRA (lora.rank > 0): the server cannot "
-                              "load a fully fine-tuned policy's weights; leave rollout.vllm_url empty for the "
+            raise EngineError("rollout.vllm.url (vLLM as a server) needs LoRA (lora.rank > 0): the server cannot "
+                              "load a fully fine-tuned policy's weights; leave rollout.vllm.url empty for the "
                               "colocated engine, or use rollout.engine = 'hf'")
         if adapter_dir is None:
             raise ValueError("a LoRA policy on a vLLM server needs adapter_dir, where each step's adapter is written")
@@ -124,7 +124,7 @@ class VLLMServerEngine:
             raise EngineError(self._http_error(route, e.code, e.read().decode(errors="replace"))) from None
         except (urllib.error.URLError, OSError) as e:  # refused, unknown host, timed out
             reason = getattr(e, "reason", e)
-            raise EngineError(f"rollout.vllm_url = {self.url!r}: no vLLM server answered {route} ({reason}); "
+            raise EngineError(f"rollout.vllm.url = {self.url!r}: no vLLM server answered {route} ({reason}); "
                               f"{SERVE_HINT}, or correct the URL") from None
         try:
             return json.loads(raw) if raw.strip() else {}
@@ -136,7 +136,7 @@ class VLLMServerEngine:
             message = json.loads(text).get("error", {}).get("message") or text
         except (json.JSONDecodeError, AttributeError):
             message = text
-        msg = f"rollout.vllm_url = {self.url!r}: {route} failed ({code}): {message.strip()[:500]}"
+        msg = f"rollout.vllm.url = {self.url!r}: {route} failed ({code}): {message.strip()[:500]}"
         if "lora_adapter" in route and code in (404, 405) and "Not Found" in message:
             msg += ("; the server does not load adapters at runtime: start it with --enable-lora and "
                     "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (`groupo serve` does both)")

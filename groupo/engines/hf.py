@@ -20,15 +20,16 @@ from collections.abc import Iterator
 
 import torch
 
+from groupo.engines.base import Engine
+from groupo.engines.kv import reserve
+from groupo.engines.prefixes import Feed, KeptRows, cacheable
 from groupo.models.logprobs import pack, prompt_kv_cache
 from groupo.models.lora import merged_for_inference
-from groupo.models.precision import AUTOCAST_DTYPES, frozen_linear_weights_in, native_half, resolve_autocast
-from groupo.rollout.kv import reserve
-from groupo.rollout.prefixes import Feed, KeptRows, cacheable
+from groupo.models.precision import AUTOCAST_DTYPES, autocast, frozen_linear_weights_in, native_half, resolve_autocast
 from groupo.types import Completion, SamplingParams
 
 
-class HFEngine:
+class HFEngine(Engine):
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 64, autocast: str = "auto",
                  drop_finished: bool = True, reserve_cache: bool = True, keep_prefixes: bool = True):
         if tokenizer.pad_token_id is None:
@@ -57,7 +58,7 @@ class HFEngine:
 
     @contextlib.contextmanager
     def keeping_prefixes(self) -> Iterator[None]:
-        """Within: each call keeps its rows' KV cache (rollout/prefixes.py), and a prompt of the
+        """Within: each call keeps its rows' KV cache (engines/prefixes.py), and a prompt of the
         next call that extends one of them (a multi-turn episode's next round: the same tokens
         and the tool's output) encodes only what it adds. The weights must not change within
         (the kept keys and values would be the old weights'). Kept rows are freed on leaving."""
@@ -106,7 +107,7 @@ class HFEngine:
         if self._kept is not None and params.n == 1:  # n > 1: the prompt's cache is shared instead
             resumed = self._kept.resume(prompts, self.tokenizer.pad_token_id, getattr(self.model, "config", None),
                                         device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with autocast(amp, device):
             if resumed is not None:
                 feed, cache = resumed
             else:
@@ -165,7 +166,7 @@ class HFEngine:
         if cache is None:
             cache = DynamicCache(config=getattr(self.model, "config", None))
         if self.reserve_cache:
-            cache = reserve(cache, S)  # each step writes its token in place (rollout/kv.py)
+            cache = reserve(cache, S)  # each step writes its token in place (engines/kv.py)
         ids_AL, mask_AL, pos_AL = feed.ids_AL, feed.mask_AL, feed.pos_AL
         rows_A = torch.arange(B, device=device)  # the rows in the batch now, as indices into the batch
         live_A = torch.ones(B, dtype=torch.bool, device=device)  # not stopped (all, when they are dropped)
