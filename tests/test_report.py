@@ -47,11 +47,11 @@ def test_a_200_step_report_is_one_offline_file_under_1_mb(tmp_path):
     assert [p[0] for p in data["plots"]] == [p[0] for p in PLOTS] and len(data["runs"][0]["samples"]) == 800
 
 
-def test_every_plotted_and_logged_key_is_in_the_table_and_the_readme():
+def test_every_plotted_and_logged_key_is_in_the_table_and_the_docs():
     for _, _, keys in PLOTS:
         assert all(documented(k.replace("*", "x")) for k in keys), keys
     assert all(documented(k) for k in record(1))
-    assert markdown_table() in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in (ROOT / "docs" / "report.md").read_text(encoding="utf-8")
     assert "reward/fn/<name>" in KEYS
 
 

@@ -1,6 +1,6 @@
 """The metric keys: one namespaced name per quantity, the same in metrics.jsonl and every sink.
 
-`KEYS` is the table the README prints (a test keeps the two identical) and the report reads;
+`KEYS` is the table docs/report.md prints (a test keeps the two identical) and the report reads;
 `<name>` stands for a reward function's name. `step` and `data_position` stay plain.
 """
 
@@ -77,7 +77,7 @@ def documented(key: str) -> bool:
 
 
 def markdown_table() -> str:
-    """The README's table of keys."""
+    """The table of keys docs/report.md prints."""
     rows = ["| key | meaning |", "|---|---|"]
     rows += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in KEYS.items()]
     return "\n".join(rows)
