@@ -127,6 +127,7 @@ def test_two_rank_run_writes_one_run_dir_with_global_metrics(tmp_path):
     assert [len(seen[0][0]), len(seen[1][0])] == [3, 2]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(("kind", "lora_rank"), [("ddp", 4), ("fsdp2", 0)])
 def test_two_rank_run_killed_by_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, kind, lora_rank):
     """DDP with LoRA; FSDP2 fully fine-tuned, so that sharded weights of every unit (the root's
@@ -153,6 +154,7 @@ def test_two_rank_run_killed_by_sigkill_resumes_to_the_uninterrupted_weights(tmp
     assert "written by 2 process(es)" in p.stderr + p.stdout and "Traceback" not in p.stderr
 
 
+@pytest.mark.long
 def test_bad_set_ups_are_named(tmp_path, monkeypatch):
     """prompts_per_step not divisible by the world size; nccl without CUDA; fsdp2 on a model it cannot
     wrap; a GPU asked for where there is none."""

@@ -94,6 +94,9 @@ def _unique(commands: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 COMMANDS = _unique(documented_commands())
+# `groupo plan` times this machine's matmuls for the real model (10-30 s a command): run by .ci/run
+# (pytest -m long) beside the other long tests, not by `make test`.
+LONG = ("groupo plan",)
 
 
 def _words(command: str) -> list[str]:
@@ -152,7 +155,9 @@ def test_the_docs_show_commands():
         assert any(c == needed or c.startswith(needed + " ") for c in shown), needed
 
 
-@pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[f"{d}: {c}" for d, c in COMMANDS])
+@pytest.mark.parametrize(("doc", "command"), [
+    pytest.param(d, c, marks=[pytest.mark.long] if c.startswith(LONG) else []) for d, c in COMMANDS],
+    ids=[f"{d}: {c}" for d, c in COMMANDS])
 def test_documented_command_runs(doc, command, env, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     for module, extra in EXTRAS.items():

@@ -111,6 +111,7 @@ def test_a_read_only_run_directory_is_one_clear_line(tmp_path):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.long
 def test_a_second_groupo_train_on_the_same_run_dir_is_refused_naming_the_first(tmp_path):
     """Two `groupo train` on one run.dir: the second exits 2 with the first's PID (after retrying
     for lock.WAIT_S), and the first run's log stays its own (one line per step, none twice)."""

@@ -123,6 +123,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.mark.long
 def test_plan_of_a_run_that_does_not_fit_names_settings_that_do(tiny_dir, capsys):
     from groupo.plan.build import make_plan
 
