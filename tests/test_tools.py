@@ -176,6 +176,54 @@ def test_calculator_refuses_what_is_not_arithmetic(expression, error):
         calculator("1 / 0")
 
 
+def _balanced(terms: list[str], op: str = "+") -> str:
+    """The terms joined by op as a balanced tree: depth log2(n), so no recursion limit is met."""
+    if len(terms) == 1:
+        return terms[0]
+    mid = len(terms) // 2
+    return f"({_balanced(terms[:mid], op)}{op}{_balanced(terms[mid:], op)})"
+
+
+@pytest.mark.parametrize("expression", [
+    "(10**4000)**3000",             # the result would have 12,000,001 digits
+    "(10**4299)**10000",
+    "(7**5000/3**5000)**9999",      # a fraction: the denominator grows as much
+    "(-(2**4000))**9973",
+    "((10**400)**10)**10",          # each power fits, the last does not
+])
+def test_calculator_refuses_a_huge_power_from_its_operands_sizes_before_computing_it(expression):
+    start = time.process_time()
+    with pytest.raises(ValueError, match="the result has more than 4300 digits"):
+        calculator(expression)
+    assert time.process_time() - start < 0.1  # before: (10**9999)**3000 held the GIL for 48 s
+
+
+def test_calculator_values_stay_printable_and_trivial_powers_of_huge_exponents_are_exact():
+    assert calculator("10 ** 4299") == "1" + "0" * 4299  # 4,300 digits: the most str() prints
+    with pytest.raises(ValueError, match="more than 4300 digits"):
+        calculator("10 ** 4299 * 10")
+    with pytest.raises(ValueError, match="more than 4300 digits"):
+        calculator("1 / 10 ** 4300")  # the denominator too
+    assert [calculator(e) for e in ("(-1) ** (10 ** 4000)", "(-1) ** (10 ** 4000 + 1)", "1 ** -(10 ** 4000)",
+                                    "0 ** (10 ** 4000)", "0 ** 0")] == ["1", "-1", "1", "0", "1"]
+    with pytest.raises(ZeroDivisionError):
+        calculator("0 ** -(10 ** 4000)")
+
+
+def test_calculator_work_is_bounded_whatever_the_expressions_length():
+    big, other = "(7**2500/3**2500)", "(11**1800/13**1500)"  # 1,200 to 2,100 digits each
+    costly = _balanced([f"({big}*{other}/{big}-{other})"] * 1000)  # each term is 0, costly to reach
+    start = time.process_time()
+    with pytest.raises(ValueError, match="too costly to evaluate"):
+        calculator(costly)
+    assert time.process_time() - start < 2.0  # each operation is charged before it runs
+    with pytest.raises(ValueError, match="nested too deeply"):
+        calculator("+".join(["1"] * 2000))  # a chain 2,000 deep: past Python's recursion limit
+    with pytest.raises(ValueError, match="not an arithmetic expression"):
+        calculator("-" * 100_000 + "1")  # the parser's own limit (it raises MemoryError)
+    assert calculator(_balanced(["1"] * 5000)) == "5000"
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 

@@ -2,8 +2,16 @@
 
 Values are exact rationals (`Fraction`) for as long as the expression allows: integers of any size
 stay exact, 0.1 + 0.2 is 0.3, and 7 / 2 is 3.5; a non-integer power falls back to float. Results
-print as integers when whole, else as the nearest float. Exponents and results are bounded so that
-an expression cannot hang the trainer (2 ** 10 ** 10 is an error, not an hour of CPU).
+print as integers when whole, else as the nearest float.
+
+Bounded before it runs, whatever the operands: the expression is model output, and big-integer
+arithmetic holds the GIL, so the caller's time limit cannot stop it (`(10**9999)**3000` once froze
+a trainer for 48 s). So every operation's cost is estimated from its operands' sizes and charged to
+a budget of the whole expression (`MAX_WORK`) before it runs; a power whose result would exceed
+`MAX_DIGITS` is refused from the operands' sizes, never computed; every value is at most
+`MAX_DIGITS` digits (Python's own limit for turning an integer into text, so every result prints).
+The worst expression of any length takes about a second on a 2-core laptop CPU (docs/tools.md,
+"Guarantees", gives the measurement).
 """
 
 from __future__ import annotations
@@ -11,10 +19,17 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import sys
 from fractions import Fraction
 
 MAX_EXPONENT = 10_000
-MAX_DIGITS = 10_000
+MAX_DIGITS = sys.int_info.default_max_str_digits  # 4300: str() of a longer int raises
+_LIMIT = 10 ** MAX_DIGITS  # numerators and denominators stay below it
+_LIMIT_BITS = _LIMIT.bit_length()
+# Cost of one operation on n-bit operands: (n // 64 + 1) ** 2 units (the gcd that normalises a
+# Fraction is quadratic). The budget allows ~200 operations on 4,300-digit numbers (50,000 units
+# each) and thousands on ordinary ones; its worst case is measured in docs/tools.md.
+MAX_WORK = 10_000_000
 Number = Fraction | float
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -33,37 +48,69 @@ def calculator(expression: str) -> str:
     """
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"not an arithmetic expression: {expression!r}") from None
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # the parser's own depth limits
+        raise ValueError(f"not an arithmetic expression: {_short(expression)}") from None
     try:
-        return _show(_eval(tree.body))
+        return _show(_Evaluator().eval(tree.body))
     except ZeroDivisionError:  # Fraction's message would be "Fraction(1, 0)"
         raise ZeroDivisionError("division by zero") from None
+    except RecursionError:
+        raise ValueError("the expression is nested too deeply") from None
 
 
-def _eval(node: ast.AST) -> Number:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        # A float literal as written in decimal (0.1 is 1/10), not its binary approximation.
-        return Fraction(repr(node.value)) if isinstance(node.value, float) else Fraction(node.value)
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_eval(node.operand))
-    if isinstance(node, ast.BinOp) and type(node.op) is ast.Pow:
-        return _power(_eval(node.left), _eval(node.right))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _check(_BINARY[type(node.op)](_eval(node.left), _eval(node.right)))
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
-            and len(node.args) == 1 and not node.keywords):
-        return _check(_FUNCTIONS[node.func.id](_eval(node.args[0])))
-    raise ValueError(f"unsupported in an arithmetic expression: {ast.unparse(node)!r} "
-                     f"(numbers, + - * / // % **, parentheses, {', '.join(_FUNCTIONS)})")
+class _Evaluator:
+    """One expression's evaluation, with its work budget."""
+
+    def __init__(self) -> None:
+        self.work = 0
+
+    def charge(self, bits: int) -> None:
+        """Account for an operation on `bits`-bit numbers before it runs."""
+        self.work += (bits // 64 + 1) ** 2
+        if self.work > MAX_WORK:
+            raise ValueError("the expression is too costly to evaluate (too many operations on very large numbers)")
+
+    def eval(self, node: ast.AST) -> Number:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            # A float literal as written in decimal (0.1 is 1/10), not its binary approximation.
+            return _check(Fraction(repr(node.value)) if isinstance(node.value, float) else Fraction(node.value))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](self.eval(node.operand))
+        if isinstance(node, ast.BinOp) and type(node.op) is ast.Pow:
+            return self.power(self.eval(node.left), self.eval(node.right))
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = self.eval(node.left), self.eval(node.right)
+            self.charge(max(_bits(left), _bits(right)))
+            return _check(_BINARY[type(node.op)](left, right))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
+                and len(node.args) == 1 and not node.keywords):
+            value = self.eval(node.args[0])
+            self.charge(_bits(value))
+            return _check(_FUNCTIONS[node.func.id](value))
+        raise ValueError(f"unsupported in an arithmetic expression: {_short(ast.unparse(node))} "
+                         f"(numbers, + - * / // % **, parentheses, {', '.join(_FUNCTIONS)})")
+
+    def power(self, base: Number, exp: Number) -> Number:
+        if not (isinstance(base, Fraction) and isinstance(exp, Fraction) and exp.denominator == 1):
+            return _check(float(base) ** float(exp))  # floats: one bounded operation
+        e = int(exp)
+        if base == 0:
+            return _check(base ** ((e > 0) - (e < 0)))  # 0, 1, or division by zero
+        if abs(base) == 1:
+            return _check(base ** (e % 2))  # (-1) ** 10**4000 is 1, without 13,000 squarings
+        if abs(e) > MAX_EXPONENT:
+            raise ValueError(f"exponent {e} is too large (at most {MAX_EXPONENT})")
+        # |base| is neither 0 nor 1, so its numerator or denominator has b >= 2 bits and the power
+        # has at least |e| * (b - 1) + 1 bits: refused from that bound, never computed.
+        bits = _bits(base)
+        if abs(e) * (bits - 1) + 1 > _LIMIT_BITS:
+            raise ValueError(f"the result has more than {MAX_DIGITS} digits")
+        self.charge(abs(e) * bits)
+        return _check(base ** e)
 
 
-def _power(base: Number, exp: Number) -> Number:
-    if isinstance(exp, Fraction) and exp.denominator == 1:
-        if abs(exp) > MAX_EXPONENT and abs(base) not in (0, 1):
-            raise ValueError(f"exponent {exp} is too large (at most {MAX_EXPONENT})")
-        return _check(base ** int(exp))
-    return _check(float(base) ** float(exp))
+def _bits(x: Number) -> int:
+    return max(x.numerator.bit_length(), x.denominator.bit_length()) if isinstance(x, Fraction) else 64
 
 
 def _sqrt(x: Number) -> Number:
@@ -79,7 +126,7 @@ def _check(x: Number | int) -> Number:
         x = Fraction(x)
     if isinstance(x, complex):
         raise ValueError("the result is not a real number")
-    if isinstance(x, Fraction) and max(x.numerator.bit_length(), x.denominator.bit_length()) > 3.33 * MAX_DIGITS:
+    if isinstance(x, Fraction) and (abs(x.numerator) >= _LIMIT or x.denominator >= _LIMIT):
         raise ValueError(f"the result has more than {MAX_DIGITS} digits")
     return x
 
@@ -88,3 +135,7 @@ def _show(x: Number) -> str:
     if isinstance(x, Fraction):
         return str(x.numerator) if x.denominator == 1 else repr(float(x))
     return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
