@@ -257,6 +257,35 @@ def test_bad_calls_go_back_to_the_model_and_are_counted(user_tools):
     assert (m["tools/calls/unknown"], m["tools/calls/search"], m["tools/calls/calculator"]) == (0.2, 0.2, 0.2)
 
 
+def test_a_deeply_nested_call_is_an_error_result_and_the_episode_goes_on():
+    tok = hermes_tokenizer()
+    deep = '<tool_call>{"name": "calculator", "arguments": ' + "[" * 1000 + "</tool_call>" + EOS
+    [[c]], engine, _ = episode(tok, [[[deep, "Sorry." + EOS]]], load_tools(["calculator"]), max_new_tokens=2000)
+    content = "Error: malformed tool call: invalid JSON (nested too deeply)"
+    s1, s2 = engine.sampled[(0, 0)]
+    assert c.messages[1] == {"role": "tool", "name": "unknown", "content": content}
+    assert_layout(c, [(s1, True), (ids_of(tok, tool_suffix(content)), False), (s2, True)])
+    assert (c.tool_stats["errors"], c.finish_reason) == (1, "stop")
+
+
+def test_a_format_that_fails_on_a_turn_gives_an_error_result_not_a_crash(monkeypatch):
+    tok = hermes_tokenizer()
+
+    real, failed = ChatTemplate.parse, []
+
+    def broken_once(self, turn_ids):
+        if not failed:
+            failed.append(1)
+            raise IndexError("a reader bug")
+        return real(self, turn_ids)
+
+    monkeypatch.setattr(ChatTemplate, "parse", broken_once)
+    [[c]], _, _ = episode(tok, [[["Hi" + EOS, "Sorry." + EOS]]], load_tools(["calculator"]))
+    assert c.messages[1]["content"] == ("Error: malformed tool call: the turn could not be read "
+                                        "(IndexError: a reader bug)")
+    assert (c.tool_stats["turns"], c.tool_stats["errors"], c.finish_reason) == (2, 1, "stop")
+
+
 def test_a_long_result_is_truncated_to_max_tool_output_tokens(user_tools):
     tok = hermes_tokenizer()
     [[c]], engine, _ = episode(tok, [[[call("words", '{"n": 40}') + EOS, "Done." + EOS]]], user_tools,

@@ -405,6 +405,17 @@ def test_hermes_calls_are_parsed_and_bad_ones_flagged():
     assert parse_hermes("no calls here") == []
 
 
+@pytest.mark.parametrize("body, error", [
+    ('{"name": "calculator", "arguments": ' + "[" * 1000, "invalid JSON (nested too deeply)"),  # json: RecursionError
+    ('{"name": "calculator", "arguments": "' + "[" * 1000 + '"}', "invalid JSON (nested too deeply)"),
+    ('{"name": "calculator", "arguments": {"x": ' + "9" * 5000 + "}}",
+     "invalid JSON (Exceeds the limit (4300 digits) for integer string conversion"),
+])
+def test_json_that_the_reader_cannot_take_is_an_error_call(body, error):
+    [call] = parse_hermes(f"<tool_call>{body}</tool_call>")
+    assert (call.name, call.arguments) == ("", None) and call.error.startswith(error)
+
+
 def test_python_block_offers_only_python_and_chat_template_needs_a_tool_template(tool_file):
     tok = make_tokenizer()
     with pytest.raises(ConfigError, match=r"^episodes.tool_format=python_block .* episodes.tool_format=chat_template"):

@@ -149,7 +149,7 @@ def _read_turn(ep: _Episode, fmt, piece_ids: list[int], piece: str, specials: se
     turn_ids = ep.ids[ep.turn_start:]
     special_end = bool(piece_ids) and piece_ids[-1] in specials
     # In python_block the model ends its turn with EOS: a block followed by EOS is its answer.
-    calls = [] if special_end and fmt.name == "python_block" else fmt.parse(turn_ids)
+    calls = [] if special_end and fmt.name == "python_block" else _parse(fmt, turn_ids)
     ep.pending = calls
     if not calls:
         if not special_end and any(s in piece for s in fmt.stop):
@@ -159,6 +159,16 @@ def _read_turn(ep: _Episode, fmt, piece_ids: list[int], piece: str, specials: se
         ep.finish = "max_turns"
     if ep.finish:
         ep.pending, ep.unexecuted = [], calls
+
+
+def _parse(fmt, turn_ids: list[int]) -> list[ToolCall]:
+    """The turn's calls. The formats turn text they cannot read into error calls; this is the
+    backstop for what they did not foresee: sampled text must never end a run (and a resumed run
+    would sample the same turn and fail again)."""
+    try:
+        return fmt.parse(turn_ids)
+    except Exception as e:
+        return [ToolCall("", None, "", f"the turn could not be read ({type(e).__name__}: {e})")]
 
 
 def _add_results(ep: _Episode, fmt, results: list[ToolResult], budget: int) -> None:

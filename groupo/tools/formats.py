@@ -161,6 +161,12 @@ def parse_hermes(text: str) -> list[ToolCall]:
         except json.JSONDecodeError as e:
             calls.append(ToolCall("", None, raw, f"invalid JSON ({e.msg} at character {e.pos})"))
             continue
+        except RecursionError:  # ~1,000 nested brackets (513 tokens of SmolLM2): the reader's depth limit
+            calls.append(ToolCall("", None, raw, "invalid JSON (nested too deeply)"))
+            continue
+        except ValueError as e:  # a number of more than 4,300 digits
+            calls.append(ToolCall("", None, raw, f"invalid JSON ({e})"))
+            continue
         name = obj.get("name") if isinstance(obj, dict) else None
         if not isinstance(name, str) or not isinstance(args, dict):
             calls.append(ToolCall(name if isinstance(name, str) else "", None, raw,
