@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from groupo.data.control_tokens import control_tokens, encode_chat, encode_marked, mark
 from groupo.types import Message
 
 STYLES = ("plain", "answer_tag", "r1", "boxed", "python_tool")
@@ -106,9 +107,19 @@ def encode_prompt(tokenizer, messages: Sequence[Message]) -> list[int]:
 
     The template is rendered to text and then tokenised without extra special tokens, because the
     template already writes BOS where the model expects one. A tokenizer with no chat template
-    uses `render_plain` and its usual special tokens (e.g. BOS).
+    uses `render_plain` and its usual special tokens (e.g. BOS). Special-token strings inside the
+    messages (a dataset row, a tool result in a chat) stay text (groupo.data.control_tokens).
     """
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(render_plain(messages), add_special_tokens=True)["input_ids"])
+        return encode_chat(tokenizer, messages, add_generation_prompt=True)
+    ids = encode_marked(tokenizer, render_plain(mark(list(messages), control_tokens(tokenizer))))
+    before, after = _added_around(tokenizer)
+    return before + ids + after
+
+
+def _added_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. [BOS], [])."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    at = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), 0)
+    return list(full[:at]), list(full[at + len(bare):])

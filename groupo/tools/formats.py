@@ -20,6 +20,10 @@ messages, generation prompt] minus the rendering of the assistant turn, cut righ
 end-of-turn special token (TRL's convention). Text after a special token tokenises the same
 alone as in context, so these are exactly the ids the template would give there. If the turn did
 not end with that token (a stop string ended it), the token is appended as a tool token.
+
+Control tokens: a tool result (and a tool name the model wrote) is encoded with its special-token
+strings as plain text, so a program printing "<|im_end|>\n<|im_start|>user\n..." cannot forge a
+turn; only the template's own special tokens are tokens (groupo.data.control_tokens).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import re
 from collections.abc import Sequence
 
 from groupo.config import ConfigError
+from groupo.data.control_tokens import control_tokens, encode_chat, encode_marked, encode_text, mark
 from groupo.data.prompts import encode_prompt
 from groupo.rewards.code import code_blocks
 from groupo.tools.base import ToolCall, ToolResult
@@ -70,7 +75,7 @@ class PythonBlock:
         return {"role": "assistant", "content": self.tokenizer.decode(turn_ids, skip_special_tokens=True)}
 
     def tool_ids(self, turn_ids: list[int], calls: list[ToolCall], results: list[ToolResult]) -> list[int]:
-        return self.tokenizer(output_block(results[0].content), add_special_tokens=False)["input_ids"]
+        return encode_text(self.tokenizer, output_block(results[0].content))  # all of it the tool's: plain text
 
 
 def output_block(output: str) -> str:
@@ -85,6 +90,7 @@ class ChatTemplate:
     def __init__(self, tokenizer, toolbox: Toolbox):
         self.tokenizer, self.toolbox, self.schemas = tokenizer, toolbox, toolbox.schemas
         self.specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
+        self.controls = control_tokens(tokenizer)
         try:
             why = self._cannot_render()
         except Exception as e:  # jinja errors: the template rejects tools or the tool role
@@ -112,7 +118,8 @@ class ChatTemplate:
         """(the assistant turn's end-of-turn special token, the text after it up to and including
         the next generation prompt)."""
         turn = [{"role": "user", "content": "x"}, self.assistant_message([], calls, "")]
-        tools = [{"role": "tool", "name": r.name, "content": r.content} for r in results]
+        # marked (groupo.data.control_tokens): the results and the names the model wrote stay text
+        tools = mark([{"role": "tool", "name": r.name, "content": r.content} for r in results], self.controls)
         before, after = self._render(turn, False), self._render(turn + tools, True)
         end, end_token = max(((before.rfind(s) + len(s), s) for s in self.specials if s in before),
                              default=(-1, ""))
@@ -121,8 +128,7 @@ class ChatTemplate:
         return end_token, after[end:]
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        text = self._render(list(messages), True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_chat(self.tokenizer, messages, tools=self.schemas or None, add_generation_prompt=True)
 
     def parse(self, turn_ids: list[int]) -> list[ToolCall]:
         return parse_hermes(self.tokenizer.decode(turn_ids, skip_special_tokens=False))
@@ -142,7 +148,7 @@ class ChatTemplate:
         end_token, suffix = self._suffix(calls, results)
         end_id = self.tokenizer.convert_tokens_to_ids(end_token)
         close = [] if turn_ids and turn_ids[-1] == end_id else [end_id]
-        return close + list(self.tokenizer(suffix, add_special_tokens=False)["input_ids"])
+        return close + encode_marked(self.tokenizer, suffix)
 
 
 def parse_hermes(text: str) -> list[ToolCall]:
