@@ -80,6 +80,18 @@ def words(n: int) -> str:
     """
     return " ".join(f"w{i}" for i in range(n))
 
+def huge() -> str:
+    """Ten megabytes of text."""
+    return "y " * (5 << 20)
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("str boom")
+
+def unprintable() -> str:
+    """A result whose str() raises."""
+    return Unprintable()
+
 def no_doc(a: int) -> int:
     return a
 
@@ -118,6 +130,30 @@ class Counter:
 class BadReset:
     def reset(self, **columns):
         raise KeyError("level")
+
+class DoneRaises:
+    @property
+    def done(self):
+        raise RuntimeError("done boom")
+
+    def reset(self, **columns):
+        return None
+
+    def act(self, x: int) -> str:
+        """Act.
+
+        Args:
+            x: A number.
+        """
+        return "acted"
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("str boom")
+
+class BadObservation(DoneRaises):
+    def reset(self, **columns):
+        return Unprintable()
 
 class NoReset:
     def act(self, x: int) -> str:
@@ -315,6 +351,34 @@ def test_bad_calls_come_back_as_error_results(tool_file):
     assert ep.call(ToolCall("slow", {"seconds": 0.01})).content == "woke"
     assert ep.call(ToolCall("shout", {"text": "hi"})).content == "HI"  # async, on the toolbox's loop
     assert ep.call(ToolCall("add", {"a": 2, "b": 3})) .content == "5"
+
+
+def test_a_result_whose_str_raises_and_an_environment_whose_done_raises_do_not_escape(tool_file, env_file, caplog):
+    ep = toolbox(["unprintable"], tool_file).new_episode({})
+    result = ep.call(ToolCall("unprintable", {}))
+    assert (result.content, result.error) == ("Error: RuntimeError: str boom", True)
+    box = Toolbox({}, load_environment(f"{env_file}:DoneRaises"), ToolSettings(), make_tokenizer())
+    ep = box.new_episode({})
+    assert ep.call(ToolCall("act", {"x": 1})).content == "acted"
+    with caplog.at_level("WARNING", logger="groupo"):
+        assert ep.done is False and box.new_episode({}).done is False
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: episodes.environment: {env_file}:DoneRaises: reading `done` raised RuntimeError: done boom; "
+        "read as not done"]  # once per run, not per episode
+    bad = Toolbox({}, load_environment(f"{env_file}:BadObservation"), ToolSettings(), make_tokenizer())
+    with pytest.raises(ConfigError, match=r"reset\(\*\*columns\) failed on a row .*: RuntimeError: str boom$"):
+        bad.new_episode({})
+
+
+def test_a_huge_result_is_cut_by_length_before_it_is_tokenized(tool_file):
+    tok = make_tokenizer()
+    box = toolbox(["huge"], tool_file, max_output_tokens=8)
+    start = time.monotonic()
+    result = box.new_episode({}).call(ToolCall("huge", {}))
+    assert time.monotonic() - start < 2.0  # before: 19 s, tokenizing all 10 MB under the toolbox's lock
+    kept = tok.decode(tok("y " * 128, add_special_tokens=False)["input_ids"][:8])  # 8 tokens of 8 * 32 characters
+    assert result.truncated and not result.error
+    assert result.content == kept + f"\n[... truncated {10 * 2**20 - len(kept)} characters]"
 
 
 def test_long_output_is_cut_at_max_output_tokens_and_marked(tool_file):

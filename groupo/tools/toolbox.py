@@ -2,8 +2,9 @@
 
 Whatever the model writes, a call ends as a `ToolResult` that goes back to it: malformed JSON, an
 unknown tool (the valid names are listed), wrong arguments, a tool that raises (its exception
-type and message), a call past its wall-clock limit, output past `max_output_tokens` (cut and
-marked). Each is counted in the episode's statistics.
+type and message; also a result whose `str()` raises), a call past its wall-clock limit, output
+past `max_output_tokens` (cut and marked). Each is counted in the episode's statistics. An
+environment whose `done` raises is read as not done, with one warning.
 
 Timeouts: `python` runs under the sandbox's own limits. A user or environment function runs in a
 thread of its own that the caller stops waiting for after `timeout_s`; Python cannot kill a
@@ -15,17 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from groupo.config import ConfigError
+from groupo.data.control_tokens import encode_text
 from groupo.tools.base import Tool, ToolCall, ToolResult, ToolSettings, is_async
 from groupo.tools.load import Environment
 from groupo.tools.python_tool import PythonSession
 
 TRUNCATION_MARK = "\n[... truncated {n} tokens]"
+CUT_MARK = "\n[... truncated {n} characters]"
+# Tokenizing costs time in the length of the text (a 10 MB result: 19 s, under the lock below), so
+# a result is first cut to this many characters per allowed token, more than any token spans in
+# practice; only then is it tokenized and cut to max_output_tokens.
+MAX_TOKEN_CHARS = 32
+log = logging.getLogger(__name__)
 
 
 class Toolbox:
@@ -43,6 +52,7 @@ class Toolbox:
         self.environment, self.settings, self.tokenizer = environment, settings, tokenizer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        self._warned_done = False
 
     @property
     def schemas(self) -> list[dict]:
@@ -57,10 +67,11 @@ class Toolbox:
             try:
                 env = self.environment.factory()
                 observation = env.reset(**columns)
+                observation = None if observation is None else str(observation)
             except Exception as e:  # the user's code, on a dataset row: name both
                 raise ConfigError(f"episodes.environment: {self.environment.spec} reset(**columns) failed on a row "
                                   f"with columns {sorted(columns)}: {type(e).__name__}: {e}") from e
-        return EpisodeTools(self, env, None if observation is None else str(observation))
+        return EpisodeTools(self, env, observation)
 
     def run_async(self, coro, timeout_s: float) -> Any:
         """Run a coroutine on the toolbox's event loop (one for the run, in a daemon thread, as TRL
@@ -72,14 +83,22 @@ class Toolbox:
         return asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout_s), self._loop).result()
 
     def truncate(self, text: str) -> tuple[str, bool]:
-        """`text` cut to max_output_tokens tokens of the policy's tokenizer, with a marker."""
+        """`text` cut to max_output_tokens tokens of the policy's tokenizer, with a marker: the
+        tokens cut, or where the text was first cut by length (see MAX_TOKEN_CHARS), the characters."""
         limit = self.settings.max_output_tokens
+        head = text[:limit * MAX_TOKEN_CHARS]
         with self._lock:  # a fast tokenizer called from two threads at once can fail ("Already borrowed")
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) <= limit:
-                return text, False
-            kept = self.tokenizer.decode(ids[:limit], skip_special_tokens=False)
-        return kept + TRUNCATION_MARK.format(n=len(ids) - limit), True
+            ids = encode_text(self.tokenizer, head)  # as formats encode it: special-token strings are text
+            kept = self.tokenizer.decode(ids[:limit], skip_special_tokens=False) if len(ids) > limit else head
+        if len(head) == len(text):
+            return (text, False) if len(ids) <= limit else (kept + TRUNCATION_MARK.format(n=len(ids) - limit), True)
+        return kept + CUT_MARK.format(n=len(text) - len(kept)), True
+
+    def warn_done(self, e: Exception) -> None:
+        if not self._warned_done:
+            self._warned_done = True
+            log.warning("warning: episodes.environment: %s: reading `done` raised %s: %s; read as not done",
+                        self.environment.spec if self.environment else "?", type(e).__name__, e)
 
 
 class EpisodeTools:
@@ -93,7 +112,11 @@ class EpisodeTools:
     @property
     def done(self) -> bool:
         """The environment says the episode is over (an attribute `done` that is true)."""
-        return bool(getattr(self.environment, "done", False))
+        try:
+            return bool(getattr(self.environment, "done", False))
+        except Exception as e:  # the user's property, e.g. on a state the model's calls produced
+            self.toolbox.warn_done(e)
+            return False
 
     def call(self, call: ToolCall) -> ToolResult:
         start = time.monotonic()
@@ -119,25 +142,29 @@ class EpisodeTools:
         except TypeError as e:
             return f"Error: wrong arguments for {call.name}: {e}", True
         timeout = self.toolbox.settings.timeout_s
-        try:
+        try:  # str() of the result too: it is the user's code, and may raise or take long
             if is_async(func):
-                result = self.toolbox.run_async(func(**call.arguments), timeout)
+                text = self.toolbox.run_async(_as_text(func(**call.arguments)), timeout)
             else:
-                result = _run_with_timeout(func, call.arguments, timeout)
+                text = _run_with_timeout(lambda: str(func(**call.arguments)), timeout)
         except TimeoutError:
             return f"Error: {call.name} did not return within {timeout:g} s", True
         except Exception as e:
             return f"Error: {type(e).__name__}: {e}", True
-        return str(result), False
+        return text, False
 
 
-def _run_with_timeout(func: Callable, kwargs: dict, timeout_s: float) -> Any:
-    """func(**kwargs) in a daemon thread; TimeoutError if it has not returned after timeout_s."""
+async def _as_text(coro) -> str:
+    return str(await coro)
+
+
+def _run_with_timeout(func: Callable[[], Any], timeout_s: float) -> Any:
+    """func() in a daemon thread; TimeoutError if it has not returned after timeout_s."""
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = func(**kwargs)
+            box["result"] = func()
         except BaseException as e:  # handed to the caller, which turns it into an error result
             box["error"] = e
 
