@@ -420,6 +420,21 @@ def test_python_keeps_state_across_the_calls_of_one_episode_only():
 
 
 @linux
+def test_a_cell_that_exits_does_not_silence_the_later_calls():
+    box = toolbox(["python"], timeout_s=5.0)
+    run = lambda e, code: (lambda r: (r.content, r.error))(e.call(ToolCall("python", {"code": code})))
+    ep = box.new_episode({})
+    assert run(ep, "x = 1\nimport sys\nprint('bye')\nsys.exit(0)\nx = 2") == ("bye\n", False)  # ends the cell
+    assert run(ep, "print('second', x)") == ("second 1\n", False)  # before: '' for every later call
+    ep = box.new_episode({})
+    unfinished = "SystemExit: the program ended before the end of the cell; its variables are not kept"
+    assert run(ep, "y = 1\nimport os\nprint('hi', flush=True)\nos._exit(0)") == (f"hi\n{unfinished}", True)
+    assert run(ep, "print('second', 'y' in globals())") == ("second False\n", False)  # not replayed
+    assert run(ep, "import sys\nsys.exit(3)") == ("Error: exit status 3", True)
+    assert run(ep, "print('third')") == ("third\n", False)
+
+
+@linux
 def test_the_sandbox_holds_for_python_tool_calls(tmp_path):
     box = toolbox(["python"], timeout_s=5.0, python_memory_mb=512)
     run = lambda code: box.new_episode({}).call(ToolCall("python", {"code": code}))

@@ -11,30 +11,45 @@ accumulate over the episode, and which the sandbox cannot tear down between call
 the earlier cells' run time again (all of it within the call's wall-clock limit), and a cell whose
 result is not deterministic (random numbers without a seed, the clock) may give other values when
 replayed. Cells that failed are not replayed, so a traceback does not repeat in every later call.
+
+A cell counts as successful only when the runner got past it: after the cell it writes a marker
+(a nonce of the run) to a descriptor of its own. `sys.exit(0)` in a cell ends that cell only
+(as in a notebook), and a cell that ends the interpreter some other way (`os._exit(0)`) is not
+kept: replayed, either would end every later call before its cell ran, silently.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 
 from groupo.sandbox import Limits, Result, shared_sandbox
 
 # Runs in the sandbox as main.py: the earlier cells (in _cells.json) with stdout/stderr silenced,
-# then the new one, all in one namespace, as a notebook would.
+# then the new one, all in one namespace, as a notebook would; then the end marker (MARKER is
+# replaced by the run's nonce) on a copy of stderr's descriptor.
 _RUNNER = """\
 import json as _json, os as _os, sys as _sys
 _g = {"__name__": "__main__", "__builtins__": __builtins__}
-_out, _err = _sys.stdout, _sys.stderr
+_out, _err, _end = _sys.stdout, _sys.stderr, _os.dup(2)
+def _run(_cell, _name):
+    try:
+        exec(compile(_cell, _name, "exec"), _g)
+    except SystemExit as _e:  # sys.exit(0) ends the cell, not the session
+        if _e.code not in (None, 0):
+            raise
 with open(_os.devnull, "w") as _null:
     _sys.stdout = _sys.stderr = _null
     for _i, _cell in enumerate(_json.load(open("_cells.json"))):
-        exec(compile(_cell, f"<cell {_i + 1}>", "exec"), _g)
+        _run(_cell, f"<cell {_i + 1}>")
     _sys.stdout, _sys.stderr = _out, _err
 _out.reconfigure(line_buffering=True)  # what a cell printed before a time limit killed it is kept
-_cell = open("_cell.py").read()
-exec(compile(_cell, "<cell>", "exec"), _g)
+_run(open("_cell.py").read(), "<cell>")
+_out.flush()
+_os.write(_end, b"MARKER")
 """
+UNFINISHED = "SystemExit: the program ended before the end of the cell; its variables are not kept"
 
 
 def python(code: str) -> str:
@@ -56,7 +71,11 @@ class PythonSession:
 
     def run(self, code: str) -> tuple[str, bool]:
         files = {"_cells.json": json.dumps(self.cells), "_cell.py": code}
-        result = shared_sandbox(self.workers).run(_RUNNER, files=files, limits=self.limits)
+        marker = f"[groupo cell {secrets.token_hex(8)} done]"
+        result = shared_sandbox(self.workers).run(_RUNNER.replace("MARKER", marker), files=files, limits=self.limits)
+        if result.ok and not result.stderr.endswith(marker):  # os._exit(0), or the marker's descriptor closed
+            out = result.stdout if not result.stdout or result.stdout.endswith("\n") else result.stdout + "\n"
+            return out + UNFINISHED, False
         if result.ok:
             self.cells.append(code)
         return describe(result, self.limits), result.ok
