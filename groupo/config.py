@@ -137,7 +137,7 @@ class RolloutConfig:
     temperature: float = _f(0.7, "sampling temperature", min=0, min_exclusive=True)
     top_p: float = _f(1.0, "nucleus sampling threshold", min=0, max=1, min_exclusive=True)
     top_k: int = _f(0, "top-k sampling (0 = off)", min=0)
-    stop: list[str] = _f([], "extra stop strings (the EOS token always stops)")
+    stop: list[str] = _f([], "extra stop strings (the EOS token always stops); none may be empty or blank")
     batch_size: int = _f(64, "sequences generated per forward batch", min=1)
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
@@ -551,6 +551,9 @@ def check_together(cfg: Config) -> None:
     if E.tool_format == "python_block" and (set(E.tools) - {"python"} or E.environment):
         raise ConfigError("episodes.tool_format=python_block runs ```python blocks with the python tool only; other "
                           "tools and environments need episodes.tool_format=chat_template")
+    if blank := [s for s in R.stop if not s.strip()]:  # "" is in every text: one token, no training signal
+        raise ConfigError(f"rollout.stop: {blank[0]!r} is empty or whitespace only, so every completion would end "
+                          "at its first token or line break; remove it")
     if A.engine_old_logprobs and A.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{A.num_iterations} (later updates need the trainer's own old log-probs)")

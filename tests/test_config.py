@@ -195,6 +195,21 @@ def test_a_group_of_one_is_refused():
         load_config(None, ["rollout.group_size=1"])
 
 
+@pytest.mark.parametrize("stop", ['[""]', '["</answer>", " "]', '["\\n\\t"]'])
+def test_an_empty_or_blank_stop_string_is_refused(stop):
+    with pytest.raises(ConfigError, match=r"^rollout\.stop: '.*' is empty or whitespace only, so every completion "
+                                          r"would end at its first token or line break; remove it$"):
+        load_config(None, [f"rollout.stop={stop}"])
+    assert load_config(None, ['rollout.stop=["</answer>", "x "]']).rollout.stop == ["</answer>", "x "]
+
+
+def test_an_empty_stop_string_is_one_line_and_exit_status_2():
+    r = subprocess.run([sys.executable, "-m", "groupo", "train", 'rollout.stop=[""]'], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert (r.returncode, r.stderr) == (2, "groupo: error: rollout.stop: '' is empty or whitespace only, so every "
+                                           "completion would end at its first token or line break; remove it\n")
+
+
 def test_a_section_written_twice_is_an_error_naming_both_lines(tmp_path):
     p = _write(tmp_path, "train:\n  steps: 3\nrollout:\n  group_size: 4\ntrain:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=rf"{re.escape(str(p))}, line 5.*'train' appears twice.*line 1"):
