@@ -12,10 +12,12 @@ from groupo.config import Config, ConfigError
 
 def validate(cfg: Config) -> None:
     """Names that must be registered somewhere: algorithm.preset, rollout.engine, run.sinks, and the
-    held-out split of a generated task (a file task's is checked when it loads; extra splits a task
-    lacks are skipped with a warning, groupo.data.extra_eval_sets)."""
+    held-out splits of a generated task. An extra split that no generated task has (a typo) is an
+    error; one that another has (the quickstart's `unseen`, under `task.name=countdown`) is skipped
+    with one warning line when the task loads, as is one a file task lacks
+    (groupo.data.extra_eval_sets)."""
     from groupo.algorithms.presets import PRESETS
-    from groupo.data.builtin import check_eval_split
+    from groupo.data.builtin import EVAL_SPLITS, check_eval_split
     from groupo.engines import ENGINES
     from groupo.report.sinks import SINKS
 
@@ -37,3 +39,6 @@ def validate(cfg: Config) -> None:
     if twice := next((s for i, s in enumerate(extra) if s in extra[:i] or s == cfg.task.eval_split), None):
         raise ConfigError(f"task.extra_eval_splits: split {twice!r} is already evaluated "
                           f"(task.eval_split = {cfg.task.eval_split!r}, extra: {', '.join(extra)})")
+    known = {s for splits in EVAL_SPLITS.values() for s in splits}
+    if cfg.task.name in EVAL_SPLITS and (typo := next((s for s in extra if s not in known), None)):
+        check_eval_split(cfg.task.name, typo, key="task.extra_eval_splits")

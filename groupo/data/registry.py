@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -11,6 +11,7 @@ from groupo.data.task import DataError, Task
 from groupo.types import Problem
 
 TASKS: dict[str, Callable[..., Task]] = dict(BUILDERS)
+log = logging.getLogger("groupo")
 
 
 def load_task(cfg) -> Task:
@@ -28,16 +29,17 @@ def extra_eval_sets(cfg) -> dict[str, list[Problem]]:
     """`cfg.extra_eval_splits` (a `TaskConfig`'s): split name -> its held-out problems, each the
     task loaded with that `eval_split` and cut to `eval_size`.
 
-    A split the task lacks is named in one warning and skipped rather than refused: the quickstart
-    lists the arithmetic task's `unseen`, and `groupo train task.name=gsm8k ...` on top of it should
-    train, not stop on a split it never asked for."""
+    A split the task lacks is named in one warning line and skipped rather than refused: the
+    quickstart lists the arithmetic task's `unseen`, and `groupo train task.name=gsm8k ...` on top
+    of it should train, not stop on a split it never asked for. (A split no generated task has is
+    refused with the config, groupo.config_rules.)"""
     out = {}
     for split in cfg.extra_eval_splits:
         try:
             check_eval_split(cfg.name, split, key=None)
             out[split] = load_task(replace(cfg, eval_split=split)).test[: cfg.eval_size or None]
         except DataError as e:
-            warnings.warn(f"task.extra_eval_splits: split {split!r} skipped: {e}", stacklevel=2)
+            log.warning("warning: task.extra_eval_splits: split %r skipped: %s", split, e)
     return out
 
 
