@@ -92,3 +92,21 @@ def test_each_rewards_time_is_logged_and_a_slow_one_warned_about_once(monkeypatc
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and warned[0].startswith("reward 'slow' (") and "(over 0.1 s per call)" in warned[0]
     assert "took 0.2 s for 3 completions" in warned[0]
+
+
+def test_a_file_rewards_metric_keys_carry_its_file_name_not_its_path(tmp_path):
+    from groupo.config import ConfigError
+    from groupo.report.keys import fn_key
+    from groupo.rewards.trl_compat import RewardLog
+
+    (tmp_path / "rewards.py").write_text("def slow6(completions, **kw):\n    return [1.0] * len(completions)\n")
+    spec = f"{tmp_path}/rewards.py:slow6"
+    log = RewardLog()
+    score(resolve_rewards({spec: 1.0}, {}), [PROMPT] * 3, TEXTS, ROWS, log=log)
+    assert list(log.time_metrics()) == ["time/reward/rewards.py:slow6"]  # before: time/reward//tmp/.../rewards.py:slow6
+    assert fn_key(spec) == "reward/fn/rewards.py:slow6" and fn_key("trl.rewards:accuracy_reward") == (
+        "reward/fn/trl.rewards:accuracy_reward")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "rewards.py").write_text((tmp_path / "rewards.py").read_text())
+    with pytest.raises(ConfigError, match=r"would share the metric name 'rewards.py:slow6'; give the two files"):
+        resolve_rewards({spec: 1.0, f"{tmp_path}/b/rewards.py:slow6": 1.0}, {})

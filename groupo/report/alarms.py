@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from groupo.config import AlarmsConfig
+from groupo.report.keys import fn_key
 
 History = list[dict[str, Any]]
 Check = Callable[[History, AlarmsConfig, str], "tuple[str, str] | None"]
@@ -123,7 +124,7 @@ def check_reward_hacking(history: History, cfg: AlarmsConfig, eval_reward: str):
     if acc0 - acc1 < cfg.hacking_delta:
         return None
     for key in sorted(history[-1]):
-        if not key.startswith("reward/fn/") or key == f"reward/fn/{eval_reward}":
+        if not key.startswith("reward/fn/") or key == fn_key(eval_reward):
             continue
         other = _tail(history, key, cfg.hacking_window)
         if other is not None and (o := _halves(other))[1] - o[0] >= cfg.hacking_delta:

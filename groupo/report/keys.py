@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+from groupo.rewards.trl_compat import metric_name
+
 KEYS: dict[str, str] = {
     "step": "optimizer steps done (the x axis everywhere)",
     "reward/mean": "weighted total reward, mean over the batch's completions",
     "reward/std": "its standard deviation over the batch",
-    "reward/fn/<name>": "reward function `<name>`'s unweighted score, mean over the samples it scored",
+    "reward/fn/<name>": "reward function `<name>`'s unweighted score, mean over the samples it scored (a reward "
+                        "file's `<name>` is its file's name and function, `rewards.py:fn`, not its path)",
     "reward/none_frac/<name>": "share of samples `<name>` returned None for (no score)",
     "reward/timeout_frac": "share of the step's samples whose symbolic answer check timed out (scored 0)",
     "reward/gold_unparsed_frac": "share of the step's prompts whose reference answer is neither a number nor math",
@@ -65,7 +68,7 @@ UPDATE_KEYS: dict[str, str] = {
 
 
 def fn_key(name: str) -> str:
-    return f"reward/fn/{name}"
+    return f"reward/fn/{metric_name(name)}"
 
 
 def documented(key: str) -> bool:

@@ -26,7 +26,7 @@ from groupo.rewards.extract import DEFAULT_ORDER, check_order
 from groupo.rewards.format import answer_format_reward, format_reward, soft_format_reward, tag_count_reward
 from groupo.rewards.length import cosine_reward, overlong_reward
 from groupo.rewards.math import accuracy_reward
-from groupo.rewards.trl_compat import adapt
+from groupo.rewards.trl_compat import adapt, metric_name
 
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
@@ -122,6 +122,11 @@ def resolve_rewards(rewards: Any, defaults: Any, max_completion_length: int | No
             out[name] = (adapt(_bind(REWARDS[name], options), aliases, False), float(weight))
         else:
             out[name] = (adapt(load_user_fn(name), aliases, as_text), float(weight))
+    seen: dict[str, str] = {}
+    for name in out:  # metric keys carry a file's name, not its path (trl_compat.metric_name)
+        if (other := seen.setdefault(metric_name(name), name)) != name:
+            raise ConfigError(f"rewards.funcs: {other!r} and {name!r} would share the metric name "
+                              f"{metric_name(name)!r}; give the two files different names")
     return out
 
 

@@ -58,7 +58,15 @@ class RewardLog:
 
     def time_metrics(self) -> dict[str, float]:
         """`time/reward/<name>`: seconds spent in each function, summed over the calls logged."""
-        return {f"time/reward/{k}": v for k, v in self.seconds.items()}
+        return {f"time/reward/{metric_name(k)}": v for k, v in self.seconds.items()}
+
+
+def metric_name(name: str) -> str:
+    """A reward's name as metric keys carry it: a file spec, /path/to/rewards.py:fn, by its file's
+    name, rewards.py:fn (the path put the machine's folders into metrics.jsonl, and a slash
+    starts a TensorBoard tag level: `time/reward//home/...`). Other names are unchanged."""
+    where, sep, func = name.rpartition(":")
+    return f"{where.rsplit('/', 1)[-1]}:{func}" if sep and where.endswith(".py") else name
 
 
 def is_conversational(prompt: Any) -> bool:

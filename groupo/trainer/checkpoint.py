@@ -170,9 +170,14 @@ def _replace(tmp: Path, final: Path) -> None:
 def _save_failure(ckpt_root: Path, step: int, e: Exception, saved: list[Path]) -> str:
     reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or
                                                                         [type(e).__name__])[0]
-    # safetensors and torch.save report OS errors in their own types: the errno is only in the text
+    # safetensors and torch.save report OS errors in their own types: the errno is only in the text.
+    # torch's writer reports a full disk as a short write: "[enforce fail at inline_container.cc:672]
+    # . unexpected pos 4160 vs 4054".
     code = getattr(e, "errno", None)
-    full = code in (errno.ENOSPC, errno.EDQUOT) or any(t in reason for t in ("os error 28", "iostream error"))
+    full = code in (errno.ENOSPC, errno.EDQUOT) or any(
+        t in reason for t in ("os error 28", "iostream error", "unexpected pos"))
+    if full:
+        reason = os.strerror(errno.ENOSPC)  # what happened, not the writer's wording of it
     locked = code in (errno.EACCES, errno.EPERM, errno.EROFS) or any(
         t in reason for t in ("os error 13", "os error 30", "os error 1)"))
     hint = ("the disk is full: free space there" if full else

@@ -17,7 +17,7 @@ import torch
 from groupo.algorithms import zero_variance_groups
 from groupo.distributed import Dist, gather_objects
 from groupo.rewards import score_completions
-from groupo.rewards.trl_compat import RewardLog, RewardState
+from groupo.rewards.trl_compat import RewardLog, RewardState, metric_name
 from groupo.types import Completion, Problem, SamplingParams
 
 
@@ -126,6 +126,7 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
         n_zero_var=n_zero_var, n_groups=n_groups, group_size=G,
         reward_metrics={**{f"reward_log/{k}": sum(v) / len(v) for k, v in metrics.items() if v},
                         # the slowest rank's seconds per function: the time the step waited for it
-                        **{f"time/reward/{k}": max(s.get(k, 0.0) for _, _, s in logs) for k in logs[0][2]}},
+                        **{f"time/reward/{metric_name(k)}": max(s.get(k, 0.0) for _, _, s in logs)
+                           for k in logs[0][2]}},
         reward_timeouts=sum(t for t, _, _ in logs))
     return batch, data_position

@@ -13,6 +13,7 @@ import torch
 from groupo.report.keys import UPDATE_KEYS, fn_key
 from groupo.rewards.extract import parse_number
 from groupo.rewards.math import looks_symbolic
+from groupo.rewards.trl_compat import metric_name
 from groupo.rollout.metrics import episode_metrics
 
 
@@ -32,7 +33,8 @@ def step_record(step: int, rollout, update_metrics: dict[str, float], eval_rewar
         "step": step, "reward/mean": all_r.mean().item() if len(all_r) else None,
         "reward/std": all_r.std().item() if len(all_r) > 1 else None,
         **{fn_key(k): _mean(v) for k, v in rollout.per_fn.items()},
-        **{f"reward/none_frac/{k}": sum(x is None for x in v) / len(v) for k, v in rollout.per_fn.items() if v},
+        **{f"reward/none_frac/{metric_name(k)}": sum(x is None for x in v) / len(v)
+           for k, v in rollout.per_fn.items() if v},
         "reward/timeout_frac": rollout.reward_timeouts / n if n else None,
         "reward/gold_unparsed_frac": (_mean([float(not parses(p.answer)) for p in rollout.problems])
                                       if eval_reward == "accuracy" else None),
