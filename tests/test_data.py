@@ -265,3 +265,22 @@ def test_a_task_with_no_training_rows_is_refused_with_the_counts(tmp_path):
         require_train(load_task(TaskConfig(name="generic", path=str(tmp_path / "split"))))
     with pytest.raises(DataError, match=r"has no rows to train on"):  # what the loop's len() meets too
         len(load_task(TaskConfig(name=str(empty))).train)
+
+
+def test_a_file_task_in_python_tool_style_shows_a_worked_episode_of_the_tool(tmp_path, caplog):
+    """A file's rows have no programs: their worked example would answer without the tool (a tools
+    run scored 0% on the user's own file). The python_tool style shows big_arithmetic's episodes."""
+    path = tmp_path / "my.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {a} * 7?", "answer": str(a * 7)}) + "\n"
+                            for a in range(100, 120)))
+    own = load_task(TaskConfig(name="big_arithmetic", prompt_style="python_tool", few_shot=1, seed=3)).test[0]
+    worked = own.messages[1]["content"]  # the worked episode big_arithmetic itself shows, seed 3
+    assert worked.startswith("```python\nprint(") and "\n```\n```output\n" in worked and worked.endswith("</answer>")
+    with caplog.at_level("INFO", logger="groupo"):
+        task = load_task(TaskConfig(name=str(path), prompt_style="python_tool", few_shot=1, seed=3, eval_split="all"))
+    assert all(p.messages[:-1] == own.messages[:-1] for p in task.test)  # before: "<answer>707</answer>" alone
+    assert [r.getMessage() for r in caplog.records] == [
+        "note: task my has no ```python solutions to show, so its 1 worked example(s) for "
+        "task.prompt_style=python_tool are big_arithmetic episodes (program, output, answer)"]
+    other = load_task(TaskConfig(name=str(path), prompt_style="answer_tag", few_shot=1, seed=3))
+    assert other.test[0].messages[1]["content"].startswith("<answer>")  # other styles: the file's own rows

@@ -16,6 +16,7 @@ test-only benchmarks from the last rows of the file, which are then left out of 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -39,6 +40,7 @@ from groupo.data.task import DataError, Task, default_rewards, seeded_split, sub
 
 SUPPORTED = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 Reader = Callable[..., list[dict]]
+log = logging.getLogger("groupo")
 
 
 class NoSplit(Sequence):
@@ -60,6 +62,7 @@ def _examples(rows: Sequence[dict], n: int) -> list[Example]:
 
 def _finish(name: str, cfg, train_rows: Sequence[dict] | NoSplit, test_rows: list[dict],
             examples: list[Example]) -> Task:
+    examples = _showing_the_tool(name, cfg, examples)
     if isinstance(train_rows, NoSplit):
         train: Sequence = train_rows
     else:
@@ -102,6 +105,27 @@ def _worked(p, style: str) -> str:
     return f"{p.expression.replace('*', '×')} = {p.answer}."
 
 
+def tool_examples(seed: int, n: int) -> list[Example]:
+    """n worked episodes of the python_tool protocol (a program, its output block, the answer):
+    big_arithmetic's, the ones configs/tools_quickstart.yaml trains with at the same task.seed."""
+    stream, _ = big_arithmetic.splits(seed)
+    return [Example(p.question, _worked(p, "python_tool"), str(p.answer))
+            for p in (stream[len(stream) - 1 - i] for i in range(n))]
+
+
+def _showing_the_tool(name: str, cfg, examples: list[Example]) -> list[Example]:
+    """A python_tool prompt's worked examples must show the protocol. A data file's rows have no
+    programs, and an example that answers without the tool is what the model copies (a tools run
+    scored 0% on the user's own file, base and trained alike, against 100% on its own task): such
+    examples are replaced by `tool_examples`, and one line says so."""
+    if cfg.prompt_style != "python_tool" or all("```python" in e.reasoning for e in examples[:cfg.few_shot]):
+        return examples
+    log.info("note: task %s has no ```python solutions to show, so its %d worked example(s) for "
+             "task.prompt_style=python_tool are big_arithmetic episodes (program, output, answer)",
+             name, cfg.few_shot)
+    return tool_examples(cfg.seed, cfg.few_shot)
+
+
 def big_arithmetic_task(cfg) -> Task:
     check_eval_split("big_arithmetic", cfg.eval_split)
     stream, test = big_arithmetic.splits(cfg.seed)
@@ -112,7 +136,8 @@ def synthetic_task(cfg, name: str, stream: Sequence, test: list, split: str = "t
     """A task over a generated training stream and held-out list of ArithmeticProblem (the held-out
     problems' ids name `split`)."""
     n_train = min(cfg.train_size or len(stream), len(stream) - cfg.few_shot)
-    # Worked examples: the stream's last items, which training (the first n_train) never reaches.
+    # Worked examples: the stream's last items, which training (the first n_train) never reaches
+    # (for big_arithmetic in python_tool style, exactly `tool_examples`).
     shots = [stream[len(stream) - 1 - i] for i in range(cfg.few_shot)]
     examples = [Example(p.question, _worked(p, cfg.prompt_style), str(p.answer)) for p in shots]
 
