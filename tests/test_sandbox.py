@@ -270,6 +270,79 @@ def test_no_file_is_written_or_deleted_outside_the_workdir(attack, sandbox, tmp_
         shutil.rmtree(world)
 
 
+def _needs_minroot(sandbox) -> None:
+    """Skip the fallback (no mount namespace: nothing can be hidden there); where a mount namespace
+    is made, the minimal root must be in use too."""
+    if "mountns" not in sandbox.protections.features:
+        pytest.skip("the fallback without a mount namespace cannot hide files")
+    assert "minroot" in sandbox.protections.features, sandbox.protections.missing.get("minroot")
+
+
+def test_the_users_files_are_not_even_readable(attack, sandbox, tmp_path, monkeypatch):
+    """A minimal root shows the interpreter, its packages and system libraries only: not the
+    working directory (a project's .env and source), the home folder or anything else, even where
+    every user may read them. The fallback without namespaces cannot hide them (docs/tools.md)."""
+    _needs_minroot(sandbox)
+    secret = secrets.token_hex(8)
+    env = tmp_path / ".env"
+    env.write_text(f"API_KEY={secret}\n")
+    env.chmod(0o644)
+    readme = Path(__file__).resolve().parents[1] / "README.md"  # the checkout, world-readable
+    at_home = Path.home() / f".groupo-test-{secret}"
+    at_home.write_text(secret)
+    at_home.chmod(0o644)
+    monkeypatch.chdir(tmp_path)
+    try:
+        score, result = attack(f"""
+            import os, sys
+            seen = []
+            for path in {[str(env), str(readme), str(at_home), "/etc/passwd", "/etc/hostname", "/home", "/var",
+                          "/opt", "/srv", "/mnt", "/sys"]!r}:
+                try:
+                    seen.append(path if os.path.isdir(path) and os.listdir(path) else open(path).read()[:40])
+                except OSError as e:
+                    pass
+            import json, numpy                       # the standard library and site-packages still import
+            print(sorted(os.listdir("/")), seen)
+            if seen:
+                print(42)
+        """)
+    finally:
+        at_home.unlink()
+    root, seen = result.stdout.split("] [")
+    assert score == 0.0 and seen == "]\n" and secret not in result.stdout, result.stdout
+    assert set(eval(root + "]")) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
+                                     "usr", *(p.split("/")[1] for p in (sys.prefix, sys.base_prefix))}
+
+
+def test_the_project_folder_is_covered_where_it_lies_inside_a_shown_one(sandbox, tmp_path, monkeypatch):
+    """A project inside a folder the minimal root shows (a Docker image's /usr/src/app): the
+    working directory is covered, and a virtual environment inside it is shown again."""
+    _needs_minroot(sandbox)
+    from groupo.sandbox import run as sandbox_module
+
+    shown, project = tmp_path / "shown", tmp_path / "shown" / "app"
+    (project / ".venv").mkdir(parents=True)
+    (shown / "other.txt").write_text("visible")
+    (project / "secret.txt").write_text("hidden")
+    (project / ".venv" / "marker.txt").write_text("packages")
+    for p in (tmp_path, shown, project, project / ".venv"):
+        p.chmod(0o755)
+    for f in (shown / "other.txt", project / "secret.txt", project / ".venv" / "marker.txt"):
+        f.chmod(0o644)
+    monkeypatch.setattr(sandbox_module, "PREFIXES", [*sandbox_module.PREFIXES, str(shown), str(project / ".venv")])
+    monkeypatch.chdir(project)
+    result = sandbox.run(f"""
+for f in ("other.txt", "app/secret.txt", "app/.venv/marker.txt"):
+    try:
+        print(f, open({str(shown)!r} + "/" + f).read())
+    except OSError as e:
+        print(f, type(e).__name__)
+""")
+    assert result.stdout.splitlines() == ["other.txt visible", "app/secret.txt FileNotFoundError",
+                                          "app/.venv/marker.txt packages"], result.stderr
+
+
 def test_the_trainers_environment_does_not_reach_the_child(attack, monkeypatch):
     secret = secrets.token_hex(16)
     monkeypatch.setenv("GROUPO_TEST_SECRET", secret)
@@ -427,7 +500,7 @@ def test_an_unprivileged_trainer_gets_user_namespaces():
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                               "/usr/bin/python3", str(script)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert out.stdout.splitlines() == ["['mountns', 'netns', 'pidns', 'proc', 'userns']",
+        assert out.stdout.splitlines() == ["['minroot', 'mountns', 'netns', 'pidns', 'proc', 'userns']",
                                            "['no', 'write', 'OSError'] 0"]
         assert not Path(tmp, "escaped").exists()
 

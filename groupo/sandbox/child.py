@@ -13,7 +13,11 @@ The process tree of one execution:
 
 Setup order matters: namespaces are made while privileged; for a non-root trainer the user
 namespace comes before RLIMIT_NPROC is lowered (its count would otherwise include all of the
-user's processes); mounts before privileges drop; the seccomp filter last.
+user's processes); mounts (the minimal root: new_root) before privileges drop; the seccomp
+filter last.
+
+(Longer than most files: the launcher runs as a script whose folder `-I` keeps off sys.path, so
+every setup step lives in this one file.)
 """
 
 import ctypes
@@ -25,7 +29,16 @@ import sys
 import time
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_PRIVATE = 2, 4, 8, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 12, 1 << 14, 1 << 18
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# The minimal root ("minroot"): what running Python needs besides the interpreter's own folders
+# (sandbox_view): system programs and libraries (the dynamic loader, libc, the libraries of
+# extension modules and of programs a model may start) and the loader's configuration; /dev's
+# harmless devices; /proc. Nothing else of the machine: no home folder, no working directory.
+SYSTEM_VIEW = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
+               "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
+DEVICES = ("null", "zero", "full", "random", "urandom")
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, AT_RECURSIVE, AT_FDCWD = 1, 2, 0x8000, -100
 SYS_MOUNT_SETATTR = 442  # one number on every architecture (Linux 5.12+)
 PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 22, 36, 38
@@ -73,15 +86,105 @@ def unshare(flags: int) -> None:
         _write("/proc/self/gid_map", f"0 {gid} 1")
 
 
-def private_filesystem(disk_mb: int) -> None:
-    """In a new mount namespace: every mount read-only, fresh size-capped tmpfs on /tmp, /dev/shm."""
-    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, MS_PRIVATE, 0)
-    _ok(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/",
-                      ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
-        "mount_setattr(/, read-only, recursive)")
-    for path in ("/tmp", "/dev/shm"):
-        if os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=1777")
+def private_filesystem(disk_mb: int, view: list[str] | None = None, hide: list[str] = ()) -> None:
+    """In a new mount namespace: every mount read-only, fresh size-capped tmpfs on /tmp, /dev/shm.
+    With `view` (minroot): the root is first replaced by one that shows only those host paths
+    (new_root), and `hide` is covered where it lies inside them."""
+    _set_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)
+    if view is None:
+        for path in ("/tmp", "/dev/shm"):
+            if os.path.isdir(path):
+                _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=1777")
+        return
+    new_root(view, hide, disk_mb)
+    _set_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)
+    for path in ("/tmp", "/dev/shm"):  # the scratch mounts only, not what is shown inside them
+        _set_attr(path, 0, MOUNT_ATTR_RDONLY, recursive=False)
+
+
+def _set_attr(path: str, on: int, off: int, recursive: bool = True) -> None:
+    """mount_setattr: set the attributes `on` and clear `off` on the mount at `path` (and every
+    mount under it), making them private (no mount event leaves this namespace)."""
+    attr = _MountAttr(on, off, MS_PRIVATE, 0)
+    _ok(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), path.encode(),
+                      ctypes.c_uint(AT_RECURSIVE if recursive else 0), ctypes.byref(attr),
+                      ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr({path})")
+
+
+def sandbox_view(job: dict) -> list[str]:
+    """The host paths the minimal root shows: the interpreter's installation and the trainer's
+    virtual environment (`job["prefixes"]`: with -S this process does not know the latter), its
+    import path, the packages programs may import (`job["site_packages"]`), and SYSTEM_VIEW."""
+    paths = {sys.base_prefix, sys.base_exec_prefix, *job.get("prefixes", ()), *sys.path,
+             *job.get("site_packages", ()), *SYSTEM_VIEW}
+    return sorted(os.path.abspath(p) for p in paths if p and os.path.lexists(p))
+
+
+def new_root(view: list[str], hide: list[str], disk_mb: int) -> None:
+    """Make the root a fresh tmpfs that shows `view` (bind mounts at the same paths), the devices
+    of DEVICES, /proc, and size-capped tmpfs on /tmp and /dev/shm; then detach the machine's root
+    (pivot_root: no way back to it, unlike chroot). A folder of `hide` (the trainer's working
+    directory and home) inside a shown one is covered by an empty tmpfs; what `view` has inside a
+    covered folder (a virtual environment in the project, or in /tmp) is shown again on top."""
+    root = os.getcwd()  # the launcher's staging folder: nothing of `view` lies under it
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    shown = _outermost(view)
+    for path in shown:
+        _show(path, root + path)
+    _cover(root, "/tmp", f"size={disk_mb}m,mode=1777", view)
+    for path in hide:
+        if path != "/" and any(path.startswith(q + "/") or path == q for q in shown) and os.path.isdir(root + path):
+            _cover(root, path, "size=64k,mode=755", view)
+    dev = root + "/dev"
+    _cover(root, "/dev", "size=64k,mode=755", [])
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            _show(f"/dev/{name}", f"{dev}/{name}")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    _cover(root, "/dev/shm", f"size={disk_mb}m,mode=1777", [])
+    # The machine's /proc, until the program side mounts its PID namespace's own over it (fresh_proc:
+    # a user namespace may mount a proc only where one is already fully visible).
+    _show("/proc", root + "/proc")
+    pivot_root = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if pivot_root is None:
+        raise OSError(0, f"pivot_root: no syscall number for {os.uname().machine}")
+    os.chdir(root)
+    _ok(_libc.syscall(ctypes.c_long(pivot_root), b".", b"."), "pivot_root")
+    _ok(_libc.umount2(b".", MNT_DETACH), "umount2(the old root)")
+    os.chdir("/")
+
+
+def _cover(root: str, path: str, options: str, view: list[str]) -> None:
+    """A fresh tmpfs at `path` of the new root, with the paths of `view` inside it shown on top."""
+    os.makedirs(root + path, exist_ok=True)
+    _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    for inner in _outermost([p for p in view if p.startswith(path + "/")]):
+        _show(inner, root + inner)
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """`paths` without those inside another of them (shown with it)."""
+    out: list[str] = []
+    for p in sorted(paths):
+        if not any(p == q or p.startswith(q + "/") for q in out):
+            out.append(p)
+    return out
+
+
+def _show(src: str, dst: str) -> None:
+    """Bind the host's `src` at `dst` (a symbolic link is copied as a link: /lib -> usr/lib)."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.islink(src):
+        if not os.path.lexists(dst):
+            os.symlink(os.readlink(src), dst)
+        return
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+    elif not os.path.exists(dst):
+        open(dst, "w").close()
+    _mount(src, dst, "", MS_BIND | MS_REC)
 
 
 def fresh_proc() -> None:
@@ -311,7 +414,8 @@ def execute(job: dict) -> dict:
     _ok(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # stdin: enter_program_side
     set_limits(job["limits"])
     if "mountns" in features:
-        private_filesystem(job["limits"]["disk_mb"])
+        view = sandbox_view(job) if "minroot" in features else None
+        private_filesystem(job["limits"]["disk_mb"], view, job.get("hide", []))
         os.chdir("/tmp")
     else:
         os.chdir(job["workdir"])
@@ -355,6 +459,7 @@ def _probe_one(feature: str, job: dict) -> str:
         "mountns": lambda: (unshare(CLONE_NEWNS), private_filesystem(1)),
         "pidns": lambda: (unshare(CLONE_NEWPID), _in_child(lambda: None)),
         "proc": lambda: (unshare(CLONE_NEWNS | CLONE_NEWPID), private_filesystem(1), _in_child(fresh_proc)),
+        "minroot": lambda: _probe_minroot(job),
         "seccomp": lambda: (_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), no_sockets(), _socket_denied()),
     }
     read, write = os.pipe()
@@ -371,6 +476,19 @@ def _probe_one(feature: str, job: dict) -> str:
     _, status = os.waitpid(pid, 0)
     reason = os.read(read, 1000).decode(errors="replace")
     return "" if status == 0 else reason or f"exit status {status}"
+
+
+def _probe_minroot(job: dict) -> None:
+    """The minimal root, and a fresh /proc on top of it where a PID namespace can be made (a user
+    namespace may refuse that proc where it would accept it over the machine's root)."""
+    try:
+        unshare(CLONE_NEWNS | CLONE_NEWPID)
+        pidns = True
+    except OSError:
+        unshare(CLONE_NEWNS)
+        pidns = False
+    private_filesystem(1, sandbox_view(job), job.get("hide", []))
+    _in_child(fresh_proc if pidns else lambda: None)
 
 
 def _in_child(fn) -> None:

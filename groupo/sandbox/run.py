@@ -16,6 +16,13 @@ What it protects against, and how:
                               size-capped tmpfs on /tmp (the working directory) and /dev/shm; they
                               vanish with the namespace. The unprivileged uid cannot write the
                               user's files either
+    reading the user's files  a minimal root ("minroot", pivot_root in the mount namespace) shows only
+                              the interpreter's installation and virtual environment, the packages,
+                              /usr /bin /sbin /lib*, five files of /etc (the dynamic loader's, the
+                              time zone, alternatives), /dev's null zero full random urandom, and
+                              /proc; the working directory and the home folder are covered where
+                              they lie inside one of these. So a project's .env or source cannot be
+                              printed into a run's samples, report and metric sinks
     the trainer's environment the child starts with a fixed, clean environment; a fresh /proc (PID
                               namespace) hides the trainer's /proc/PID/environ
     the network               a network namespace with no interfaces up (not even 127.0.0.1);
@@ -37,12 +44,15 @@ Which mechanisms a machine allows is probed once per process and logged (`Sandbo
 each one missing is named there with the reason. As root (CI) all of them are used. A non-root
 trainer uses a user namespace instead of a uid change.
 
-What it does not protect against: kernel exploits; reading files that are readable to every user
-(the program sees the filesystem, read-only; nothing leaves but its output); Unix-domain sockets
-on the filesystem that the sandbox's uid may open (e.g. the D-Bus system bus); total memory, which
-is bounded only by memory_mb x processes (no cgroup); CPU contention with the trainer. Without a
-mount namespace, world-writable directories (/tmp, /var/tmp, /dev/shm) stay writable; without a
-PID namespace and not root, a process that leaves its process group survives the run.
+What it does not protect against: kernel exploits; reading what the minimal root shows (files
+every user may read there: the installed packages, system files under /usr; nothing leaves but
+the program's output); total memory, which is bounded only by memory_mb x processes (no cgroup);
+CPU contention with the trainer. Without the minimal root (no mount namespace, or pivot_root
+refused) the program sees the machine's whole filesystem read-only: every world-readable file,
+the working directory included, and Unix-domain sockets the sandbox's uid may open (e.g. the D-Bus
+system bus). Without a mount namespace, world-writable directories (/tmp, /var/tmp, /dev/shm) stay
+writable; without a PID namespace and not root, a process that leaves its process group survives
+the run.
 """
 
 from __future__ import annotations
@@ -67,12 +77,15 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHILD = str(Path(__file__).with_name("child.py"))
-MECHANISMS = ("setuid", "userns", "netns", "mountns", "pidns", "proc", "seccomp")
+MECHANISMS = ("setuid", "userns", "netns", "mountns", "minroot", "pidns", "proc", "seccomp")
 # Sandboxed programs of a root trainer run as uid UID_BASE + 256 * pid + slot (and that gid):
 # unused by any account, distinct between trainers and between concurrent runs, so that
 # RLIMIT_NPROC counts one run's processes and kill(-1) reaches only them. 1.9e9 lies above
 # systemd's dynamic and container ranges (up to 0x6FFFFFFF); UID_BASE + 256 * 2**22 < 2**32 - 1.
 UID_BASE = 1_900_000_000
+# The interpreter's installation and virtual environment, which a minimal root shows (the launcher,
+# started with -S, knows only the installation).
+PREFIXES = sorted({sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix})
 LAUNCH_GRACE_S = 30.0  # set-up time allowed on top of the wall-clock limit before it is a bug
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
              "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -137,11 +150,17 @@ class Protections:
             return "network namespace"
         return "seccomp socket filter" if "seccomp" in self.features else "NOT ISOLATED"
 
+    @property
+    def filesystem(self) -> str:
+        if "minroot" in self.features:
+            return "minimal root (the interpreter, its packages, system libraries), read-only + private tmpfs"
+        return "read-only + private tmpfs" if "mountns" in self.features else "NOT ISOLATED"
+
     def describe(self) -> str:
         who = ("own unprivileged uid" if "setuid" in self.features else
                "user namespace" if "userns" in self.features else "NOT DROPPED (trainer's uid)")
         parts = [f"privileges: {who}", f"network: {self.network}",
-                 f"filesystem: {'read-only + private tmpfs' if 'mountns' in self.features else 'NOT ISOLATED'}",
+                 f"filesystem: {self.filesystem}",
                  f"processes: {'PID namespace' if 'pidns' in self.features else 'process group'}",
                  "limits: time, CPU, memory, processes, output, files"]
         why = "; ".join(f"{k}: {v}" for k, v in sorted(self.missing.items()))
@@ -255,7 +274,7 @@ def probe(disable: frozenset[str] = frozenset(), uid_base: int = UID_BASE) -> Pr
     wanted = [m for m in MECHANISMS if m != ("userns" if root else "setuid")]
     uid, gid = _ids(uid_base, 255)
     job = {"probe": [m for m in wanted if m not in disable], "uid": uid, "gid": gid,
-           "outer_ids": (os.getuid(), os.getgid()), "features": []}
+           "outer_ids": (os.getuid(), os.getgid()), "features": [], "prefixes": PREFIXES, "hide": _hidden()}
     with tempfile.TemporaryDirectory(prefix="groupo-sandbox-") as staging:
         report, _, _ = _launch(job, staging, dict(CLEAN_ENV), LAUNCH_GRACE_S)
     if "error" in report:
@@ -264,7 +283,9 @@ def probe(disable: frozenset[str] = frozenset(), uid_base: int = UID_BASE) -> Pr
     missing.update({m: why for m, why in report["probe"].items() if why})
     features = {m for m, why in report["probe"].items() if not why}
     if not root and "userns" not in features:
-        features -= {"netns", "mountns", "pidns", "proc"}
+        features -= {"netns", "mountns", "minroot", "pidns", "proc"}
+    if "mountns" not in features:
+        features.discard("minroot")
     if "mountns" not in features or "pidns" not in features:
         features.discard("proc")
     if "netns" in features:
@@ -274,6 +295,12 @@ def probe(disable: frozenset[str] = frozenset(), uid_base: int = UID_BASE) -> Pr
     weak = {"setuid", "userns"}.isdisjoint(features) or found.network == "NOT ISOLATED"
     (log.warning if weak else log.info)("sandbox: %s", found.describe())
     return found
+
+
+def _hidden() -> list[str]:
+    """Folders a minimal root covers where they lie inside a folder it shows: the working
+    directory (the project) and the home folder (e.g. a project in /usr/src/app)."""
+    return sorted({os.path.abspath(os.getcwd()), os.path.abspath(os.path.expanduser("~"))})
 
 
 class Sandbox:
@@ -316,7 +343,8 @@ class Sandbox:
             all_files = {**(files or {}), "main.py": code}
             job = {"features": sorted(features), "limits": asdict(limits), "files": all_files,
                    "main": "main.py", "workdir": workdir, "uid": uid, "gid": gid,
-                   "outer_ids": (os.getuid(), os.getgid()), "site_packages": self._site}
+                   "outer_ids": (os.getuid(), os.getgid()), "site_packages": self._site, "hide": _hidden(),
+                   "prefixes": PREFIXES}
             env = {**CLEAN_ENV, "HOME": home, "TMPDIR": home}
             report, out, err = _launch(job, staging, env, limits.wall_s + LAUNCH_GRACE_S, stdin)
         finally:
