@@ -20,6 +20,7 @@ import ast
 import math
 import operator
 import sys
+import warnings
 from fractions import Fraction
 
 MAX_EXPONENT = 10_000
@@ -31,6 +32,9 @@ _LIMIT_BITS = _LIMIT.bit_length()
 # each) and thousands on ordinary ones; its worst case is measured in docs/tools.md.
 MAX_WORK = 10_000_000
 Number = Fraction | float
+# "1if" parses with a SyntaxWarning, which Python writes to stderr: a model's expression must not
+# write to the trainer's output. (A filter set once: catch_warnings is not thread-safe.)
+warnings.filterwarnings("ignore", category=SyntaxWarning, module="<calculator>")
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
@@ -47,7 +51,7 @@ def calculator(expression: str) -> str:
         expression: The expression to evaluate, e.g. "1234 * 5678 - 9".
     """
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(expression.strip(), filename="<calculator>", mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):  # the parser's own depth limits
         raise ValueError(f"not an arithmetic expression: {_short(expression)}") from None
     try:
