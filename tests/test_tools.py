@@ -258,6 +258,8 @@ def test_calculator_work_is_bounded_whatever_the_expressions_length():
     with pytest.raises(ValueError, match="not an arithmetic expression"):
         calculator("-" * 100_000 + "1")  # the parser's own limit (it raises MemoryError)
     assert calculator(_balanced(["1"] * 5000)) == "5000"
+    with pytest.raises(ValueError, match="more than 10000 operations"):
+        calculator(_balanced(["1"] * 10_002))  # 10,001 additions
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ print as integers when whole, else as the nearest float.
 Bounded before it runs, whatever the operands: the expression is model output, and big-integer
 arithmetic holds the GIL, so the caller's time limit cannot stop it (`(10**9999)**3000` once froze
 a trainer for 48 s). So every operation's cost is estimated from its operands' sizes and charged to
-a budget of the whole expression (`MAX_WORK`) before it runs; a power whose result would exceed
+a budget of the whole expression (`MAX_WORK`, and at most `MAX_OPERATIONS` operations) before it
+runs; a power whose result would exceed
 `MAX_DIGITS` is refused from the operands' sizes, never computed; every value is at most
 `MAX_DIGITS` digits (Python's own limit for turning an integer into text, so every result prints).
 The worst expression of any length takes about a second on a 2-core laptop CPU (docs/tools.md,
@@ -31,6 +32,7 @@ _LIMIT_BITS = _LIMIT.bit_length()
 # Fraction is quadratic). The budget allows ~200 operations on 4,300-digit numbers (50,000 units
 # each) and thousands on ordinary ones; its worst case is measured in docs/tools.md.
 MAX_WORK = 10_000_000
+MAX_OPERATIONS = 10_000  # and a count: 30,000 small operations took 0.7 s (Fraction arithmetic is Python)
 Number = Fraction | float
 # "1if" parses with a SyntaxWarning, which Python writes to stderr: a model's expression must not
 # write to the trainer's output. (A filter set once: catch_warnings is not thread-safe.)
@@ -66,13 +68,16 @@ class _Evaluator:
     """One expression's evaluation, with its work budget."""
 
     def __init__(self) -> None:
-        self.work = 0
+        self.work = self.operations = 0
 
     def charge(self, bits: int) -> None:
         """Account for an operation on `bits`-bit numbers before it runs."""
         self.work += (bits // 64 + 1) ** 2
+        self.operations += 1
         if self.work > MAX_WORK:
             raise ValueError("the expression is too costly to evaluate (too many operations on very large numbers)")
+        if self.operations > MAX_OPERATIONS:
+            raise ValueError(f"the expression has more than {MAX_OPERATIONS} operations")
 
     def eval(self, node: ast.AST) -> Number:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
