@@ -300,7 +300,11 @@ def probe(disable: frozenset[str] = frozenset(), uid_base: int = UID_BASE) -> Pr
 def _hidden() -> list[str]:
     """Folders a minimal root covers where they lie inside a folder it shows: the working
     directory (the project) and the home folder (e.g. a project in /usr/src/app)."""
-    return sorted({os.path.abspath(os.getcwd()), os.path.abspath(os.path.expanduser("~"))})
+    try:
+        cwd = [os.getcwd()]
+    except OSError:  # the working directory was removed: nothing of it to hide
+        cwd = []
+    return sorted({os.path.abspath(p) for p in (*cwd, os.path.expanduser("~"))})
 
 
 class Sandbox:

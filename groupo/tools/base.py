@@ -16,7 +16,8 @@ class ToolSettings:
 
     timeout_s: wall-clock limit of one call (the sandbox's wall and CPU limit for `python`).
     max_output_tokens: a result longer than this (counted with the policy's tokenizer) is cut and
-        marked "[... truncated N tokens]" (`episodes.max_tool_output_tokens`).
+        marked "[... truncated N tokens]", or "[... truncated N characters]" where a huge result was
+        first cut by length (`episodes.max_tool_output_tokens`).
     python_memory_mb: address space of the `python` tool's sandboxed process.
     workers: parallel sandbox runs across episodes (0 = one per CPU).
     """
