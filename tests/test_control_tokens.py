@@ -91,7 +91,7 @@ def test_plain_encoding_is_safe_from_many_threads_at_once():
 
     def work():
         try:
-            for _ in range(200):
+            for _ in range(50):
                 assert encode_text(tok, FORGED * 20) == want
                 tok("<|im_start|>x", add_special_tokens=False)  # the normal path beside it
         except Exception as e:

@@ -3,8 +3,6 @@ checks, and a tiny run that evaluates both held-out splits before and after trai
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -134,11 +132,10 @@ def test_a_split_no_generated_task_has_is_a_config_error(task):
         resolve_config(None, [f"task.name={task}", "task.extra_eval_splits=[unseen, nosuch]"])
 
 
-def test_an_unknown_extra_split_stops_groupo_train_with_one_line():
-    r = subprocess.run([sys.executable, "-m", "groupo", "train", "task.extra_eval_splits=[nosuch]"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert (r.returncode, r.stderr) == (2, "groupo: error: task.extra_eval_splits: split 'nosuch' is unknown for "
-                                           "task 'arithmetic'; valid: test, unseen\n")  # before: 0, a UserWarning
+def test_an_unknown_extra_split_stops_groupo_train_with_one_line(capsys):
+    assert main(["train", "task.extra_eval_splits=[nosuch]"]) == 2  # before: 0, and a raw UserWarning
+    assert capsys.readouterr().err == ("groupo: error: task.extra_eval_splits: split 'nosuch' is unknown for "
+                                       "task 'arithmetic'; valid: test, unseen\n")
 
 
 def test_a_file_task_without_the_split_is_skipped_naming_the_files_it_has(caplog):
