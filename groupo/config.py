@@ -182,7 +182,7 @@ def _optional_key(f: dataclasses.Field, tp: Any) -> tuple[str, Any, Any]:
 # The loss and advantage settings are declared once, in groupo.types.LossSettings; this section gets
 # one optional key per field from there, so the config and the presets cannot drift apart.
 AlgorithmConfig = dataclasses.make_dataclass("AlgorithmConfig", [
-    ("preset", str, _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token or cispo (groupo presets)")),
+    ("preset", str, _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token, cispo or sapo (groupo presets)")),
     *(_optional_key(f, tp) for f, tp in zip(dataclasses.fields(LossSettings),
                                              typing.get_type_hints(LossSettings).values(), strict=True)),
     ("num_iterations", int, _f(1, "updates per batch (mu); > 1 reuses old log-probs", min=1)),
