@@ -90,3 +90,34 @@ def test_adaptive_coefficient_moves_by_delta_within_its_bounds_and_applies_below
     assert applied_entropy_coef(t(0.01), t(math.inf), 0.2).item() == 0.0  # the first step: no bonus
     assert applied_entropy_coef(t(0.01), t(0.15), 0.2).item() == pytest.approx(0.01)
     assert applied_entropy_coef(t(0.01), t(0.25), 0.2).item() == 0.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_written_out_entropy_gradient_matches_autograd(temperature):
+    """The update's own entropy (groupo.models.token_logp) carries the bonus's gradient, -p (log p + H) / T
+    per logit; one row has a logit so low that its probability underflows to 0 (no NaN from 0 log 0)."""
+    from groupo.models.token_logp import token_logp
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 40, generator=g) * 3
+    logits[2, 7] = -1e4
+    ids = torch.randint(0, 40, (5,), generator=g)
+    w_logp, w_ent = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    grads = []
+    for written_out in (True, False):
+        x = logits.clone().requires_grad_(True)
+        if written_out:
+            logp, ent = token_logp(x, ids, temperature, with_entropy=True)
+        else:
+            full = torch.log_softmax(x / temperature, dim=-1)
+            logp, ent = full.gather(-1, ids[:, None])[:, 0], -(full.exp() * full).sum(-1)
+        ((w_logp * logp).sum() + (w_ent * ent).sum()).backward()
+        grads.append(x.grad)
+    assert grads[0].isfinite().all()
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    x = logits.clone().requires_grad_(True)  # the entropy alone
+    _, ent = token_logp(x, ids, temperature, with_entropy=True)
+    ent.sum().backward()
+    p = torch.softmax(logits / temperature, -1)
+    h = -(torch.xlogy(p, p)).sum(-1, keepdim=True)
+    torch.testing.assert_close(x.grad, -p * (torch.log(p.clamp(min=1e-30)) + h) / temperature, atol=1e-5, rtol=1e-4)

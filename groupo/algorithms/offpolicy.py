@@ -101,8 +101,3 @@ def off_policy_sequence_mask(logp_BT: torch.Tensor, sampler_logp_BT: torch.Tenso
     return (~drop_BT).float(), {"off_policy_masked_frac": masked_mean(drop_BT.float(), mask),
                                 "off_policy_masked_seq_frac": sequence_frac(drop_BT, mask)}
 
-
-def tis_weights(trainer_logp_BT: torch.Tensor, engine_logp_BT: torch.Tensor, cap: float) -> torch.Tensor:
-    """(B, T) truncated importance weights min(pi_trainer_old / pi_engine, cap), detached (the trainer's
-    algorithm.tis_cap; `is_weights(..., "token_truncate", upper=cap)` is the general form)."""
-    return torch.exp(trainer_logp_BT.detach() - engine_logp_BT.detach()).clamp(max=cap)

@@ -2,7 +2,8 @@
 
     collect   sample G completions for each prompt, score them, gather the ranks' groups (trainer.collect)
     prepare   advantages, the loss mask, the global denominator, old / reference log-probs (trainer.prepare)
-    update    mu optimizer steps with exact gradient accumulation (trainer.update)
+    update    mu passes over the batch's mini-batches, an optimizer step each, exact gradient accumulation
+              (trainer.update)
     record    metrics, samples, alarms, evaluation, checkpoint (trainer.runlog, trainer.checkpoint)
 
 Every step is a function of (weights, optimizer state, step, data position, seed): generation
@@ -17,6 +18,7 @@ writes logs, metrics, samples, the report and `final/`. One process is rank 0 of
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from groupo.trainer.prepare import prepare
 from groupo.trainer.record import step_record
 from groupo.trainer.runlog import RunLog
 from groupo.trainer.settings import update_settings
-from groupo.trainer.update import build_optimizer, update
+from groupo.trainer.update import EntropyControl, build_optimizer, update
 from groupo.types import SamplingParams
 
 
@@ -64,6 +66,11 @@ def check_world(cfg: Config, world: Dist) -> None:
         raise ConfigError(f"train.prompts_per_step = {cfg.train.prompts_per_step} is the global batch and must "
                           f"be divisible by the number of processes ({world.world_size}): each rank takes whole "
                           "groups")
+    per_rank, n = cfg.train.prompts_per_step // world.world_size, cfg.train.steps_per_generation
+    if world.world_size > 1 and per_rank % n:
+        raise ConfigError(f"train.steps_per_generation = {n} must divide the {per_rank} prompts each of the "
+                          f"{world.world_size} processes takes (train.prompts_per_step / processes): each mini-batch "
+                          "takes whole groups on every rank")
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> dict[str, Any]:
@@ -87,10 +94,13 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
-                                           T.steps * A.num_iterations, T.lr_schedule)
+                                           T.steps * A.num_iterations * T.steps_per_generation, T.lr_schedule)
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
     if resume and (resumed := load_latest(run_dir, policy.model, optimizer, scheduler, world)):
         state = resumed.state  # the newest intact checkpoint; damaged newer ones are named in a warning
+    entropy_control = None  # algorithm.entropy_target: adaptive entropy control, its state checkpointed
+    if A.entropy_target is not None:
+        entropy_control = EntropyControl(**(state.entropy_control or {"coef": s.loss.entropy_coef}))
     engine = build_engine(cfg, EngineContext(policy.model, policy.tokenizer, run_dir, world, device, amp))
     engine.sync_weights()  # an engine with its own weights samples from the checkpoint's
     sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
@@ -136,7 +146,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     if rollout.problems:
                         batch = prepare(module, policy, rollout, s, world, pad_id=policy.tokenizer.pad_token_id,
                                         device=device)
-                        metrics |= update(module, optimizer, scheduler, batch, s, world, seed=seed)
+                        metrics |= update(module, optimizer, scheduler, batch, s, world, seed=seed,
+                                          entropy_control=entropy_control)
+                        state.entropy_control = asdict(entropy_control) if entropy_control else None
                         t_sync = time.monotonic()
                         engine.sync_weights()
                         metrics["time/weight_sync_s"] = time.monotonic() - t_sync
