@@ -35,6 +35,8 @@ class SamplingParams:
     temperature: float = 1.0         # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0                   # 0 = off
+    min_p: float = 0.0               # 0 = off: tokens below min_p x the likeliest token's probability are dropped
+    repetition_penalty: float = 1.0  # 1 = off: logits of tokens already in prompt or completion are penalised
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()       # extra stop strings; EOS always stops
     seed: int | None = None

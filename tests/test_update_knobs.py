@@ -208,3 +208,35 @@ def test_gdpo_advantages_from_a_scored_batch_use_each_reward_and_its_weight():
     plain = advantages(rollout, get_preset("grpo").with_overrides(adv_eps=0.0))  # the sums (3, 0), (1, 0) alike
     torch.testing.assert_close(plain[0], plain[1])
     assert RolloutBatch.__dataclass_fields__["reward_weights"]  # collect fills it from the run's rewards
+
+
+def test_a_smoke_quickstart_with_the_new_knobs_completes_and_its_report_shows_their_metrics(tmp_path):
+    """The issue's end-to-end check, on the tiny model: entropy bonus, sequence-masked importance weights,
+    two mini-batches per step and 4 samples per held-out problem at every evaluation."""
+    import re
+
+    from tiny import save_tiny
+
+    from groupo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--smoke", f"model.name={save_tiny(tmp_path / 'tiny')}", f"run.dir={run}",
+                 "run.progress=plain", "algorithm.entropy_coef=0.01", "algorithm.is_correction=sequence_mask",
+                 "train.steps_per_generation=2", "train.eval_samples=4"]) == 0
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in logged:
+        assert r["loss/entropy_bonus"] < 0 and 0 <= r["rollout/is_masked_frac"] <= 1
+        assert {"rollout/is_masked_seq_frac", "rollout/is_weight_mean", "loss/total"} <= set(r)
+    evals = [e for e in map(json.loads, (run / "eval.jsonl").read_text().splitlines()) if "split" not in e]
+    assert [e["step"] for e in evals] == [0, 2]
+    for e in evals:
+        assert e["samples"] == 4 and {"pass@4", "maj@4", "mean@4"} <= set(e) and 0 <= e["mean@4"] <= e["pass@4"] <= 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_samples"] == 4 and {"pass@4_before", "pass@4_after", "maj@4_after", "mean@4_after"} <= set(
+        summary)
+    page = (run / "report.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1))
+    series = data["runs"][0]["series"]
+    for key in ("loss/entropy_bonus", "rollout/is_masked_frac", "rollout/is_masked_seq_frac", "eval/pass@4",
+                "eval/maj@4", "eval/mean@4"):
+        assert any(v is not None for v in series[key]), key

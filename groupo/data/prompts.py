@@ -101,14 +101,16 @@ def render_plain(messages: Sequence[Message]) -> str:
     return "\n\n".join([*turns, "Assistant:"])
 
 
-def encode_prompt(tokenizer, messages: Sequence[Message]) -> list[int]:
+def encode_prompt(tokenizer, messages: Sequence[Message], template_kwargs: dict | None = None) -> list[int]:
     """Token ids of `messages` with the tokenizer's chat template and the generation prompt.
 
     The template is rendered to text and then tokenised without extra special tokens, because the
     template already writes BOS where the model expects one. A tokenizer with no chat template
-    uses `render_plain` and its usual special tokens (e.g. BOS).
+    uses `render_plain` and its usual special tokens (e.g. BOS). `template_kwargs`
+    (rollout.chat_template_kwargs) go to the template, e.g. {"enable_thinking": False} for Qwen3.
     """
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                             **(template_kwargs or {}))
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(render_plain(messages), add_special_tokens=True)["input_ids"])

@@ -18,6 +18,10 @@ KEYS: dict[str, str] = {
     "accuracy/eval": "held-out greedy accuracy (eval.jsonl; sent to the other sinks at each evaluation)",
     "accuracy/eval_<split>": "the same on the extra held-out split `<split>` (task.extra_eval_splits; eval.jsonl "
                              "rows that name it)",
+    "eval/pass@<k>": "train.eval_samples = k: share of held-out problems with a correct one among k samples "
+                     "(unbiased estimator, Chen et al. 2021), at each evaluation (eval.jsonl)",
+    "eval/maj@<k>": "share whose most frequent answer among the k samples is correct (answer-checked tasks)",
+    "eval/mean@<k>": "share of all k x problems samples that are correct (= pass@1)",
     "completion/len_mean": "completion length in tokens, mean",
     "completion/len_max": "completion length in tokens, max",
     "completion/truncated_frac": "share of completions that hit rollout.max_new_tokens",
@@ -93,10 +97,11 @@ def fn_key(name: str) -> str:
 
 def documented(key: str) -> bool:
     """Whether `key` is in the table (reward function keys match their `<name>` row, extra splits'
-    their `<split>` row)."""
+    their `<split>` row, sampled evaluation's their `<k>` row)."""
     if key in KEYS:
         return True
-    return any(key.startswith(k[: -len(end)]) for k in KEYS for end in ("<name>", "<split>") if k.endswith(end))
+    return any(key.startswith(k[: -len(end)]) for k in KEYS for end in ("<name>", "<split>", "<k>")
+               if k.endswith(end))
 
 
 def markdown_table() -> str:

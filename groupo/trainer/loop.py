@@ -106,9 +106,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
     reward_fns = with_environment_reward(reward_fns, sampler)
     eval_problems = task.test[: cfg.task.eval_size or None]
-    held_out = HeldOut(lambda problems: held_out_accuracy(sampler, module, task, problems, reward_fns, world=world,
-                                                          max_new_tokens=R.max_new_tokens, batch_size=R.batch_size),
-                       eval_problems, extra_sets)
+    sampling = {"top_p": R.top_p, "top_k": R.top_k, "min_p": R.min_p, "repetition_penalty": R.repetition_penalty}
+    held_out = HeldOut(lambda problems, sampled: held_out_accuracy(
+        sampler, module, task, problems, reward_fns, world=world, max_new_tokens=R.max_new_tokens,
+        batch_size=R.batch_size, samples=T.eval_samples if sampled else 0, sampling=sampling,
+        temperature=T.eval_temperature if T.eval_temperature is not None else R.temperature), eval_problems, extra_sets)
 
     with RunLog(cfg, run_dir, world, state.step, state.elapsed_s) as run, sigterm_as_interrupt():
         for line in _opening(cfg, run_dir, policy, world, device, amp, s, state, engine):
@@ -128,6 +130,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     break
                 t_step, seed = time.monotonic(), step_seed(T.seed, state.step, world.rank)
                 params = SamplingParams(n=R.group_size, temperature=R.temperature, top_p=R.top_p, top_k=R.top_k,
+                                        min_p=R.min_p, repetition_penalty=R.repetition_penalty,
                                         max_new_tokens=R.max_new_tokens, stop=tuple(R.stop), seed=seed)
 
                 # --- 1. collect: G completions for each of P prompts (this rank's share), scored, gathered
@@ -191,7 +194,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             "total_minutes_this_session": round((time.monotonic() - started) / 60, 2),
             "eval_problems": len(eval_problems), "accuracy_before": before, "accuracy_after": after,
             "improvement_points": None if before is None else round(100 * (after - before), 1),
-            **run.extra_eval()}  # {"extra_eval": {split: ...}} with task.extra_eval_splits
+            **run.extra_eval(),  # {"extra_eval": {split: ...}} with task.extra_eval_splits
+            **run.sampled_eval()}  # pass@k, maj@k, mean@k before and after, with train.eval_samples
     if world.is_main:
         run.log(run.closing())
     return run.summary
@@ -227,7 +231,9 @@ def _opening(cfg: Config, run_dir: Path, policy, world: Dist, device, amp: str, 
         lines.append("the update encodes every prompt once per completion, not once per group: "
                      + ("FSDP2 cannot back-propagate through a shared prompt's KV cache" if not s.share_prompts
                         else "this transformers release drops the KV cache of checkpointed layers"))
-    if note := loss_note(cfg.algorithm.num_iterations, s.loss.beta):
+    # one optimizer step per batch and no entropy bonus: otherwise the logged loss is not ~0 by construction
+    plain = s.steps_per_generation == 1 and s.loss.entropy_coef == 0 and s.entropy_target is None
+    if plain and (note := loss_note(cfg.algorithm.num_iterations, s.loss.beta)):
         lines.append(note)
     return lines
 
