@@ -597,6 +597,9 @@ def check_together(cfg: Config) -> None:
     if A.entropy_coef_min > A.entropy_coef_max:
         raise ConfigError(f"algorithm.entropy_coef_min = {A.entropy_coef_min} is above algorithm.entropy_coef_max = "
                           f"{A.entropy_coef_max}")
+    if cfg.train.eval_samples == 1:
+        raise ConfigError("train.eval_samples = 1 would replace the greedy pass by one sample: use 0 (greedy "
+                          "accuracy only) or k >= 2 (greedy accuracy, and pass@k, maj@k, mean@k of k samples)")
     if cfg.train.prompts_per_step % cfg.train.steps_per_generation:
         raise ConfigError(f"train.steps_per_generation = {cfg.train.steps_per_generation} must divide "
                           f"train.prompts_per_step = {cfg.train.prompts_per_step}: each mini-batch takes whole groups")

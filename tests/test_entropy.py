@@ -58,7 +58,7 @@ def test_a_tensor_coefficient_is_the_same_as_a_float_and_zero_is_off():
     torch.testing.assert_close(a, b)
     off = policy_loss(logp, old, adv, mask, entropy_BT=entropy, beta=0.0)
     assert "entropy_bonus" not in off.metrics
-    with pytest.raises(ValueError, match="need entropy_BT"):
+    with pytest.raises(ValueError, match="needs entropy_BT"):
         policy_loss(logp, old, adv, mask, entropy_coef=0.1, beta=0.0)
 
 

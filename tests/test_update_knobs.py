@@ -186,6 +186,7 @@ def test_which_importance_sampling_correction_a_run_gets(overrides, want):
     (["algorithm.entropy_coef_min=0.5", "algorithm.entropy_coef_max=0.1"], "is above algorithm.entropy_coef_max"),
     (["algorithm.top_entropy_quantile=1.5"], "out of range"),
     (["algorithm.is_correction=token_clip"], "wrong type"),
+    (["train.eval_samples=1"], "use 0"),
 ])
 def test_the_new_keys_are_checked(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -136,7 +136,7 @@ def policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv: torch.Ten
     coef = s.entropy_coef if entropy_coef is None else entropy_coef
     bonus = isinstance(coef, torch.Tensor) or coef != 0.0
     if entropy_BT is None and (bonus or s.top_entropy_quantile < 1.0):
-        raise ValueError("entropy_coef != 0 and top_entropy_quantile < 1 need entropy_BT, the per-token entropy")
+        raise ValueError("entropy_coef != 0 or top_entropy_quantile < 1 needs entropy_BT, the per-token entropy")
     mask = mask_BT.to(logp_BT.dtype)
     # Positions outside the mask (padding; tool and environment tokens of an episode) take no part,
     # not even as inf * 0 = NaN: a tool token the model finds very unlikely (log-prob below -88)

@@ -119,10 +119,10 @@ def _minibatches(everyone_BT: torch.Tensor, groups: int, G: int, n: int, aggrega
     for m in range(n):
         size = groups // n + (1 if m < groups % n else 0)
         if size:
-            global_rows = [(r + k * world.world_size) * G + j for k in range(start, start + size)
-                    for r in range(world.world_size) for j in range(G)]
-            out.append((slice(start * G, (start + size) * G), loss_denominator(everyone_BT[global_rows], aggregation)
-                        .to(device)))
+            global_rows = [(r + k * world.world_size) * G + j
+                           for k in range(start, start + size) for r in range(world.world_size) for j in range(G)]
+            denominator = loss_denominator(everyone_BT[global_rows], aggregation).to(device)
+            out.append((slice(start * G, (start + size) * G), denominator))
         start += size
     return tuple(out)
 
