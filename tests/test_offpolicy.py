@@ -63,6 +63,12 @@ def test_every_importance_sampling_mode_by_hand(mode, lower, upper, row0, change
     assert m["is_weight_mean"].item() == pytest.approx((sum(row0) + 3) / 6)
 
 
+def test_truncation_without_bounds_is_plain_importance_sampling():
+    w, m = is_weights(TRAINER, ENGINE, MASK, "token_truncate", upper=None)
+    torch.testing.assert_close(w[0, :3], torch.tensor([E, 1.0, E2]))
+    assert m["is_truncated_frac"].item() == 0.0
+
+
 def test_no_correction_and_an_unknown_mode():
     assert is_weights(TRAINER, ENGINE, MASK, "none") == (None, {})
     with pytest.raises(ValueError, match="sequence_mask"):

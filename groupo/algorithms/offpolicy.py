@@ -75,7 +75,10 @@ def is_weights(trainer_logp_BT: torch.Tensor, engine_logp_BT: torch.Tensor, mask
     lo = -math.inf if lower is None else lower
     hi = math.inf if upper is None else upper
     outside_BT = ((r_BT < lo) | (r_BT > hi)) & mask.bool()
-    w_BT = r_BT.clamp(min=lower, max=upper) if kind == "truncate" else r_BT.masked_fill(outside_BT, 0.0)
+    if kind == "mask":
+        w_BT = r_BT.masked_fill(outside_BT, 0.0)
+    else:  # no bound at all: plain importance sampling
+        w_BT = r_BT.clamp(min=lower, max=upper) if lower is not None or upper is not None else r_BT
     w_BT = w_BT * mask
     name = "truncated" if kind == "truncate" else "masked"
     return w_BT, {"is_weight_mean": masked_mean(w_BT, mask), f"is_{name}_frac": masked_mean(outside_BT.float(), mask),
