@@ -137,6 +137,13 @@ class RolloutConfig:
     temperature: float = _f(0.7, "sampling temperature", min=0, min_exclusive=True)
     top_p: float = _f(1.0, "nucleus sampling threshold", min=0, max=1, min_exclusive=True)
     top_k: int = _f(0, "top-k sampling (0 = off)", min=0)
+    min_p: float = _f(0.0, "min-p sampling: drop tokens less likely than min_p x the likeliest one (0 = off)",
+                      min=0, max=1)
+    repetition_penalty: float = _f(1.0, "divide the positive logits (multiply the negative ones) of tokens already "
+                                   "in the prompt or the completion by this (1 = off; transformers' and vLLM's rule)",
+                                   min=0, min_exclusive=True)
+    chat_template_kwargs: dict[str, Any] = _f({}, "extra arguments to the chat template when prompts are encoded, "
+                                              "e.g. {enable_thinking: false} for Qwen3")
     stop: list[str] = _f([], "extra stop strings (the EOS token always stops); none may be empty or blank")
     batch_size: int = _f(64, "sequences generated per forward batch", min=1)
     vllm: VllmConfig = field(default_factory=VllmConfig)
@@ -182,16 +189,35 @@ def _optional_key(f: dataclasses.Field, tp: Any) -> tuple[str, Any, Any]:
 # The loss and advantage settings are declared once, in groupo.types.LossSettings; this section gets
 # one optional key per field from there, so the config and the presets cannot drift apart.
 AlgorithmConfig = dataclasses.make_dataclass("AlgorithmConfig", [
-    ("preset", str, _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token or cispo (groupo presets)")),
+    ("preset", str, _f("grpo", "grpo, dr_grpo, dapo, gspo, gspo_token, cispo or sapo (groupo presets)")),
     *(_optional_key(f, tp) for f, tp in zip(dataclasses.fields(LossSettings),
                                              typing.get_type_hints(LossSettings).values(), strict=True)),
     ("num_iterations", int, _f(1, "updates per batch (mu); > 1 reuses old log-probs", min=1)),
     ("max_draws", int, _f(3, "dynamic sampling: at most this many rounds of prompts drawn to fill a step's "
                           "batch with groups whose rewards differ (DAPO draws until full; a cap keeps a step's "
                           "time bounded when most groups are solved or hopeless)", min=1)),
-    ("tis_cap", float | None, _f(None, "truncated importance sampling: weight each token's policy term by "
-                                 "min(pi_trainer_old / pi_engine, tis_cap), correcting for the engine's "
-                                 "log-probs differing from the trainer's; null = off", min=0, min_exclusive=True)),
+    ("tis_cap", float | None, _f(None, "the older name of is_correction=token_truncate with is_upper=tis_cap: weight "
+                                 "each token's policy term by min(pi_trainer_old / pi_engine, tis_cap); null = "
+                                 "as is_correction says", min=0, min_exclusive=True)),
+    ("is_correction", Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"],
+     _f("auto", "importance weights correcting for the engine's log-probs differing from the trainer's, r = "
+        "pi_trainer_old / pi_engine per token (sequence_*: their product per sequence): *_truncate clips r into "
+        "[is_lower, is_upper], *_mask weights by r but zeroes it outside; auto = token_truncate on rollout.engine="
+        "vllm, none on hf (docs/algorithms.md says why)")),
+    ("is_upper", float | None, _f(2.0, "upper bound of the importance weights (null: none)", min=0,
+                                  min_exclusive=True)),
+    ("is_lower", float | None, _f(None, "lower bound of the importance weights (null: none)", min=0)),
+    ("off_policy_mask_threshold", float | None, _f(
+        None, "DeepSeek-V3.2's off-policy sequence mask: a sequence with a negative advantage whose mean "
+        "log(pi_engine / pi) exceeds this threshold (delta) drops out of the loss; null = off", min=0)),
+    ("entropy_target", float | None, _f(
+        None, "adaptive entropy control (Skywork-OR1, as TRL): the bonus acts only while the last optimizer step's "
+        "entropy (nats, over the tokens the policy term keeps) is at or below this target, and entropy_coef moves by "
+        "entropy_coef_delta after each step, up while at or below it, down above it; null = a constant entropy_coef",
+        min=0)),
+    ("entropy_coef_delta", float, _f(0.005, "adaptive entropy control: step of the coefficient", min=0)),
+    ("entropy_coef_min", float, _f(0.0, "adaptive entropy control: lowest coefficient", min=0)),
+    ("entropy_coef_max", float, _f(1.0, "adaptive entropy control: highest coefficient", min=0)),
     ("engine_old_logprobs", bool, _f(False, "use the engine's log-probs of the sampled tokens as the old policy "
                                      "(GSPO's suggestion, sec. 4.3), not the trainer's; needs num_iterations = 1")),
 ], namespace={"__doc__": "The loss and advantage settings. `None` means: take the preset's value.",
@@ -200,8 +226,13 @@ AlgorithmConfig = dataclasses.make_dataclass("AlgorithmConfig", [
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(60, "optimizer steps (batches of prompts)", min=1)
+    steps: int = _f(60, "steps: batches of prompts sampled and trained on (each makes steps_per_generation x "
+                    "algorithm.num_iterations optimizer steps)", min=1)
     prompts_per_step: int = _f(8, "prompts drawn per step", min=1)
+    steps_per_generation: int = _f(1, "optimizer steps per batch of prompts: the batch is split into this many "
+                                   "mini-batches of whole groups, one optimizer step each, the old log-probs fixed at "
+                                   "sampling (verl's ppo_mini_batch_size = the batch / this); with "
+                                   "algorithm.num_iterations, mu passes over all mini-batches", min=1)
     micro_batch_size: int = _f(16, "sequences per forward/backward pass", min=1)
     micro_batch_tokens: int = _f(0, "token budget per forward/backward pass instead: as many sequences as fit in "
                                  "rows x (longest prompt + longest completion) <= this; 0 = micro_batch_size", min=0)
@@ -213,6 +244,10 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)", min=0)
     seed: int = _f(0, "seed for sampling, dropout and data order")
     eval_every: int = _f(0, "evaluate every N steps (0 = only before and after)", min=0)
+    eval_samples: int = _f(0, "k > 0: each held-out evaluation also samples k completions per problem and logs pass@k, "
+                           "maj@k and mean@k beside greedy accuracy; 0 = greedy only", min=0)
+    eval_temperature: float | None = _f(None, "temperature of those k samples (null: rollout.temperature)", min=0,
+                                        min_exclusive=True)
     save_every: int = _f(10, "checkpoint every N steps (0 = only at the end)", min=0)
     keep_checkpoints: int = _f(2, "newest checkpoints kept", min=1)
     max_minutes: float = _f(0.0, "time budget in minutes of training: a step starts only if it should end "
@@ -554,6 +589,23 @@ def check_together(cfg: Config) -> None:
     if blank := [s for s in R.stop if not s.strip()]:  # "" is in every text: one token, no training signal
         raise ConfigError(f"rollout.stop: {blank[0]!r} is empty or whitespace only, so every completion would end "
                           "at its first token or line break; remove it")
+    if A.tis_cap is not None and A.is_correction not in ("auto", "token_truncate"):
+        raise ConfigError(f"algorithm.tis_cap is is_correction=token_truncate's cap, but algorithm.is_correction = "
+                          f"{A.is_correction!r}: set algorithm.is_upper instead of tis_cap")
+    if A.is_lower is not None and A.is_upper is not None and A.is_lower > A.is_upper:
+        raise ConfigError(f"algorithm.is_lower = {A.is_lower} is above algorithm.is_upper = {A.is_upper}")
+    if A.engine_old_logprobs and A.is_correction not in ("auto", "none"):
+        raise ConfigError("algorithm.engine_old_logprobs = true makes the engine's log-probs the old policy, so every "
+                          f"importance weight of algorithm.is_correction = {A.is_correction!r} would be 1: drop one")
+    if A.entropy_coef_min > A.entropy_coef_max:
+        raise ConfigError(f"algorithm.entropy_coef_min = {A.entropy_coef_min} is above algorithm.entropy_coef_max = "
+                          f"{A.entropy_coef_max}")
+    if cfg.train.eval_samples == 1:
+        raise ConfigError("train.eval_samples = 1 would replace the greedy pass by one sample: use 0 (greedy "
+                          "accuracy only) or k >= 2 (greedy accuracy, and pass@k, maj@k, mean@k of k samples)")
+    if cfg.train.prompts_per_step % cfg.train.steps_per_generation:
+        raise ConfigError(f"train.steps_per_generation = {cfg.train.steps_per_generation} must divide "
+                          f"train.prompts_per_step = {cfg.train.prompts_per_step}: each mini-batch takes whole groups")
     if A.engine_old_logprobs and A.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{A.num_iterations} (later updates need the trainer's own old log-probs)")

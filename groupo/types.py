@@ -35,6 +35,8 @@ class SamplingParams:
     temperature: float = 1.0         # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0                   # 0 = off
+    min_p: float = 0.0               # 0 = off: tokens below min_p x the likeliest token's probability are dropped
+    repetition_penalty: float = 1.0  # 1 = off: logits of tokens already in prompt or completion are penalised
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()       # extra stop strings; EOS always stops
     seed: int | None = None
@@ -80,19 +82,32 @@ class LossSettings:
 
     ratio_level: Literal["token", "sequence", "sequence_token"] = _knob(
         "token", "importance ratio: token rho_it, GSPO's sequence s_i, or GSPO-token's s_it")
-    loss_type: Literal["clip", "cispo"] = _knob("clip", "clipped surrogate or CISPO")
+    loss_type: Literal["clip", "cispo", "sapo"] = _knob("clip", "clipped surrogate, CISPO, or SAPO's soft gate")
     eps_low: float = _knob(0.2, "lower clip bound: ratio >= 1 - eps_low", min=0)
     eps_high: float = _knob(0.2, "upper clip bound: ratio <= 1 + eps_high", min=0)
     dual_clip: float | None = _knob(None, "dual-clip bound c > 1: the loss of negative-advantage tokens is "
                                     "capped at c|A|", min=1, min_exclusive=True)
     aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_norm"] = _knob(
         "seq_mean_token_mean", "how token losses reduce to the batch loss")
+    sapo_tau_pos: float = _knob(1.0, "SAPO: temperature of the soft gate for tokens with A > 0",
+                                min=0, min_exclusive=True)
+    sapo_tau_neg: float = _knob(1.05, "SAPO: temperature of the soft gate for tokens with A <= 0 (larger: "
+                                "off-policy negative tokens fade faster)", min=0, min_exclusive=True)
     kl_estimator: Literal["k1", "k2", "k3"] = _knob("k3", "per-token KL estimator")
     beta: float = _knob(0.0, "KL penalty coefficient (0 = no reference forward pass)", min=0)
+    kl_is_corrected: bool = _knob(False, "multiply each token's KL term by its ratio pi / pi_old, so that its gradient "
+                                  "is the unbiased one of KL(pi || pi_ref) when pi_old sampled (DeepSeek-V3.2)")
+    entropy_coef: float = _knob(0.0, "entropy bonus: the loss subtracts entropy_coef x the policy's per-token "
+                                "entropy, aggregated like the policy term (0 = off)", min=0)
+    top_entropy_quantile: float = _knob(1.0, "the policy term counts only this share of each micro-batch's tokens, "
+                                        "those of highest entropy (Beyond the 80/20 Rule: 0.2); 1 = all", min=0, max=1)
     adv_baseline: Literal["mean", "loo"] = _knob("mean", "group mean or leave-one-out baseline")
     adv_scale: Literal["group", "batch", "none"] = _knob("group", "divide advantages by this std")
     adv_std: Literal["unbiased", "population"] = _knob("unbiased", "std estimator")
     adv_eps: float = _knob(1e-4, "added to the std before dividing", min=0)
+    reward_norm: Literal["sum_then_normalize", "normalize_then_sum"] = _knob(
+        "sum_then_normalize", "advantages of the weighted reward sum, or GDPO's: each reward function's own "
+        "advantages, weighted and summed, then normalised over the batch")
     mask_truncated: bool = _knob(False, "truncated completions contribute no loss")
     dynamic_sampling: bool = _knob(False, "drop groups whose rewards are all equal and draw more (DAPO)")
 

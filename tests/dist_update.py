@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 2 tests/dist_update.py PARALLEL OUT_DIR
 
 For each case (grpo with beta > 0 and dapo with LoRA; grpo with beta > 0 fully fine-tuned, whose
-frozen reference copy FSDP2 shards too) it builds the same tiny model and the same
+frozen reference copy FSDP2 shards too; dapo in two mini-batches with adaptive entropy control and
+importance weights) it builds the same tiny model and the same
 12-completion batch on every rank, runs `trainer.prepare.prepare` then `trainer.update.update`
 (mu = 2, so the second update has ratios != 1 and clipping), and rank 0 writes the reduced
 metrics and the updated trainable weights (gathered whole under FSDP2) to OUT_DIR/<case>.json / .safetensors.
@@ -32,7 +33,7 @@ from groupo.trainer import parallel
 from groupo.trainer.collect import RolloutBatch
 from groupo.trainer.prepare import prepare
 from groupo.trainer.settings import UpdateSettings
-from groupo.trainer.update import build_optimizer, update
+from groupo.trainer.update import EntropyControl, build_optimizer, update
 from groupo.types import Completion, Problem
 
 G = 3
@@ -56,7 +57,8 @@ def fixed_batch() -> RolloutBatch:
 
 def main(kind: str, out: Path) -> None:
     world, device = setup("cpu", "gloo")
-    cases = (("grpo", "grpo", 0.04, 4), ("dapo", "dapo", 0.0, 4), ("grpo_full", "grpo", 0.04, 0))
+    cases = (("grpo", "grpo", 0.04, 4), ("dapo", "dapo", 0.0, 4), ("grpo_full", "grpo", 0.04, 0),
+             ("dapo_minibatches", "dapo", 0.0, 4))
     for name, preset, beta, rank in cases:
         torch.manual_seed(0)  # peft draws lora_A from the global RNG
         model, tok = make_tiny()
@@ -65,13 +67,21 @@ def main(kind: str, out: Path) -> None:
             torch.manual_seed(1)  # a non-zero adapter, so every LoRA matrix gets a gradient
             nonzero_lora(policy.model, 0.05)
         module = parallel.wrap(policy.model, policy.ref_model, kind, world, device)
-        loss = get_preset(preset).with_overrides(beta=beta, mask_truncated=preset == "dapo")
+        # dapo_minibatches: 2 mini-batches (one group per rank each), an entropy bonus under adaptive control
+        # (its entropy all-reduced at every optimizer step) and truncated importance weights against the
+        # engine's log-probs (0 here: weights pi_trainer)
+        knobs = name == "dapo_minibatches"
+        loss = get_preset(preset).with_overrides(beta=beta, mask_truncated=preset == "dapo",
+                                                 entropy_coef=0.01 if knobs else None)
         s = UpdateSettings(loss=loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,
-                           max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module))
+                           max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module),
+                           **({"steps_per_generation": 2, "entropy_target": 100.0, "is_correction": "token_truncate",
+                               "is_upper": 2.0} if knobs else {}))
+        control = EntropyControl(coef=0.01) if knobs else None
         optimizer, scheduler = build_optimizer(policy.model, 1e-3, 0.0, [0.9, 0.999], 0, 1, "constant")
         trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
         batch = prepare(module, policy, fixed_batch(), s, world, pad_id=tok.pad_token_id, device=device)
-        metrics = update(module, optimizer, scheduler, batch, s, world, seed=123)
+        metrics = update(module, optimizer, scheduler, batch, s, world, seed=123, entropy_control=control)
         whole = parallel.full_state_dict(policy.model, trainable_only=policy.is_lora)
         if whole is None:
             whole = {n: p.detach() for n, p in policy.model.named_parameters() if p.requires_grad}

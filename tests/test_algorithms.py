@@ -7,6 +7,7 @@ import torch
 
 from groupo.algorithms import (
     PRESETS,
+    decoupled_advantages,
     group_advantages,
     kl_penalty,
     loss_denominator,
@@ -222,6 +223,9 @@ def _loop_loss(logp, old, adv, mask, s, beta, ref=None, max_len=None):
             rho = math.exp(logp[i, t] - old[i, t]) if s.ratio_level == "token" else math.exp(log_s)
             if s.loss_type == "cispo":
                 term = -min(max(rho, lo), hi) * a * logp[i, t]
+            elif s.loss_type == "sapo":  # SAPO eq.: f(r) = sigmoid(tau (r - 1)) * 4 / tau
+                tau = s.sapo_tau_pos if a > 0 else s.sapo_tau_neg
+                term = -4 / tau / (1 + math.exp(-tau * (rho - 1))) * a
             else:
                 term = -min(rho * a, min(max(rho, lo), hi) * a)
                 if s.dual_clip is not None and a < 0:
@@ -367,3 +371,89 @@ def test_first_step_ratio_is_one():
     for k in ("ratio_mean", "ratio_min", "ratio_max"):
         assert out.metrics[k].item() == 1.0
     assert out.metrics["clip_low_frac"].item() == out.metrics["clip_high_frac"].item() == 0.0
+
+
+# ----------------------------------------------------------------------------- SAPO, corrected KL, GDPO
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("a,tau", [(1.0, 1.0), (-2.0, 1.05)])
+def test_sapo_soft_gate_value_and_gradient_by_hand(a, tau):
+    old = torch.tensor([[-1.5]])
+    logp = (old + 0.5).requires_grad_()  # ratio e^0.5 = 1.6487: far outside any clip range
+    out = policy_loss(logp, old, torch.tensor([a]), torch.ones(1, 1), preset="sapo")
+    r = math.exp(0.5)
+    g = _sigmoid(tau * (r - 1))
+    assert out.loss.item() == pytest.approx(-4 / tau * g * a, rel=1e-6)  # f(r) = 4 / tau sigmoid(tau (r - 1))
+    out.loss.backward()
+    # d/dlogp -f(r) A = -A f'(r) r, f'(r) = 4 sigmoid (1 - sigmoid): small but never 0, unlike the clip
+    assert logp.grad.item() == pytest.approx(-a * 4 * g * (1 - g) * r, rel=1e-5)
+    assert out.metrics["clip_low_frac"].item() == 0 and out.metrics["clip_high_frac"].item() == 0
+
+
+def test_sapo_on_policy_is_the_plain_policy_gradient():
+    """f'(1) = 1: at ratio 1 SAPO's gradient is GRPO's (where neither clip acts); its value is f(1) = 2 / tau
+    times the advantage, not GRPO's 1 times it (a constant: no gradient)."""
+    torch.manual_seed(0)
+    logp = (-torch.rand(3, 4)).requires_grad_()
+    adv, mask = torch.tensor([1.0, -0.5, 2.0]), torch.ones(3, 4)
+    sapo = policy_loss(logp, logp.detach(), adv, mask, preset="sapo")
+    (g_sapo,) = torch.autograd.grad(sapo.loss, logp)
+    grpo = policy_loss(logp, logp.detach(), adv, mask, preset="grpo", beta=0.0)
+    (g_grpo,) = torch.autograd.grad(grpo.loss, logp)
+    torch.testing.assert_close(g_sapo, g_grpo)
+    tau = torch.tensor([1.0, 1.05, 1.0])  # tau_pos for A > 0, tau_neg otherwise
+    torch.testing.assert_close(sapo.loss, -(2 / tau * adv).mean())
+
+
+def test_importance_corrected_kl_value_and_gradient_by_hand():
+    """DeepSeek-V3.2: rho k3, whose gradient is rho (log pi - log pi_ref), the unbiased gradient of
+    KL(pi || pi_ref) from samples of pi_old; k3's own gradient is 1 - pi_ref / pi."""
+    old, ref = torch.tensor([[-1.2]]), torch.tensor([[-0.8]])
+    kw = dict(preset="grpo", beta=1.0, ref_logp_BT=ref)
+    rho, log_r = math.exp(0.2), 0.2  # log pi - log pi_old = 0.2; log pi_ref - log pi = 0.2
+    k3 = math.exp(log_r) - log_r - 1
+    zero = torch.zeros(1)  # no policy term: only the KL moves the loss
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    out = policy_loss(logp, old, zero, torch.ones(1, 1), kl_is_corrected=True, **kw)
+    assert out.loss.item() == pytest.approx(rho * k3, rel=1e-5)
+    assert out.metrics["kl"].item() == pytest.approx(rho * k3, rel=1e-5)
+    out.loss.backward()
+    assert logp.grad.item() == pytest.approx(rho * (-1.0 - -0.8), rel=1e-5)
+    plain = torch.tensor([[-1.0]], requires_grad=True)
+    policy_loss(plain, old, zero, torch.ones(1, 1), **kw).loss.backward()
+    assert plain.grad.item() == pytest.approx(1 - math.exp(log_r), rel=1e-5)
+
+
+def test_gdpo_normalises_each_reward_then_the_batch_by_hand():
+    # group 0 scores (1, 1) and (0, 0) on two rewards, group 1 (1, 0) and (0, 0)
+    r = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    w = torch.tensor([1.0, 1.0])
+    # GRPO sums first: sums (2, 0) and (1, 0) both become +-1/sqrt(2) (unbiased std of two values)
+    grpo = group_advantages((r * w).sum(-1), eps=0.0)
+    torch.testing.assert_close(grpo, torch.tensor([[1.0, -1.0], [1.0, -1.0]]) / math.sqrt(2))
+    # GDPO: per reward +-1/sqrt(2) (reward 2 of group 1 is constant: 0), summed: +-sqrt(2), +-1/sqrt(2);
+    # batch std (unbiased) of the four sums: sqrt((2 + 2 + .5 + .5) / 3) = sqrt(5/3)
+    gdpo = decoupled_advantages(r, w, eps=0.0)
+    torch.testing.assert_close(gdpo, torch.tensor([[math.sqrt(6 / 5), -math.sqrt(6 / 5)],
+                                                   [math.sqrt(3 / 10), -math.sqrt(3 / 10)]]))
+
+
+def test_gdpo_reductions_and_constant_groups():
+    torch.manual_seed(1)
+    r = torch.rand(3, 4, 2).round()
+    r[2] = torch.tensor([1.0, 0.5])  # every reward constant in group 2: exactly 0, never NaN
+    w = torch.tensor([1.0, 0.5])
+    # without std division, normalising each reward first is centring the weighted sum
+    torch.testing.assert_close(decoupled_advantages(r, w, scale="none"), group_advantages((r * w).sum(-1),
+                                                                                          scale="none"))
+    one = r[..., :1]  # one reward: GRPO's advantages, then normalised over the batch
+    a = group_advantages(one[..., 0])
+    torch.testing.assert_close(decoupled_advantages(one, torch.ones(1)), (a - a.mean()) / (a.std() + 1e-4))
+    out = decoupled_advantages(r, w, eps=0.0)
+    assert out[2].eq(0).all() and out.isfinite().all()
+    with pytest.raises(ValueError, match=r"\(P, G, K\)"):
+        decoupled_advantages(r[0], w)

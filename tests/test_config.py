@@ -162,7 +162,9 @@ def test_the_algorithm_section_is_the_loss_settings_declared_once():
         for m in ("help", "min", "max"):
             assert keys[f.name].metadata.get(m) == f.metadata.get(m), (f.name, m)
     own = set(keys) - {f.name for f in dataclasses.fields(LossSettings)}
-    assert own == {"preset", "num_iterations", "max_draws", "tis_cap", "engine_old_logprobs"}
+    assert own == {"preset", "num_iterations", "max_draws", "tis_cap", "is_correction", "is_upper", "is_lower",
+                   "off_policy_mask_threshold", "entropy_target", "entropy_coef_delta", "entropy_coef_min",
+                   "entropy_coef_max", "engine_old_logprobs"}
 
 
 def test_config_module_imports_no_other_groupo_module_but_types():

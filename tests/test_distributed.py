@@ -45,7 +45,7 @@ def one_update(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
-@pytest.mark.parametrize("preset", ["grpo", "dapo", "grpo_full"])
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "grpo_full", "dapo_minibatches"])
 def test_two_ranks_give_the_one_process_loss_and_weights(one_update, kind, preset):
     """Same global batch, same loss, metrics and updated weights.
 
@@ -61,7 +61,8 @@ def test_two_ranks_give_the_one_process_loss_and_weights(one_update, kind, prese
     multi = json.loads((one_update / kind / f"{preset}.json").read_text())
     assert single["world_size"] == 1 and multi["world_size"] == 2
     for key in ("loss", "entropy", "ratio_mean", "ratio_min", "ratio_max", "grad_norm", "clip_low_frac",
-                "clip_high_frac", *(["kl"] if preset != "dapo" else [])):
+                "clip_high_frac", *(["kl"] if not preset.startswith("dapo") else []),
+                *(["entropy_bonus", "entropy_coef", "is_weight_mean"] if preset == "dapo_minibatches" else [])):
         assert multi[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
     assert single["ratio_min"] < 1 < single["ratio_max"]  # mu = 2: the second update saw real ratios
     a = load_file(one_update / "single" / f"{preset}.safetensors")

@@ -85,6 +85,7 @@ def test_evaluate_scripted():
     # pass@1 = mean(c/n) = (3/4 + 1/4 + 0)/3; pass@2 = (1 + (1 - C(3,2)/C(4,2)) + 0)/3; pass@4 = 2/3
     assert res.pass_at_k == pytest.approx({1: 1 / 3, 2: 0.5, 4: 2 / 3})
     assert res.maj_at_k == pytest.approx(1 / 3)
+    assert res.mean_at_k == pytest.approx(4 / 12)  # 3 + 1 + 0 of the 12 samples are right: pass@1's value
     assert len(res.records) == 3 + 12 and sum(r["greedy"] for r in res.records) == 3
     rec = next(r for r in res.records if not r["greedy"] and r["id"] == "p0" and r["sample"] == 3)
     assert rec["extracted"] == "5" and rec["correct"] and rec["rewards"] == {"accuracy": 1.0}

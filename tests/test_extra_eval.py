@@ -159,13 +159,14 @@ class FakeRun:
     def evaluated_before(self, split=None):
         return split in self.done
 
-    def evaluation(self, step, accuracy, n, seconds, split=None):
+    def evaluation(self, step, accuracy, n, seconds, split=None, sampled=None):
         self.rows.append((step, split, n))
         return accuracy
 
 
 def test_a_resumed_run_evaluates_before_only_the_splits_without_a_first_figure():
-    held = HeldOut(lambda problems: (len(problems) / 10, len(problems), 0.0), [1, 2, 3], {"unseen": [1, 2]})
+    held = HeldOut(lambda problems, sampled: (len(problems) / 10, len(problems), 0.0, {}), [1, 2, 3],
+                   {"unseen": [1, 2]})
     run = FakeRun({None})
     assert held.evaluate(run, 0, before=True) is None
     assert run.rows == [(0, "unseen", 2)]
@@ -183,11 +184,11 @@ def test_tiny_run_evaluates_both_splits_before_and_after(tmp_path, monkeypatch, 
     real = loop.held_out_accuracy
 
     def traced(sampler, module, task, problems, reward_fns, **kw):
-        acc, n, s = real(sampler, module, task, problems, reward_fns, **kw)
+        acc, n, s, sampled = real(sampler, module, task, problems, reward_fns, **kw)
         assert n == len(problems) and 0 <= acc <= 1
         split = problems[0].id.split("-")[-2]
         calls.append(split)
-        return {"test": 0.25, "unseen": 0.125}[split] + 0.5 * (len(calls) > 2), n, s
+        return {"test": 0.25, "unseen": 0.125}[split] + 0.5 * (len(calls) > 2), n, s, sampled
 
     monkeypatch.setattr(loop, "held_out_accuracy", traced)
     run_dir = tmp_path / "run"

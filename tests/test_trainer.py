@@ -261,7 +261,7 @@ def test_top_k_sampling_shows_as_mismatch_and_tis_weights_it(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         assert r["rollout/logprob_mismatch"] > 0.1 and r["rollout/mismatch_kl"] > 0.01
-        assert 0 < r["rollout/tis_weight_mean"] < 1
+        assert 0 < r["rollout/is_weight_mean"] < 1
 
 
 def test_engine_log_probs_as_the_old_policy(tmp_path):

@@ -31,6 +31,10 @@ PRESETS: dict[str, LossSettings] = {
     # only eps_high without publishing it; 4.0 is this project's default, not the paper's.
     "cispo": LossSettings(loss_type="cispo", eps_low=1.0, eps_high=4.0, aggregation="token_mean",
                           beta=0.0),
+    # SAPO: the clip replaced by a soft gate sigmoid(tau (rho - 1)) 4 / tau per token, tau 1.0 for positive
+    # and 1.05 for negative advantages (the paper's and TRL's and verl's defaults), the sequence mean of
+    # token means, no KL.
+    "sapo": LossSettings(loss_type="sapo", sapo_tau_pos=1.0, sapo_tau_neg=1.05, beta=0.0),
 }
 
 
@@ -41,6 +45,7 @@ PAPERS: dict[str, str] = {
     "gspo": "Group Sequence Policy Optimization, Zheng et al. 2025, arXiv:2507.18071",
     "gspo_token": "Group Sequence Policy Optimization, Zheng et al. 2025, arXiv:2507.18071",
     "cispo": "MiniMax-M1, MiniMax 2025, arXiv:2506.13585",
+    "sapo": "Soft Adaptive Policy Optimization, Qwen team 2025, arXiv:2511.20347",
 }
 
 

@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.monotonic()
     res = evaluate(sampler, task, problems, samples=args.samples,
                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=temperature,
-                   top_p=cfg.rollout.top_p, batch_size=cfg.rollout.batch_size, reward_fns=reward_fns,
+                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, min_p=cfg.rollout.min_p,
+                   repetition_penalty=cfg.rollout.repetition_penalty, batch_size=cfg.rollout.batch_size,
+                   reward_fns=reward_fns,
                    seed=args.seed, progress=progress)
     summary = {"model": what, "task": task.name, "split": cfg.task.eval_split, **res.summary(),
                "samples": args.samples, "temperature": temperature,

@@ -11,7 +11,8 @@ DESCRIPTION = "Every preset (a row per paper) and the settings it changes; with 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", metavar="NAME", help="a preset: grpo, dr_grpo, dapo, gspo, gspo_token, cispo")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="a preset: grpo, dr_grpo, dapo, gspo, gspo_token, cispo, sapo")
 
 
 def run(args: argparse.Namespace) -> int:

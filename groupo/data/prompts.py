@@ -102,16 +102,18 @@ def render_plain(messages: Sequence[Message]) -> str:
     return "\n\n".join([*turns, "Assistant:"])
 
 
-def encode_prompt(tokenizer, messages: Sequence[Message]) -> list[int]:
+def encode_prompt(tokenizer, messages: Sequence[Message], template_kwargs: dict | None = None) -> list[int]:
     """Token ids of `messages` with the tokenizer's chat template and the generation prompt.
 
     The template is rendered to text and then tokenised without extra special tokens, because the
     template already writes BOS where the model expects one. A tokenizer with no chat template
     uses `render_plain` and its usual special tokens (e.g. BOS). Special-token strings inside the
     messages (a dataset row, a tool result in a chat) stay text (groupo.data.control_tokens).
+    `template_kwargs` (rollout.chat_template_kwargs) go to the template, e.g. {"enable_thinking":
+    False} for Qwen3.
     """
     if getattr(tokenizer, "chat_template", None):
-        return encode_chat(tokenizer, messages, add_generation_prompt=True)
+        return encode_chat(tokenizer, messages, add_generation_prompt=True, **(template_kwargs or {}))
     ids = encode_marked(tokenizer, render_plain(mark(list(messages), control_tokens(tokenizer))))
     before, after = _added_around(tokenizer)
     return before + ids + after

@@ -4,12 +4,14 @@ drops the rows that stopped, exact sampling log-probs.
 The engine samples from the module it is given, so with a peft PeftModel it always uses the
 current adapter weights and `sync_weights` has nothing to do.
 
-Sampling distribution. Only `SamplingParams` apply: temperature, then top-k, then top-p
-(transformers' own warpers, in transformers' order). The checkpoint's generation_config.json
-(e.g. temperature 0.7, repetition_penalty 1.05 on many hub models) is not read, except for the
-EOS tokens it adds. The log-prob recorded for each token is log softmax(processed logits)[token],
-i.e. under the distribution actually sampled from. Greedy decoding (temperature 0) records
-log-probs under the unscaled softmax.
+Sampling distribution. Only `SamplingParams` apply: the repetition penalty, then temperature, then
+top-k, top-p and min-p (transformers' own warpers, in transformers' order; the penalty as
+transformers' RepetitionPenaltyLogitsProcessor computes it, over the prompt and the completion so
+far). The checkpoint's generation_config.json (e.g. temperature 0.7, repetition_penalty 1.05 on
+many hub models) is not read, except for the EOS tokens it adds. The log-prob recorded for each
+token is log softmax(processed logits)[token], i.e. under the distribution actually sampled from.
+Greedy decoding (temperature 0) records log-probs under the unscaled softmax (after the repetition
+penalty, which acts in greedy decoding too).
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class HFEngine(Engine):
         from transformers import (
             DynamicCache,
             LogitsProcessorList,
+            MinPLogitsWarper,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
@@ -158,7 +161,10 @@ class HFEngine(Engine):
                 warpers.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(params.top_p))
+            if params.min_p > 0.0:
+                warpers.append(MinPLogitsWarper(params.min_p))
         B = feed.ids_AL.shape[0]
+        seen_BV = None  # repetition penalty: the tokens each row has in its prompt or completion so far
         S, device = params.max_new_tokens, feed.ids_AL.device
         tokens_BS = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
         logp_BS = torch.zeros((B, S), dtype=torch.float32)
@@ -175,6 +181,10 @@ class HFEngine(Engine):
         for s in range(S):
             logits_AV = self.model(input_ids=ids_AL, attention_mask=mask_AL, position_ids=pos_AL,
                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if params.repetition_penalty != 1.0:
+                if seen_BV is None:
+                    seen_BV = _prompt_tokens(prompts, logits_AV.shape[-1], device)
+                logits_AV = repetition_penalized(logits_AV, seen_BV[rows_A], params.repetition_penalty)
             scores_AV = warpers(tokens_BS[rows_A, :s], logits_AV)
             logp_AV = torch.log_softmax(scores_AV, dim=-1)
             if greedy:
@@ -185,6 +195,8 @@ class HFEngine(Engine):
             token_A = torch.where(live_A, token_A, self.tokenizer.pad_token_id)
             rec = rows_A[live_A]
             tokens_BS[rec, s] = token_A[live_A]
+            if seen_BV is not None:
+                seen_BV[rec, token_A[live_A]] = True
             logp_BS[rec.cpu(), s] = logp_AV.gather(-1, token_A[:, None])[:, 0][live_A].cpu()
             done_A = torch.isin(token_A, eos_E)
             if params.stop:
@@ -246,6 +258,22 @@ def _stopped_by_text(tokenizer, tokens_AS: torch.Tensor, stops: tuple[str, ...])
     window = 4 * max(len(s) for s in stops) + 1
     tails = tokenizer.batch_decode(tokens_AS[:, -window:], skip_special_tokens=False)
     return torch.tensor([any(s in t for s in stops) for t in tails], device=tokens_AS.device)
+
+
+def _prompt_tokens(prompts: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(B, V) bool: the tokens of each row's prompt."""
+    seen_BV = torch.zeros((len(prompts), vocab), dtype=torch.bool, device=device)
+    for b, prompt in enumerate(prompts):
+        seen_BV[b, torch.tensor(prompt, dtype=torch.long, device=device)] = True
+    return seen_BV
+
+
+def repetition_penalized(logits_AV: torch.Tensor, seen_AV: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty of transformers and vLLM (Keskar et al. 2019, CTRL): the logit z of a token
+    already seen becomes z / penalty if z > 0, else z * penalty (penalty > 1 makes it less likely either
+    way)."""
+    penalised_AV = torch.where(logits_AV > 0, logits_AV / penalty, logits_AV * penalty)
+    return torch.where(seen_AV, penalised_AV, logits_AV)
 
 
 def sample_inverse_cdf(probs_BV: torch.Tensor, u_B1: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,9 +10,10 @@ optimizer step (and after a resume) `sync_weights` hands it the new policy:
 The trainer logs how long each hand-over takes (time/weight_sync_s).
 
 Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, so the log-prob of each
-sampled token is under the distribution actually sampled from (after temperature, top-k and
-top-p), as the transformers engine records it. The model's generation_config.json is ignored
-(`generation_config="vllm"`): only SamplingParams apply, as with the transformers engine.
+sampled token is under the distribution actually sampled from (after the repetition penalty,
+temperature, min-p, top-k and top-p), as the transformers engine records it. The model's
+generation_config.json is ignored (`generation_config="vllm"`): only SamplingParams apply, as with
+the transformers engine.
 
 On a GPU the engine takes `rollout.vllm.memory_share` of the GPU's memory and sleeps between
 rollouts (vLLM's sleep mode, level 1: weights to host memory, KV cache freed) so that the
@@ -118,7 +119,8 @@ class VLLMEngine(Engine):
         # one SamplingParams per prompt, each with its own seed: a shared seed gives every prompt
         # the same random draws
         sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                   top_k=params.top_k, max_tokens=params.max_new_tokens,
+                                   top_k=params.top_k, min_p=params.min_p,
+                                   repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
                                    seed=prompt_seed(params.seed, i, params.n), stop=list(params.stop) or None,
                                    include_stop_str_in_output=True, logprobs=0) for i in range(len(prompts))]
         inputs = [vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]

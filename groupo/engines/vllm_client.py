@@ -44,7 +44,8 @@ SERVE_HINT = "start one with `groupo serve CONFIG` (or the `vllm serve` command 
 def completion_request(model: str, prompt: list[int], params: SamplingParams, seed: int | None) -> dict[str, Any]:
     """The /v1/completions body asking for `params.n` samples of one tokenised prompt."""
     return {"model": model, "prompt": list(prompt), "n": params.n, "temperature": params.temperature,
-            "top_p": params.top_p, "top_k": params.top_k or -1, "max_tokens": params.max_new_tokens,
+            "top_p": params.top_p, "top_k": params.top_k or -1, "min_p": params.min_p,
+            "repetition_penalty": params.repetition_penalty, "max_tokens": params.max_new_tokens,
             "seed": seed, "stop": list(params.stop), "include_stop_str_in_output": True, "logprobs": 0,
             "return_token_ids": True, "skip_special_tokens": True}
 

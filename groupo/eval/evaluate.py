@@ -1,4 +1,4 @@
-"""Held-out evaluation: greedy accuracy, pass@k and maj@k over a task's problems.
+"""Held-out evaluation: greedy accuracy, pass@k, maj@k and mean@k over a task's problems.
 
 The trainer calls `evaluate` before, during and after training; `groupo eval` calls it on a base
 model or a trained run. Correctness is the task's `eval_reward` (e.g. "accuracy") equal to 1.0.
@@ -31,16 +31,19 @@ from groupo.types import Completion, Problem, SamplingParams
 class EvalResult:
     """accuracy: greedy accuracy (None if no greedy pass ran); pass_at_k: {k: value} for k = 1, 2,
     4, ... up to `samples`; maj_at_k: maj@samples (None for samples = 1 or tasks without
-    answer-style rewards); n: problems; records: one dict per generated sample."""
+    answer-style rewards); mean_at_k: the share of all sampled completions that are correct
+    (mean@samples, equal to the unbiased pass@1); n: problems; records: one dict per generated sample."""
 
     accuracy: float | None
     pass_at_k: dict[int, float]
     maj_at_k: float | None
     n: int
     records: list[dict] = field(default_factory=list)
+    mean_at_k: float | None = None
 
     def summary(self) -> dict:
-        return {"n": self.n, "accuracy": self.accuracy, "pass_at_k": self.pass_at_k, "maj_at_k": self.maj_at_k}
+        return {"n": self.n, "accuracy": self.accuracy, "pass_at_k": self.pass_at_k, "maj_at_k": self.maj_at_k,
+                "mean_at_k": self.mean_at_k}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -107,7 +110,8 @@ def _run(sample: Callable, task: Task, problems: list[Problem], params: Sampling
 
 def evaluate(sample: Callable[[list[Problem], SamplingParams], list[list[Completion]]], task: Task,
              problems: list[Problem], *, samples: int = 1, max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, batch_size: int = 64, reward_fns: dict | None = None, seed: int = 0,
+             top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             batch_size: int = 64, reward_fns: dict | None = None, seed: int = 0,
              greedy: bool = True, progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Evaluate `problems` of `task` with what `sample(problems, params)` draws: completions per
     problem (a groupo.rollout.Sampler: one turn, or episodes with the run's tools).
@@ -115,6 +119,8 @@ def evaluate(sample: Callable[[list[Problem], SamplingParams], list[list[Complet
     samples: completions per problem (k). With samples = 1 and temperature = 0 this is one greedy
         pass. With samples > 1 they are drawn at `temperature` (must be > 0) for pass@k and maj@k,
         and, if `greedy`, one extra greedy pass gives `accuracy`.
+    top_p, top_k, min_p: the sampled pass's truncation; repetition_penalty: both passes' (it changes
+        greedy decoding too), as rollout.* sets them for training.
     reward_fns: name -> (fn, weight), as from `resolve_rewards` (default: the task's rewards); the
         task's `eval_reward` is added from the registry if missing.
     progress: called with (prompts done, prompts total) after each generation batch.
@@ -130,14 +136,15 @@ def evaluate(sample: Callable[[list[Problem], SamplingParams], list[list[Complet
     records: list[dict] = []
     accuracy = None
     if greedy and (samples > 1 or temperature == 0):
-        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed,
+                                repetition_penalty=repetition_penalty)
         greedy_recs = _run(sample, task, problems, params, batch_size, fns, progress, True)
         accuracy = sum(r["correct"] for r in greedy_recs) / n if n else 0.0
         records += greedy_recs
     sampled = records if samples == 1 and temperature == 0 else []
     if not sampled:
-        params = SamplingParams(n=samples, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens, seed=seed)
+        params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed)
         sampled = _run(sample, task, problems, params, batch_size, fns, progress, False)
         records += sampled
     by_problem: dict[int, list[dict]] = {}
@@ -150,4 +157,5 @@ def evaluate(sample: Callable[[list[Problem], SamplingParams], list[list[Complet
     if samples > 1 and n and task.eval_reward == "accuracy":
         maj = sum(majority_correct([answer_key(r["extracted"]) for r in rs], [r["correct"] for r in rs])
                   for rs in by_problem.values()) / n
-    return EvalResult(accuracy=accuracy, pass_at_k=passk, maj_at_k=maj, n=n, records=records)
+    mean = sum(r["correct"] for r in sampled) / len(sampled) if sampled else None
+    return EvalResult(accuracy=accuracy, pass_at_k=passk, maj_at_k=maj, n=n, records=records, mean_at_k=mean)

@@ -86,8 +86,8 @@ def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 
     """Log-prob of each completion token under softmax(logits / temperature).
 
     Returns (logp_BT, entropy_BT or None), float32, zero at padded positions. logp_BT is
-    differentiable; entropy_BT (of the temperature-scaled next-token distribution, in nats) is a
-    detached metric.
+    differentiable; entropy_BT (of the temperature-scaled next-token distribution, in nats) is
+    differentiable too (the entropy bonus; a metric where the loss does not use it).
 
     Memory: the model computes outputs only at the T completion-predicting columns
     (`logits_to_keep`), never the prompt's. The (B, T, V) logits are never whole: the model's

@@ -4,14 +4,15 @@ pass written out.
 For logits z (scaled by 1 / temperature) over V tokens, with lse = logsumexp(z) and p = exp(z - lse):
 
     log p(token) = z[token] - lse          d log p(token) / dz = onehot(token) - p
-    entropy      = lse - sum(p * z)        (a metric: no gradient)
+    entropy H    = lse - sum(p * z)        dH / dz = -p (log p + H)   (the entropy bonus's gradient)
 
 Autograd through `logsumexp`, the division by the temperature and the float cast runs some fifteen
 passes over the (N, V) block for forward and backward, and `torch.softmax` for the entropy more; V
 is ~50k, so on a CPU these passes cost more than the output head's matmuls (measured: 0.69 of 0.96 s
 for 768 positions of a 49k vocabulary, bf16). Here the forward makes p once, uses it for the entropy
-and keeps it for the backward, which is one multiply, a scatter and the cast back. The same
-numbers as autograd's up to float rounding (tests/test_logprobs.py).
+and keeps it for the backward, which is one multiply, a scatter and the cast back (and, only when
+the entropy's own gradient is asked for, one more pass over p). The same numbers as autograd's up to
+float rounding (tests/test_logprobs.py, tests/test_entropy.py).
 """
 
 from __future__ import annotations
@@ -27,11 +28,17 @@ class _TokenLogp(torch.autograd.Function):
             return _forward(ctx, logits_NV, ids_N, temperature, with_entropy)
 
     @staticmethod
-    def backward(ctx, grad_N: torch.Tensor, _grad_entropy: torch.Tensor):
-        p_NV, ids_N = ctx.saved_tensors
-        g_N = grad_N.float() / ctx.temperature
-        grad_NV = p_NV * -g_N[:, None]
-        grad_NV.scatter_add_(-1, ids_N[:, None], g_N[:, None])
+    def backward(ctx, grad_N: torch.Tensor | None, grad_entropy_N: torch.Tensor | None):
+        p_NV, ids_N, entropy_N = ctx.saved_tensors
+        grad_NV = torch.zeros_like(p_NV)
+        if grad_N is not None:
+            g_N = grad_N.float() / ctx.temperature
+            grad_NV = p_NV * -g_N[:, None]
+            grad_NV.scatter_add_(-1, ids_N[:, None], g_N[:, None])
+        if grad_entropy_N is not None:  # unmaterialised (None) unless the loss uses the entropy
+            # p log p as xlogy: 0 where p underflowed to 0, where log p would give 0 * -inf = NaN
+            h_N = grad_entropy_N.float() / ctx.temperature
+            grad_NV -= h_N[:, None] * (torch.xlogy(p_NV, p_NV) + p_NV * entropy_N[:, None])
         return grad_NV.to(ctx.dtype), None, None, None
 
 
@@ -49,15 +56,17 @@ def _forward(ctx, logits_NV: torch.Tensor, ids_N: torch.Tensor, temperature: flo
         if with_entropy:
             entropy_N = lse_N - torch.linalg.vecdot(p_NV, z_NV)
         if need_grad:
-            ctx.save_for_backward(p_NV, ids_N)
+            ctx.save_for_backward(p_NV, ids_N, entropy_N)
     ctx.temperature, ctx.dtype = temperature, logits_NV.dtype
-    ctx.mark_non_differentiable(entropy_N)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero (N,) tensors, no pass
+    if not with_entropy:
+        ctx.mark_non_differentiable(entropy_N)
     return logp_N, entropy_N
 
 
 def token_logp(logits_NV: torch.Tensor, ids_N: torch.Tensor, temperature: float = 1.0,
                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log p(ids_N[n]) under softmax(logits_NV[n] / temperature), float32, differentiable in the
-    logits; the entropy of that distribution in nats, detached, or None)."""
+    logits; the entropy of that distribution in nats, differentiable too, or None)."""
     logp_N, entropy_N = _TokenLogp.apply(logits_NV, ids_N, temperature, with_entropy)
     return logp_N, (entropy_N if with_entropy else None)

@@ -53,7 +53,7 @@ def prompt_lengths(cfg: Config, tokenizer, limit: int = 256) -> list[int]:
     task = load_task(cfg.task)
     if not task.train:
         raise ConfigError(f"task {cfg.task.name!r} has no training problems")
-    return [len(encode_prompt(tokenizer, p.messages)) for p in task.train[:limit]]
+    return [len(encode_prompt(tokenizer, p.messages, cfg.rollout.chat_template_kwargs)) for p in task.train[:limit]]
 
 
 def longest_per_batch(lengths: list[int], prompts: int) -> int:

@@ -32,14 +32,24 @@ PLOTS: list[tuple[str, str, list[str]]] = [
     ("reward_fn", "Reward per function (unweighted mean)", ["reward/fn/*"]),
     ("accuracy", "Accuracy: training samples and held-out (greedy)",
      ["accuracy/train", "accuracy/eval", "accuracy/eval_*"]),
+    ("eval_sampled", "Held-out, k samples each (train.eval_samples): pass@k, maj@k, mean@k",
+     ["eval/pass@*", "eval/maj@*", "eval/mean@*"]),
     ("length", "Completion length (tokens)", ["completion/len_mean", "completion/len_max"]),
     ("truncated", "Share truncated at the length limit, and with several answers",
      ["completion/truncated_frac", "completion/multi_answer_frac"]),
     ("zero_var", "Share of zero-variance groups (no learning signal)", ["rollout/zero_var_group_frac"]),
     ("kl", "KL: to the reference (loss/kl) and engine vs trainer", ["loss/kl", "rollout/mismatch_kl"]),
     ("clip", "Fraction of tokens clipped", ["loss/clip_low_frac", "loss/clip_high_frac"]),
-    ("entropy", "Entropy (nats per token)", ["loss/entropy"]),
-    ("loss", "Loss (about 0 by construction with mu = 1 and beta = 0)", ["loss/total"]),
+    ("entropy", "Entropy (nats per token): all tokens, and those the policy term keeps",
+     ["loss/entropy", "loss/entropy_kept"]),
+    ("loss", "Loss (about 0 by construction with mu = 1 and beta = 0) and the entropy bonus in it",
+     ["loss/total", "loss/entropy_bonus"]),
+    ("entropy_coef", "Entropy bonus coefficient (adaptive entropy control)", ["loss/entropy_coef"]),
+    ("is_weight", "Importance weight against the engine, token mean", ["rollout/is_weight_mean"]),
+    ("corrected", "Shares corrected against the engine: truncated, masked, dropped (tokens; *_seq: sequences); "
+     "kept by entropy", ["rollout/is_truncated_frac", "rollout/is_truncated_seq_frac", "rollout/is_masked_frac",
+                         "rollout/is_masked_seq_frac", "rollout/off_policy_masked_frac",
+                         "rollout/off_policy_masked_seq_frac", "loss/entropy_kept_frac"]),
     ("grad_norm", "Gradient norm (before clipping)", ["optim/grad_norm"]),
     ("lr", "Learning rate", ["optim/lr"]),
     ("time", "Time per step (s)", ["time/step_s", "time/gen_s", "time/update_s", "time/weight_sync_s"]),
@@ -83,6 +93,8 @@ def run_data(run_dir: Path) -> dict[str, Any]:
         for e in evals:
             key = f"accuracy/eval_{e['split']}" if e.get("split") else "accuracy/eval"
             merged.setdefault(key, [None] * len(steps))[at[e["step"]]] = _round(e.get("accuracy"))
+            for k in (k for k in e if "@" in k):  # train.eval_samples: pass@k, maj@k, mean@k
+                merged.setdefault(f"eval/{k}", [None] * len(steps))[at[e["step"]]] = _round(e[k])
         series = merged
     alarms = [a | {"step": r["step"]} for r in rows for a in r.get("alarms", [])]
     samples = read_jsonl(run_dir / "samples.jsonl")[-MAX_SAMPLES:]

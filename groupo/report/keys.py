@@ -21,6 +21,10 @@ KEYS: dict[str, str] = {
     "accuracy/eval": "held-out greedy accuracy (eval.jsonl; sent to the other sinks at each evaluation)",
     "accuracy/eval_<split>": "the same on the extra held-out split `<split>` (task.extra_eval_splits; eval.jsonl "
                              "rows that name it)",
+    "eval/pass@<k>": "train.eval_samples = k: share of held-out problems with a correct one among k samples "
+                     "(unbiased estimator, Chen et al. 2021), at each evaluation (eval.jsonl)",
+    "eval/maj@<k>": "share whose most frequent answer among the k samples is correct (answer-checked tasks)",
+    "eval/mean@<k>": "share of all k x problems samples that are correct (= pass@1)",
     "completion/len_mean": "completion length in tokens, mean",
     "completion/len_max": "completion length in tokens, max",
     "completion/truncated_frac": "share of completions that hit rollout.max_new_tokens",
@@ -29,8 +33,27 @@ KEYS: dict[str, str] = {
     "rollout/groups_used": "groups in the update (dynamic sampling drops zero-variance ones)",
     "rollout/logprob_mismatch": "mean abs(log pi_trainer - log pi_engine) over sampled tokens, before the update",
     "rollout/mismatch_kl": "k3 estimate of KL(engine || trainer)",
-    "rollout/tis_weight_mean": "mean truncated importance weight (algorithm.tis_cap set)",
-    "loss/total": "the loss optimized (last of the mu updates); about 0 with mu = 1 and beta = 0, see the log",
+    "rollout/is_weight_mean": "mean importance weight against the engine, token mean (algorithm.is_correction)",
+    "rollout/is_truncated_frac": "share of tokens whose importance weight was clipped to is_lower / is_upper "
+                                 "(*_truncate)",
+    "rollout/is_truncated_seq_frac": "share of sequences with such a token (sequence_truncate: the whole sequence)",
+    "rollout/is_masked_frac": "share of tokens whose importance weight was zeroed outside [is_lower, is_upper] "
+                              "(*_mask)",
+    "rollout/is_masked_seq_frac": "share of sequences with such a token (sequence_mask: dropped whole)",
+    "rollout/off_policy_masked_frac": "share of tokens dropped by the off-policy sequence mask "
+                                      "(algorithm.off_policy_mask_threshold)",
+    "rollout/off_policy_masked_seq_frac": "share of sequences it dropped: negative advantage, mean log(pi_engine / "
+                                          "pi) above the threshold",
+    "loss/total": "the loss optimized, the entropy bonus included (last of the mu passes; with "
+                  "train.steps_per_generation, the mean of its mini-batches'); about 0 with mu = 1 and beta = 0, see "
+                  "the log",
+    "loss/entropy_bonus": "the entropy bonus's part of loss/total: -entropy_coef x the entropy aggregated like the "
+                          "policy term (algorithm.entropy_coef)",
+    "loss/entropy_coef": "adaptive entropy control's coefficient after the step (algorithm.entropy_target); the "
+                         "bonus is on only while the entropy is at or below the target",
+    "loss/entropy_kept_frac": "share of tokens the policy term keeps, the highest-entropy ones "
+                              "(algorithm.top_entropy_quantile < 1)",
+    "loss/entropy_kept": "their mean entropy, nats: what adaptive entropy control compares with its target",
     "loss/kl": "per-token KL to the reference (beta > 0)",
     "loss/clip_low_frac": "share of tokens clipped at 1 - eps_low",
     "loss/clip_high_frac": "share of tokens clipped at 1 + eps_high",
@@ -64,6 +87,10 @@ UPDATE_KEYS: dict[str, str] = {
     "loss": "loss/total", "kl": "loss/kl", "clip_low_frac": "loss/clip_low_frac",
     "clip_high_frac": "loss/clip_high_frac", "ratio_mean": "loss/ratio_mean", "ratio_min": "loss/ratio_min",
     "ratio_max": "loss/ratio_max", "entropy": "loss/entropy", "grad_norm": "optim/grad_norm", "lr": "optim/lr",
+    "entropy_bonus": "loss/entropy_bonus", "entropy_coef": "loss/entropy_coef",
+    "entropy_kept_frac": "loss/entropy_kept_frac", "entropy_kept": "loss/entropy_kept",
+    **{k: f"rollout/{k}" for k in ("is_weight_mean", "is_truncated_frac", "is_truncated_seq_frac", "is_masked_frac",
+                                   "is_masked_seq_frac", "off_policy_masked_frac", "off_policy_masked_seq_frac")},
 }
 
 
@@ -73,10 +100,11 @@ def fn_key(name: str) -> str:
 
 def documented(key: str) -> bool:
     """Whether `key` is in the table (reward function keys match their `<name>` row, extra splits'
-    their `<split>` row)."""
+    their `<split>` row, sampled evaluation's their `<k>` row)."""
     if key in KEYS:
         return True
-    return any(key.startswith(k[: -len(end)]) for k in KEYS for end in ("<name>", "<split>") if k.endswith(end))
+    return any(key.startswith(k[: -len(end)]) for k in KEYS for end in ("<name>", "<split>", "<k>")
+               if k.endswith(end))
 
 
 def markdown_table() -> str:

@@ -23,10 +23,13 @@ class Sampler:
     when tools are on: `Completion.sampled_mask` then marks the policy's own tokens).
 
     engine: what makes the tokens; tokenizer: encodes one-turn prompts; episodes and fmt: with
-    tools, the episode settings and the built tool format (it holds the toolbox)."""
+    tools, the episode settings and the built tool format (it holds the toolbox); template_kwargs:
+    rollout.chat_template_kwargs, for one-turn prompts (a format has its own)."""
 
-    def __init__(self, engine, tokenizer, episodes: EpisodeSettings | None = None, fmt: Format | None = None):
+    def __init__(self, engine, tokenizer, episodes: EpisodeSettings | None = None, fmt: Format | None = None,
+                 template_kwargs: dict | None = None):
         self.engine, self.tokenizer, self.episodes, self.fmt = engine, tokenizer, episodes, fmt
+        self.template_kwargs = dict(template_kwargs or {})
         self._prompts: dict[str, list[int]] = {}
 
     @property
@@ -40,7 +43,7 @@ class Sampler:
         if key not in self._prompts:
             if len(self._prompts) >= PROMPT_CACHE:  # bounded: generated tasks never repeat a prompt
                 self._prompts.clear()
-            self._prompts[key] = encode_prompt(self.tokenizer, problem.messages)
+            self._prompts[key] = encode_prompt(self.tokenizer, problem.messages, self.template_kwargs)
         return self._prompts[key]
 
     def __call__(self, problems: list[Problem], params: SamplingParams) -> list[list[Completion]]:
@@ -53,15 +56,15 @@ class Sampler:
 def make_sampler(cfg: Config, engine, tokenizer) -> Sampler:
     """The run's sampler: tools, environment and format loaded and checked (a ConfigError names
     the episodes.* key at fault before training starts)."""
-    E = cfg.episodes
+    E, kwargs = cfg.episodes, cfg.rollout.chat_template_kwargs
     if not E.tool_format:
-        return Sampler(engine, tokenizer)
+        return Sampler(engine, tokenizer, template_kwargs=kwargs)
     tools = load_tools(E.tools or (["python"] if E.tool_format == "python_block" else []))
     environment = load_environment(E.environment) if E.environment else None
     settings = ToolSettings(timeout_s=E.tool_timeout_s, max_output_tokens=E.max_tool_output_tokens,
                             python_memory_mb=cfg.sandbox.memory_mb, workers=cfg.sandbox.workers)
     toolbox = Toolbox(tools, environment, settings, tokenizer)
-    fmt = make_format(E.tool_format, tokenizer, toolbox)  # a template that cannot render tools: ConfigError now
+    fmt = make_format(E.tool_format, tokenizer, toolbox, kwargs)  # a template that cannot render tools: ConfigError
     return Sampler(engine, tokenizer, EpisodeSettings(max_turns=E.max_turns, workers=E.tool_workers), fmt)
 
 

@@ -48,7 +48,7 @@ class PythonBlock:
     name = "python_block"
     stop = ("```\n",)
 
-    def __init__(self, tokenizer, toolbox: Toolbox):
+    def __init__(self, tokenizer, toolbox: Toolbox, template_kwargs: dict | None = None):
         others = sorted(set(toolbox.tools) - {"python"})
         if others:
             raise ConfigError(f"episodes.tool_format=python_block offers only the python tool, not {others} "
@@ -57,10 +57,10 @@ class PythonBlock:
         if "python" not in toolbox.tools:
             raise ConfigError("episodes.tool_format=python_block runs ```python blocks with the python tool; "
                               "set episodes.tools=[python]")
-        self.tokenizer, self.toolbox = tokenizer, toolbox
+        self.tokenizer, self.toolbox, self.template_kwargs = tokenizer, toolbox, dict(template_kwargs or {})
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        return encode_prompt(self.tokenizer, messages)
+        return encode_prompt(self.tokenizer, messages, self.template_kwargs)
 
     def parse(self, turn_ids: list[int]) -> list[ToolCall]:
         """The closed ```python block at the end of the turn, as a `python` call (none: no call)."""
@@ -87,8 +87,9 @@ class ChatTemplate:
     name = "chat_template"
     stop = ()
 
-    def __init__(self, tokenizer, toolbox: Toolbox):
+    def __init__(self, tokenizer, toolbox: Toolbox, template_kwargs: dict | None = None):
         self.tokenizer, self.toolbox, self.schemas = tokenizer, toolbox, toolbox.schemas
+        self.template_kwargs = dict(template_kwargs or {})
         self.specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
         self.controls = control_tokens(tokenizer)
         try:
@@ -112,7 +113,7 @@ class ChatTemplate:
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=self.schemas or None, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
+                                                  add_generation_prompt=generation_prompt, **self.template_kwargs)
 
     def _suffix(self, calls: list[ToolCall], results: list[ToolResult]) -> tuple[str, str]:
         """(the assistant turn's end-of-turn special token, the text after it up to and including
@@ -128,7 +129,8 @@ class ChatTemplate:
         return end_token, after[end:]
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        return encode_chat(self.tokenizer, messages, tools=self.schemas or None, add_generation_prompt=True)
+        return encode_chat(self.tokenizer, messages, tools=self.schemas or None, add_generation_prompt=True,
+                           **self.template_kwargs)
 
     def parse(self, turn_ids: list[int]) -> list[ToolCall]:
         return parse_hermes(self.tokenizer.decode(turn_ids, skip_special_tokens=False))
@@ -185,12 +187,14 @@ def parse_hermes(text: str) -> list[ToolCall]:
 FORMATS = {"python_block": PythonBlock, "chat_template": ChatTemplate}
 
 
-def make_format(tool_format: str, tokenizer, toolbox: Toolbox) -> PythonBlock | ChatTemplate:
-    """The format `tool_format` names, built for `tokenizer` and `toolbox`: a ConfigError says when
-    they cannot go together (the name itself is checked with the config key, episodes.tool_format)."""
+def make_format(tool_format: str, tokenizer, toolbox: Toolbox,
+                template_kwargs: dict | None = None) -> PythonBlock | ChatTemplate:
+    """The format `tool_format` names, built for `tokenizer` and `toolbox` (`template_kwargs`:
+    rollout.chat_template_kwargs, for every prompt it renders): a ConfigError says when they cannot
+    go together (the name itself is checked with the config key, episodes.tool_format)."""
     if tool_format not in FORMATS:
         raise ValueError(f"unknown tool format {tool_format!r}; valid: {', '.join(FORMATS)}")
-    return FORMATS[tool_format](tokenizer, toolbox)
+    return FORMATS[tool_format](tokenizer, toolbox, template_kwargs)
 
 
 def with_observation(messages: Sequence[Message], observation: str | None) -> list[Message]:

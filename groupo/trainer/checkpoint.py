@@ -3,7 +3,8 @@
 Layout of `RUN/checkpoints/step-N/`:
     trainable.safetensors   the trained parameters (LoRA adapter weights, or all weights)
     optimizer.pt            AdamW and LR-scheduler state (tensors and plain values only)
-    state.json              step, data position, RNG states, wall time spent so far
+    state.json              step, data position, RNG states, wall time spent so far, adaptive entropy
+                            control's coefficient
     manifest.json           every other file's size and SHA-256 (groupo/trainer/manifest.py)
 
 With several processes (torchrun) the weights and the optimizer state are sharded under FSDP2,
@@ -64,6 +65,7 @@ class TrainerState:
     data_position: int             # prompts consumed from the training stream
     elapsed_s: float               # training wall time spent before this checkpoint
     rng: dict[str, Any] | None = None
+    entropy_control: dict[str, float] | None = None  # adaptive entropy control's state (trainer.update)
 
 
 @dataclass
@@ -113,7 +115,8 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
             for stale in [*ckpt_root.glob(".tmp-*"), *ckpt_root.glob(".old-*")]:  # left by a killed save
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
-        payload = {"step": state.step, "data_position": state.data_position, "elapsed_s": state.elapsed_s}
+        payload = {"step": state.step, "data_position": state.data_position, "elapsed_s": state.elapsed_s,
+                   "entropy_control": state.entropy_control}
         if world.enabled:
             barrier(world)
             _save_sharded(tmp, model, optimizer, scheduler, payload, world)
@@ -291,7 +294,7 @@ def _apply(path: Path, read: tuple, model, optimizer, scheduler, world: Dist) ->
     scheduler.load_state_dict(opt["scheduler"])
     _set_rng_state(raw["rng"])
     return TrainerState(step=raw["step"], data_position=raw["data_position"], elapsed_s=raw["elapsed_s"],
-                        rng=raw["rng"])
+                        rng=raw["rng"], entropy_control=raw.get("entropy_control"))
 
 
 def _load_sharded(path: Path, model, optimizer, scheduler, raw: dict, world: Dist) -> TrainerState:
@@ -312,4 +315,5 @@ def _load_sharded(path: Path, model, optimizer, scheduler, raw: dict, world: Dis
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from None
     rng = raw["rng"][world.rank]
     _set_rng_state(rng)
-    return TrainerState(step=raw["step"], data_position=raw["data_position"], elapsed_s=raw["elapsed_s"], rng=rng)
+    return TrainerState(step=raw["step"], data_position=raw["data_position"], elapsed_s=raw["elapsed_s"], rng=rng,
+                        entropy_control=raw.get("entropy_control"))

@@ -35,6 +35,7 @@ class RolloutBatch:
     group_size: int
     reward_metrics: dict[str, float] = field(default_factory=dict)  # means of the rewards' log_metric calls
     reward_timeouts: int = 0                 # answer checks that timed out, all ranks together
+    reward_weights: dict[str, float] = field(default_factory=dict)  # reward name -> its weight in the total
 
     @property
     def completion_ids(self) -> list[list[int]]:
@@ -128,5 +129,5 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
                         # the slowest rank's seconds per function: the time the step waited for it
                         **{f"time/reward/{metric_name(k)}": max(s.get(k, 0.0) for _, _, s in logs)
                            for k in logs[0][2]}},
-        reward_timeouts=sum(t for t, _, _ in logs))
+        reward_timeouts=sum(t for t, _, _ in logs), reward_weights={n: w for n, (_, w) in reward_fns.items()})
     return batch, data_position

@@ -2,7 +2,8 @@
 
     collect   sample G completions for each prompt, score them, gather the ranks' groups (trainer.collect)
     prepare   advantages, the loss mask, the global denominator, old / reference log-probs (trainer.prepare)
-    update    mu optimizer steps with exact gradient accumulation (trainer.update)
+    update    mu passes over the batch's mini-batches, an optimizer step each, exact gradient accumulation
+              (trainer.update)
     record    metrics, samples, alarms, evaluation, checkpoint (trainer.runlog, trainer.checkpoint)
 
 Every step is a function of (weights, optimizer state, step, data position, seed): generation
@@ -17,6 +18,7 @@ writes logs, metrics, samples, the report and `final/`. One process is rank 0 of
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from groupo.trainer.prepare import prepare
 from groupo.trainer.record import step_record
 from groupo.trainer.runlog import RunLog
 from groupo.trainer.settings import update_settings
-from groupo.trainer.update import build_optimizer, update
+from groupo.trainer.update import EntropyControl, build_optimizer, update
 from groupo.types import SamplingParams
 
 
@@ -64,6 +66,11 @@ def check_world(cfg: Config, world: Dist) -> None:
         raise ConfigError(f"train.prompts_per_step = {cfg.train.prompts_per_step} is the global batch and must "
                           f"be divisible by the number of processes ({world.world_size}): each rank takes whole "
                           "groups")
+    per_rank, n = cfg.train.prompts_per_step // world.world_size, cfg.train.steps_per_generation
+    if world.world_size > 1 and per_rank % n:
+        raise ConfigError(f"train.steps_per_generation = {n} must divide the {per_rank} prompts each of the "
+                          f"{world.world_size} processes takes (train.prompts_per_step / processes): each mini-batch "
+                          "takes whole groups on every rank")
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> dict[str, Any]:
@@ -87,18 +94,23 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
-                                           T.steps * A.num_iterations, T.lr_schedule)
+                                           T.steps * A.num_iterations * T.steps_per_generation, T.lr_schedule)
     state = TrainerState(step=0, data_position=0, elapsed_s=0.0)
     if resume and (resumed := load_latest(run_dir, policy.model, optimizer, scheduler, world)):
         state = resumed.state  # the newest intact checkpoint; damaged newer ones are named in a warning
+    entropy_control = None  # algorithm.entropy_target: adaptive entropy control, its state checkpointed
+    if A.entropy_target is not None:
+        entropy_control = EntropyControl(**(state.entropy_control or {"coef": s.loss.entropy_coef}))
     engine = build_engine(cfg, EngineContext(policy.model, policy.tokenizer, run_dir, world, device, amp))
     engine.sync_weights()  # an engine with its own weights samples from the checkpoint's
     sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
     reward_fns = with_environment_reward(reward_fns, sampler)
     eval_problems = task.test[: cfg.task.eval_size or None]
-    held_out = HeldOut(lambda problems: held_out_accuracy(sampler, module, task, problems, reward_fns, world=world,
-                                                          max_new_tokens=R.max_new_tokens, batch_size=R.batch_size),
-                       eval_problems, extra_sets)
+    sampling = {"top_p": R.top_p, "top_k": R.top_k, "min_p": R.min_p, "repetition_penalty": R.repetition_penalty}
+    held_out = HeldOut(lambda problems, sampled: held_out_accuracy(
+        sampler, module, task, problems, reward_fns, world=world, max_new_tokens=R.max_new_tokens,
+        batch_size=R.batch_size, samples=T.eval_samples if sampled else 0, sampling=sampling,
+        temperature=T.eval_temperature if T.eval_temperature is not None else R.temperature), eval_problems, extra_sets)
 
     with RunLog(cfg, run_dir, world, state.step, state.elapsed_s) as run, sigterm_as_interrupt():
         for line in _opening(cfg, run_dir, policy, world, device, amp, s, state, engine):
@@ -118,6 +130,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     break
                 t_step, seed = time.monotonic(), step_seed(T.seed, state.step, world.rank)
                 params = SamplingParams(n=R.group_size, temperature=R.temperature, top_p=R.top_p, top_k=R.top_k,
+                                        min_p=R.min_p, repetition_penalty=R.repetition_penalty,
                                         max_new_tokens=R.max_new_tokens, stop=tuple(R.stop), seed=seed)
 
                 # --- 1. collect: G completions for each of P prompts (this rank's share), scored, gathered
@@ -136,7 +149,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
                     if rollout.problems:
                         batch = prepare(module, policy, rollout, s, world, pad_id=policy.tokenizer.pad_token_id,
                                         device=device)
-                        metrics |= update(module, optimizer, scheduler, batch, s, world, seed=seed)
+                        metrics |= update(module, optimizer, scheduler, batch, s, world, seed=seed,
+                                          entropy_control=entropy_control)
+                        state.entropy_control = asdict(entropy_control) if entropy_control else None
                         t_sync = time.monotonic()
                         engine.sync_weights()
                         metrics["time/weight_sync_s"] = time.monotonic() - t_sync
@@ -179,7 +194,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
             "total_minutes_this_session": round((time.monotonic() - started) / 60, 2),
             "eval_problems": len(eval_problems), "accuracy_before": before, "accuracy_after": after,
             "improvement_points": None if before is None else round(100 * (after - before), 1),
-            **run.extra_eval()}  # {"extra_eval": {split: ...}} with task.extra_eval_splits
+            **run.extra_eval(),  # {"extra_eval": {split: ...}} with task.extra_eval_splits
+            **run.sampled_eval()}  # pass@k, maj@k, mean@k before and after, with train.eval_samples
     if world.is_main:
         run.log(run.closing())
     return run.summary
@@ -215,7 +231,9 @@ def _opening(cfg: Config, run_dir: Path, policy, world: Dist, device, amp: str, 
         lines.append("the update encodes every prompt once per completion, not once per group: "
                      + ("FSDP2 cannot back-propagate through a shared prompt's KV cache" if not s.share_prompts
                         else "this transformers release drops the KV cache of checkpointed layers"))
-    if note := loss_note(cfg.algorithm.num_iterations, s.loss.beta):
+    # one optimizer step per batch and no entropy bonus: otherwise the logged loss is not ~0 by construction
+    plain = s.steps_per_generation == 1 and s.loss.entropy_coef == 0 and s.entropy_target is None
+    if plain and (note := loss_note(cfg.algorithm.num_iterations, s.loss.beta)):
         lines.append(note)
     return lines
 

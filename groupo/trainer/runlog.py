@@ -86,18 +86,41 @@ class RunLog:
         self.progress.advance(record)
         return alarms
 
-    def evaluation(self, step: int, accuracy: float, n: int, seconds: float, split: str | None = None) -> float:
+    def evaluation(self, step: int, accuracy: float, n: int, seconds: float, split: str | None = None,
+                   sampled: dict[str, float] | None = None) -> float:
         """Record a held-out evaluation: an eval.jsonl row (with "split" for an extra split of
-        task.extra_eval_splits; the main split's rows have none), the sinks' accuracy/eval (or
-        accuracy/eval_<split>) and a log line."""
+        task.extra_eval_splits; the main split's rows have none; with train.eval_samples, the
+        sampled metrics pass@k, maj@k, mean@k, the sample count and temperature), the sinks'
+        accuracy/eval (or accuracy/eval_<split>) and eval/<metric>, and a log line."""
+        sampled = sampled or {}
+        extra = {"samples": self.cfg.train.eval_samples, "temperature": self._eval_temperature()} if sampled else {}
         if self.main:
-            row = {"step": step, "accuracy": accuracy, "n": n, "seconds": round(seconds, 1)}
+            row = {"step": step, "accuracy": accuracy, "n": n, "seconds": round(seconds, 1), **sampled, **extra}
             with open(self.run_dir / "eval.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row | ({"split": split} if split else {})) + "\n")
-            self.sinks.scalars({f"accuracy/eval_{split}" if split else "accuracy/eval": accuracy}, step)
+            self.sinks.scalars({f"accuracy/eval_{split}" if split else "accuracy/eval": accuracy,
+                                **{f"eval/{k}": v for k, v in sampled.items()}}, step)
         what = f"{split} split accuracy" if split else "held-out accuracy"
-        self.log(f"eval step {step}: {what} {accuracy:.1%} on {n} problems ({seconds:.0f}s)")
+        also = "".join(f", {k} {v:.1%}" for k, v in sampled.items())
+        self.log(f"eval step {step}: {what} {accuracy:.1%}{also} on {n} problems ({seconds:.0f}s)")
         return accuracy
+
+    def _eval_temperature(self) -> float:
+        T = self.cfg.train
+        return T.eval_temperature if T.eval_temperature is not None else self.cfg.rollout.temperature
+
+    def sampled_eval(self) -> dict[str, Any]:
+        """With train.eval_samples = k: {"eval_samples": k, "eval_temperature": t, "pass@k_before": ...,
+        "pass@k_after": ..., and so for maj@k and mean@k} from the main split's first and last eval.jsonl
+        rows that have them, for the summary; {} otherwise."""
+        rows = [r for r in self._evals(None) if "samples" in r]
+        out: dict[str, Any] = {}
+        if rows:
+            first, last = rows[0], rows[-1]
+            out = {"eval_samples": last["samples"], "eval_temperature": last["temperature"]}
+            for key in (k for k in last if "@" in k):
+                out |= {f"{key}_before": first.get(key), f"{key}_after": last[key]}
+        return broadcast_object(out, self.world)
 
     def first_accuracy(self) -> float | None:
         """The run's first held-out accuracy of the main split (its "before"), the same on every rank."""
@@ -128,4 +151,8 @@ class RunLog:
         lines += [f"{split} split accuracy: {e['accuracy_before']:.1%} -> {e['accuracy_after']:.1%} "
                   f"({e['improvement_points']:+.1f} points) on {e['eval_problems']} problems"
                   for split, e in s.get("extra_eval", {}).items()]
+        if "eval_samples" in s:
+            metrics = [k[:-len("_before")] for k in s if k.endswith("_before") and "@" in k]
+            lines.append(f"held-out, {s['eval_samples']} samples each at temperature {s['eval_temperature']}: "
+                         + ", ".join(f"{m} {s[m + '_before']:.1%} -> {s[m + '_after']:.1%}" for m in metrics))
         return "\n".join([*lines, f"final weights: {self.run_dir / 'final'}", f"report: {self.report}"])
