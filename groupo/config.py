@@ -84,7 +84,7 @@ class TaskConfig:
     difficulty: int = _f(2, "difficulty level for synthetic tasks (1 = easiest)", min=1, max=5)
     next_level_share: float = _f(0.0, "arithmetic: share of training problems drawn from level difficulty + 1 "
                                  "(the held-out set stays the difficulty's own)", min=0, max=1)
-    prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool"] = _f(
+    prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool", "choice"] = _f(
         "answer_tag", "instruction added to each question (see groupo.data.prompts)")
     system_prompt: str | None = _f(None, "system prompt; None = the prompt style's own")
     few_shot: int = _f(0, "worked examples prepended to each prompt", min=0)

@@ -51,7 +51,7 @@ SAMPLES = Path(__file__).parent / "data" / "samples"
 SAMPLE_DIRS: dict[str, str] = {
     "gsm8k": "gsm8k", "gsm8k_code": "gsm8k", "math": "math", "math500": "math", "metamath": "metamath",
     "mgsm": "mgsm", "mgsm_code": "mgsm", "cmath": "cmath", "cmath_code": "cmath", "code_math": ".", "code_math_zh": ".",
-    "mbpp": "mbpp", "humaneval": "humaneval",
+    "mbpp": "mbpp", "humaneval": "humaneval", "mcq": "mcq",
 }
 
 

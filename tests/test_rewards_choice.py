@@ -10,6 +10,7 @@ from groupo.rewards.choice import choice_reward, extract_choice, gold_letter
 @pytest.mark.parametrize(("text", "expected"), [
     ("(B)", "B"),
     ("B.", "B"),
+    ("B.1", "B"),
     ("C", "C"),
     ("Answer: C", "C"),
     ("**Answer:** C", "C"),

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     task.add_argument("--split", help="split to evaluate (default: the task's eval split, test)")
     task.add_argument("--limit", type=int, help="evaluate the first N problems (0 = all; default all, "
                       "or the run's task.eval_size)")
-    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed", "python_tool"])
+    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed", "python_tool", "choice"])
     task.add_argument("--few-shot", type=int)
     gen = p.add_argument_group("generation")
     gen.add_argument("--samples", type=int, default=1, help="completions per problem (k for pass@k, maj@k)")

@@ -67,7 +67,7 @@ def _from_phrases(text: str, letters: str) -> tuple[str | None, bool]:
 def _from_markers(text: str, letters: str) -> str | None:
     cls = f"[{letters}]"
     found = set(re.findall(rf"(?<![{_LATIN}])\(\s*({cls})\s*\)", text))
-    found |= set(re.findall(rf"(?m)^\s*({cls})\s*[.):](?=\s|$)", text))
+    found |= set(re.findall(rf"(?m)^\s*({cls})\s*[.):](?![{_LATIN}])", text))
     found |= set(re.findall(rf"(?i:\b(?:option|choice|phương\s+án|đáp\s+án|选项))\s*({cls}){_NOT_LETTER}", text))
     if m := re.fullmatch(rf"\s*[(\[]?\s*({cls})\s*[)\]]?\s*\.?\s*", text):
         found.add(m.group(1))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from groupo.config import ConfigError
-from groupo.rewards.combine import RewardFn
 from groupo.rewards.choice import choice_reward
+from groupo.rewards.combine import RewardFn
 from groupo.rewards.countdown import countdown_reward
 from groupo.rewards.extract import DEFAULT_ORDER, check_order
 from groupo.rewards.format import answer_format_reward, format_reward, soft_format_reward, tag_count_reward
