@@ -114,6 +114,11 @@ class RewardsConfig:
     completion_format: Literal["trl", "text"] = _f(
         "trl", "how user reward functions get completions: trl = as TRL's GRPOTrainer passes them "
         "([{role: assistant, content: ...}] for chat prompts), text = plain strings")
+    max_concurrency: int = _f(8, "async reward functions (async def, as TRL runs them, and the judge): calls in "
+                              "flight at once; each call scores a whole batch", min=1)
+    async_timeout_s: float = _f(600.0, "async reward functions: wall-clock limit of one call on a batch, seconds; "
+                                "past it the call is cancelled and its samples score None (a warning; the "
+                                "reward_fn alarm counts them)", min=0, min_exclusive=True)
 
 
 @dataclass

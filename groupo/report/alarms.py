@@ -166,7 +166,9 @@ def check_reward_fn(history: History, cfg: AlarmsConfig, eval_reward: str):
         v = last[key]
         if key.startswith("reward/none_frac/") and v is not None and v >= cfg.reward_fn_frac:
             return (f"reward {key.split('/', 2)[2]!r} returned None (no score) for {v:.0%} of the samples",
-                    "Such samples score 0 from it: check that the function reads the columns it needs")
+                    "Such samples score 0 from it: check that the function reads the columns it needs; an async "
+                    "function past rewards.async_timeout_s, or a judge that failed or was not understood, "
+                    "scores None too (the log's warnings, judge/failure_frac, judge/unparsed_frac)")
     t = last.get("reward/timeout_frac")
     if t is not None and t >= cfg.reward_fn_frac:
         return (f"the symbolic answer check timed out on {t:.0%} of the samples (scored 0)",
