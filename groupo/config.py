@@ -99,6 +99,21 @@ class TaskConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """A sequence-classification reward model scoring (prompt, completion), logged as reward/fn/reward_model
+    (groupo.judges.reward_model)."""
+
+    path: str = _f("", "local Hugging Face sequence-classification model folder (a hub id where a network "
+                   "exists); empty = none")
+    weight: float = _f(1.0, "its weight in the total reward")
+    label: int = _f(0, "which of its outputs is the score (0 for a one-output reward model)", min=0)
+    batch_size: int = _f(16, "sequences per forward pass", min=1)
+    max_length: int = _f(0, "tokens per sequence at most, cut from the left so the completion's end stays "
+                         "(0 = the tokenizer's own limit)", min=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "dtype of its weights")
+
+
+@dataclass
 class RewardsConfig:
     funcs: dict[str, float] = _f(
         {}, "reward name (or module:function, or file.py:function) -> weight; empty = the task's own")
@@ -119,6 +134,7 @@ class RewardsConfig:
     async_timeout_s: float = _f(600.0, "async reward functions: wall-clock limit of one call on a batch, seconds; "
                                 "past it the call is cancelled and its samples score None (a warning; the "
                                 "reward_fn alarm counts them)", min=0, min_exclusive=True)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
 
 @dataclass
@@ -531,7 +547,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             set_key(cfg, key, value, source=str(path))
     for text in overrides:
         key, value = parse_override(text)
-        set_key(cfg, key, value, source="command line")
+        for k, v in _flatten({key: value}).items():  # a section given whole: rewards.judge='{url: ..., ...}'
+            set_key(cfg, k, v, source="command line")
     check_together(cfg)
     return cfg
 

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from groupo.data import load_task
     from groupo.engines import EngineContext, build_engine
     from groupo.eval.evaluate import evaluate
+    from groupo.judges import with_model_rewards
     from groupo.rewards import resolve_rewards
     from groupo.rollout.sampler import make_sampler, with_environment_reward
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     load_s = time.monotonic() - t0
     engine = build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast))
     sampler = make_sampler(cfg, engine, tokenizer)  # a run with tools is evaluated on episodes with them
-    reward_fns = with_environment_reward(reward_fns, sampler)
+    reward_fns = with_model_rewards(with_environment_reward(reward_fns, sampler), cfg, device=device)
     what = f"{args.run} ({'base' if args.base else 'final'})" if args.run else cfg.model.name
     print(f"evaluating {what} on {task.name} [{cfg.task.eval_split}]: {len(problems)} problems, "
           f"samples={args.samples}, temperature={temperature}, max_new_tokens={cfg.rollout.max_new_tokens}",

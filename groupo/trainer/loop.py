@@ -28,6 +28,7 @@ from groupo.config_rules import validate
 from groupo.data import extra_eval_sets, load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
 from groupo.engines import EngineContext, build_engine
+from groupo.judges import with_model_rewards
 from groupo.models import load_policy, save_policy
 from groupo.models.logprobs import checkpoint_keeps_cache
 from groupo.models.precision import resolve_autocast
@@ -84,6 +85,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     require_train(task)  # an empty training split: one line, before the model loads
     extra_sets = extra_eval_sets(cfg.task)  # task.extra_eval_splits (one the task lacks: a warning)
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens, sandbox=cfg.sandbox)
+    reward_fns = with_model_rewards(reward_fns, cfg, device=device, run_dir=run_dir, rank=world.rank)  # model-scored
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
