@@ -114,6 +114,34 @@ class RewardModelConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """An LLM judge whose verdict joins the reward as reward/fn/judge (groupo.judges.judge); off while
+    both model and url are empty."""
+
+    model: str = _f("", "without url: a model this process runs as the judge (built-in name, local folder, .gguf or "
+                    "hub id); with url: the model asked of the server (empty = the first it lists)")
+    url: str = _f("", "an OpenAI-compatible chat server as the judge (groupo serve, vLLM, llama.cpp's server, a hosted "
+                  "API): its base URL, e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1)")
+    api_key_env: str = _f("", "with url: the NAME of the environment variable holding the API key, sent as a Bearer "
+                          "token (the key itself is never stored, logged or saved); empty = no key")
+    template: str = _f("quality", "the judge's instructions: quality, reasoning, correct, rank (built-in), a .txt / "
+                       ".md file, or the text itself with {question} and optionally {reference} placeholders")
+    parse: str = _f("number[0,10]", "how a reply becomes a score in [0, 1]: number[LO,HI] (its 'Score: N' line), "
+                    "letter[A-E] (A best), yes_no; a reply that does not parse scores None")
+    group: bool = _f(False, "the judge sees each prompt's whole group at once and scores every completion beside "
+                     "the others (RULER-style: GRPO only needs relative scores); one request per group")
+    weight: float = _f(1.0, "its weight in the total reward")
+    timeout_s: float = _f(60.0, "seconds one request may take (in this process: one batched generation)", min=0,
+                          min_exclusive=True)
+    retries: int = _f(2, "further tries of a request that timed out, got 429 / 5xx or a malformed answer, after "
+                      "1, 2, 4 ... s (not of an unreachable server, nor a refused key)", min=0, max=10)
+    max_concurrency: int = _f(8, "requests in flight at once (in this process: generated together)", min=1)
+    max_tokens: int = _f(256, "longest reply in tokens", min=1)
+    temperature: float = _f(0.0, "the judge's sampling temperature (0 = greedy: a request always gets the same "
+                            "reply from a local judge)", min=0)
+
+
+@dataclass
 class RewardsConfig:
     funcs: dict[str, float] = _f(
         {}, "reward name (or module:function, or file.py:function) -> weight; empty = the task's own")
@@ -135,6 +163,7 @@ class RewardsConfig:
                                 "past it the call is cancelled and its samples score None (a warning; the "
                                 "reward_fn alarm counts them)", min=0, min_exclusive=True)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -294,6 +323,9 @@ class AlarmsConfig:
     reward_fn_frac: float = _f(0.5, "share of samples (None / timeouts) that fires the alarm", min=0, max=1)
     gold_unparsed_frac: float = _f(0.05, "share of prompts with an unparseable reference answer that fires it",
                                    min=0, max=1)
+    judge: Action = _f("warn", "the LLM judge failing (unreachable, timing out) or not understood on many requests")
+    judge_frac: float = _f(0.2, "share of the step's judge requests failed, or of its replies unparsed, that fires it",
+                           min=0, max=1)
     entropy: Action = _f("warn", "entropy collapse: entropy falling toward 0 while accuracy is flat")
     entropy_ratio: float = _f(0.1, "entropy below this share of its first steps' mean counts as collapsed",
                               min=0, max=1)
@@ -576,6 +608,15 @@ def check_together(cfg: Config) -> None:
     if A.engine_old_logprobs and A.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{A.num_iterations} (later updates need the trainer's own old log-probs)")
+    J = cfg.rewards.judge
+    if J.url and not re.match(r"https?://[^/\s]+", J.url):
+        raise ConfigError(f"rewards.judge.url = {J.url!r} is not a URL; expected e.g. http://127.0.0.1:8000/v1")
+    if J.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", J.api_key_env):
+        # never echoed: a key pasted here instead of the variable's name must not reach the terminal or a log
+        raise ConfigError("rewards.judge.api_key_env must be the NAME of an environment variable (e.g. "
+                          "OPENAI_API_KEY), not the key itself; export the key in that variable")
+    if J.api_key_env and not J.url:
+        raise ConfigError("rewards.judge.api_key_env is set but rewards.judge.url is empty: a key is for a server")
     if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
         raise ConfigError(f"train.adam_betas = {cfg.train.adam_betas} must be two numbers in [0, 1)")
 

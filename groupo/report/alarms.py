@@ -180,6 +180,20 @@ def check_reward_fn(history: History, cfg: AlarmsConfig, eval_reward: str):
     return None
 
 
+def check_judge(history: History, cfg: AlarmsConfig, eval_reward: str):
+    last = history[-1]
+    failed, unparsed = last.get("judge/failure_frac"), last.get("judge/unparsed_frac")
+    if failed is not None and failed >= cfg.judge_frac:
+        return (f"the judge failed on {failed:.0%} of its requests (unreachable, timed out or erroring; those samples "
+                "score None)", "Check that the server at rewards.judge.url is up and answers within "
+                "rewards.judge.timeout_s (the log names the first failure of each kind); the run goes on meanwhile")
+    if unparsed is not None and unparsed >= cfg.judge_frac:
+        return (f"{unparsed:.0%} of the judge's replies did not parse under rewards.judge.parse (those samples score "
+                "None)", "Read RUN_DIR/judge/replies-rank0.jsonl: a judge that ignores the format needs a stronger "
+                "model, a clearer rewards.judge.template, or more rewards.judge.max_tokens")
+    return None
+
+
 def check_entropy(history: History, cfg: AlarmsConfig, eval_reward: str):
     base, ent = _first(history, "loss/entropy"), _tail(history, "loss/entropy", 1)
     acc = _tail(history, "accuracy/train", cfg.entropy_window)
@@ -197,7 +211,7 @@ def check_entropy(history: History, cfg: AlarmsConfig, eval_reward: str):
 CHECKS: dict[str, Check] = {
     "nan": check_nan, "kl": check_kl, "no_signal": check_no_signal, "reward_hacking": check_reward_hacking,
     "length": check_length, "answer_tags": check_answer_tags, "reward_fn": check_reward_fn,
-    "entropy": check_entropy,
+    "judge": check_judge, "entropy": check_entropy,
 }
 
 

@@ -187,6 +187,11 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
             raise _failed(name, fn, e, prompts, completions, kwargs, shared) from e
         _timed(name, fn, log, took, n)
     per_fn = {name: per_fn[name] for name in reward_fns}
+    for name, (fn, _) in reward_fns.items():
+        while not hasattr(fn, "pop_counters") and hasattr(fn, "func"):  # through Limited, Adapted, partial
+            fn = fn.func
+        for k, v in (fn.pop_counters() if hasattr(fn, "pop_counters") else {}).items():
+            log.counters[name][k] += v
     log.timeouts += symbolic.stats["timeouts"] - timeouts_before
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]
