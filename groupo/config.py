@@ -128,11 +128,14 @@ class JudgeConfig:
                        ".md file, or the text itself with {question} and optionally {reference} placeholders")
     parse: str = _f("number[0,10]", "how a reply becomes a score in [0, 1]: number[LO,HI] (its 'Score: N' line), "
                     "letter[A-E] (A best), yes_no; a reply that does not parse scores None")
+    think: bool = _f(True, "the judge may reason before its verdict; false: it is asked for the verdict alone (in "
+                     "this process its reply is started with the verdict's label, 'Score: ', and stops within a few "
+                     "tokens: far cheaper, and a small model keeps to the format)")
     group: bool = _f(False, "the judge sees each prompt's whole group at once and scores every completion beside "
                      "the others (RULER-style: GRPO only needs relative scores); one request per group")
     weight: float = _f(1.0, "its weight in the total reward")
-    timeout_s: float = _f(60.0, "seconds one request may take (in this process: one batched generation)", min=0,
-                          min_exclusive=True)
+    timeout_s: float = _f(60.0, "with url: seconds one request may take (in this process a reply always ends at "
+                          "max_tokens; rewards.async_timeout_s bounds the whole call)", min=0, min_exclusive=True)
     retries: int = _f(2, "further tries of a request that timed out, got 429 / 5xx or a malformed answer, after "
                       "1, 2, 4 ... s (not of an unreachable server, nor a refused key)", min=0, max=10)
     max_concurrency: int = _f(8, "requests in flight at once (in this process: generated together)", min=1)

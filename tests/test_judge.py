@@ -135,15 +135,17 @@ def test_the_record_replays_a_step_a_resumed_run_repeats(tmp_path):
 
 
 class ScriptedEngine:
-    """An engine that writes "Score: <prompt length mod 11>" to each prompt, to check the local
-    backend's batching, deduplication and parsing without a model."""
+    """An engine that writes "Score: <prompt length mod 11>" to each prompt (or `reply`), to check
+    the local backend's batching, deduplication and parsing without a model."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, reply: str | None = None):
+        self.calls, self.prompts, self.limits, self.reply = [], [], [], reply
 
     def generate(self, prompts, params):
         self.calls.append(len(prompts))
-        return [[Completion(p, [1, 2], [0.0, 0.0], f"Score: {len(p) % 11}", "stop")] for p in prompts]
+        self.prompts += prompts
+        self.limits.append(params.max_new_tokens)
+        return [[Completion(p, [1, 2], [0.0, 0.0], self.reply or f"Score: {len(p) % 11}", "stop")] for p in prompts]
 
 
 def test_the_local_backend_generates_each_distinct_request_once(tmp_path):
@@ -153,7 +155,7 @@ def test_the_local_backend_generates_each_distinct_request_once(tmp_path):
     from groupo.rewards.judging import judge_messages
 
     tok, engine = make_tokenizer(), ScriptedEngine()
-    backend = LocalBackend(engine, tok, max_tokens=8, temperature=0.0, timeout_s=30)
+    backend = LocalBackend(engine, tok, max_tokens=8, temperature=0.0)
     judge = Judge(backend, template=TEMPLATES["quality"], rule=parse_rule("number[0,10]"),
                   special_tokens=backend.special_tokens())
     scores, counts = _score(judge)
@@ -162,6 +164,19 @@ def test_the_local_backend_generates_each_distinct_request_once(tmp_path):
              for t in TEXTS]
     assert scores == pytest.approx([len(encode_prompt(tok, c)) % 11 / 10 for c in chats])
     assert engine.calls == [3] and counts["completion_tokens"] == 6
+
+
+def test_without_thinking_the_local_reply_starts_with_the_verdicts_label():
+    from tiny import make_tokenizer
+
+    tok, engine = make_tokenizer(), ScriptedEngine(reply="7, clear and right")
+    judge = Judge(LocalBackend(engine, tok, max_tokens=64, temperature=0.0), template=TEMPLATES["quality"],
+                  rule=parse_rule("number[0,10]"), think=False)
+    scores, _ = _score(judge, texts=["7"])
+    assert scores == [pytest.approx(0.7)] and engine.limits == [8]
+    assert tok.decode(engine.prompts[0]).endswith("Score: N, where N is a number from 0 (worst) to 10 (best)."
+                                                  "<|im_end|>\n<|im_start|>assistant\nScore: ")
+    assert "Reply with nothing but the line Score: N" in tok.decode(engine.prompts[0])
 
 
 def test_an_in_process_judge_on_a_tiny_model_runs_and_counts(tmp_path):
@@ -261,3 +276,19 @@ def test_model_rewards_adds_the_judge_as_an_async_reward(tmp_path):
     assert (fn.limits.max_concurrency, fn.limits.timeout_s) == (2, 9.0)
     assert fn.func.record.path == tmp_path / "judge" / "replies-rank1.jsonl"
     assert os.environ.get("GROUPO_TEST_JUDGE_KEY") is None
+
+
+@pytest.mark.slow
+def test_the_built_in_model_judges_in_this_process_and_in_a_smoke_run(tmp_path):
+    from groupo.cli import main
+
+    cfg = load_config(None, ["rewards.judge.model=smollm2-135m-instruct", "rewards.judge.max_tokens=32"])
+    scores, counts = _score(build_judge(cfg))
+    assert len(scores) == 4 and counts["failures"] == 0 and counts["replies"] == 4
+    assert all(s is None or 0 <= s <= 1 for s in scores)
+    run = tmp_path / "run"
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "mcq.yaml"
+    assert main(["train", str(recipe), "--smoke", "rewards.judge.model=smollm2-135m-instruct",
+                 "rewards.judge.weight=0.2", f"run.dir={run}", "run.progress=plain"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["judge/failure_frac"] == 0 and r["time/reward/judge"] > 0 for r in rows)

@@ -45,7 +45,7 @@ def build_judge(cfg: Config, *, device: Any = "cpu", run_dir: Path | None = None
     J = cfg.rewards.judge
     record = Record(Path(run_dir) / "judge" / f"replies-rank{rank}.jsonl") if run_dir is not None else None
     common = {"template": load_template(J.template), "rule": parse_rule(J.parse), "group": J.group, "record": record,
-              "seeded": J.temperature > 0}
+              "seeded": J.temperature > 0, "think": J.think}
     if J.url:
         from groupo.judges.client import ChatClient, RequestFailed
 
@@ -65,8 +65,7 @@ def build_judge(cfg: Config, *, device: Any = "cpu", run_dir: Path | None = None
     model, tokenizer = load_model(J.model, dtype="float32", device=device)
     model.requires_grad_(False)
     engine = HFEngine(model, tokenizer, batch_size=J.max_concurrency, autocast=cfg.model.autocast)
-    backend = LocalBackend(engine, tokenizer, max_tokens=J.max_tokens, temperature=J.temperature,
-                           timeout_s=J.timeout_s)
+    backend = LocalBackend(engine, tokenizer, max_tokens=J.max_tokens, temperature=J.temperature)
     return Judge(backend, special_tokens=backend.special_tokens(), **common)
 
 

@@ -10,7 +10,7 @@ with the configured rule. Requests go to a backend:
                    5xx and malformed answers); a server found unreachable fails the rest of the call
                    at once rather than waiting on every request
     LocalBackend   a model in this process, run by groupo's transformers engine: the call's requests
-                   generated together in batches, greedy unless a temperature is set
+                   generated together in batches of max_concurrency, greedy unless a temperature is set
 
 Nothing the judge does stops the run: a failed request or a reply the rule cannot read scores None
 for its samples (counted in `judge/...` metrics, alarmed by `alarms.judge`).
@@ -75,7 +75,10 @@ class RemoteBackend:
             self.model = ids[0]
         return self.model
 
-    async def ask(self, chats: list[list[dict]], seeds: list[int | None]) -> list[tuple[Entry, float]]:
+    async def ask(self, chats: list[list[dict]], seeds: list[int | None], prefix: str = "",
+                  max_tokens: int | None = None) -> list[tuple[Entry, float]]:
+        """Each chat's reply (or failure) and seconds. `prefix` is for backends that can start the
+        reply themselves; a chat API cannot, so the instruction alone asks for the bare verdict."""
         loop, sem, down = asyncio.get_running_loop(), asyncio.Semaphore(self.max_concurrency), []
 
         async def one(chat: list[dict], seed: int | None) -> tuple[Entry, float]:
@@ -105,9 +108,13 @@ class RemoteBackend:
 
 
 class LocalBackend:
-    def __init__(self, engine, tokenizer, *, max_tokens: int, temperature: float, timeout_s: float):
+    """No time limit of its own: a generation always ends (max_tokens bounds it), and one cut off
+    would go on running anyway, since a decoding loop cannot be stopped from outside. The outer
+    bound is rewards.async_timeout_s."""
+
+    def __init__(self, engine, tokenizer, *, max_tokens: int, temperature: float):
         self.engine, self.tokenizer = engine, tokenizer
-        self.max_tokens, self.temperature, self.timeout_s = max_tokens, temperature, timeout_s
+        self.max_tokens, self.temperature = max_tokens, temperature
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="groupo-judge")  # one generation at a time
 
     def describe(self) -> str:
@@ -116,25 +123,26 @@ class LocalBackend:
     def special_tokens(self) -> list[str]:
         return [*self.tokenizer.all_special_tokens, *self.tokenizer.get_added_vocab()]
 
-    def _generate(self, prompts: list[list[int]], seed: int | None) -> list[Reply]:
+    def _generate(self, prompts: list[list[int]], seed: int | None, prefix: str, max_tokens: int) -> list[Reply]:
         from groupo.types import SamplingParams
 
-        params = SamplingParams(n=1, temperature=self.temperature, max_new_tokens=self.max_tokens, seed=seed)
+        params = SamplingParams(n=1, temperature=self.temperature, max_new_tokens=max_tokens, seed=seed)
         groups = self.engine.generate(prompts, params)
-        return [Reply(g[0].text, len(p), len(g[0].token_ids)) for p, g in zip(prompts, groups, strict=True)]
+        return [Reply(prefix + g[0].text, len(p), len(g[0].token_ids)) for p, g in zip(prompts, groups, strict=True)]
 
-    async def ask(self, chats: list[list[dict]], seeds: list[int | None]) -> list[tuple[Entry, float]]:
+    async def ask(self, chats: list[list[dict]], seeds: list[int | None], prefix: str = "",
+                  max_tokens: int | None = None) -> list[tuple[Entry, float]]:
+        """Each chat's reply and seconds (the batch's time shared out). With `prefix` the reply is
+        started with it ("Score: "), so that even a small model writes the verdict first."""
         from groupo.data.prompts import encode_prompt
 
         if not chats:
             return []
         start = time.perf_counter()
-        prompts = [encode_prompt(self.tokenizer, chat) for chat in chats]
-        job = asyncio.get_running_loop().run_in_executor(self._pool, self._generate, prompts, seeds[0])
-        try:
-            replies: list[Entry] = list(await asyncio.wait_for(job, self.timeout_s))
-        except TimeoutError:
-            replies = [RequestFailed("timeout", f"the batch took over {self.timeout_s:g} s")] * len(chats)
+        started = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        prompts = [encode_prompt(self.tokenizer, chat) + started for chat in chats]
+        replies = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._generate, prompts, seeds[0], prefix, min(self.max_tokens, max_tokens or self.max_tokens))
         each = (time.perf_counter() - start) / len(chats)
         return [(r, each) for r in replies]
 
@@ -187,8 +195,9 @@ class Judge:
     [0, 1] or None per completion. `pop_counters()` hands `score` the counts behind `judge/...`."""
 
     def __init__(self, backend, *, template: str, rule: ParseRule, group: bool = False, record: Record | None = None,
-                 special_tokens: list[str] | None = None, seeded: bool = False):
+                 special_tokens: list[str] | None = None, seeded: bool = False, think: bool = True):
         self.backend, self.template, self.rule, self.group, self.record = backend, template, rule, group, record
+        self.think = think
         self.special_tokens, self.seeded = special_tokens or [], seeded
         self.counts: dict[str, float] = defaultdict(float)
         self._step: int | None = None
@@ -210,7 +219,7 @@ class Judge:
         for idx in members.values():
             ref = None if answer is None or answer[idx[0]] is None else str(answer[idx[0]])
             chat = judge_messages(self.template, self.rule, _question(prompts[idx[0]]), ref, [texts[i] for i in idx],
-                                  self.special_tokens, group=self.group)
+                                  self.special_tokens, group=self.group, think=self.think)
             out.append((chat, idx))
         return out
 
@@ -234,7 +243,10 @@ class Judge:
         todo = list(dict.fromkeys(k for k in keys if k not in cache))
         chats = {k: chat for k, (chat, _) in zip(keys, requests, strict=True)}
         seeds = [int(k[:8], 16) if self.seeded else None for k in todo]
-        answered = await self.backend.ask([chats[k] for k in todo], seeds)
+        # without thinking, the verdict alone: a few tokens per line (a group's K lines), its label given
+        lines = max((len(idx) for _, idx in requests), default=1) if self.group else 1
+        answered = await self.backend.ask([chats[k] for k in todo], seeds, prefix="" if self.think else
+                                          self.rule.label(self.group), max_tokens=None if self.think else 8 * lines)
         for k, (entry, seconds) in zip(todo, answered, strict=True):
             cache[k] = entry
             self.counts["latency_s"] += seconds

@@ -50,7 +50,8 @@ def fn_name(fn: Any) -> str:
     inner = fn
     while hasattr(inner, "func"):  # functools.partial, trl_compat.Adapted
         inner = inner.func
-    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
+    named = inner if hasattr(inner, "__qualname__") else type(inner)  # a callable object: its class
+    return f"{getattr(named, '__module__', '?')}.{named.__qualname__}"
 
 
 def _once(fn: RewardFn, lim: aio.AsyncLimits, **kwargs: Any) -> Any:
