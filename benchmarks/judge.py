@@ -1,7 +1,8 @@
 """What an in-process LLM judge costs a step: the built-in model judging a step's completions.
 
     python benchmarks/judge.py                         # 8 completions (2 prompts x 4), replies of <= 256 tokens
-    python benchmarks/judge.py --max-tokens 64 --group # one request per group instead of one per completion
+    python benchmarks/judge.py --max-tokens 64 --group --template rank   # one request per group
+    python benchmarks/judge.py --no-think              # the verdict alone (rewards.judge.think=false)
 
 The completions are written here (right and wrong answers to the quickstart's arithmetic, some with
 reasoning), so every run judges the same text; each repeat is a new training step, so nothing is
@@ -40,11 +41,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--group", action="store_true", help="group mode: one request per prompt's group")
     ap.add_argument("--template", default="quality")
+    ap.add_argument("--no-think", action="store_true", help="rewards.judge.think=false: the verdict alone")
     args = ap.parse_args()
     cfg = load_config(None, ["rewards.judge.model=smollm2-135m-instruct",
                              f"rewards.judge.max_tokens={args.max_tokens}",
                              f"rewards.judge.group={str(args.group).lower()}",
-                             f"rewards.judge.template={args.template}"])
+                             f"rewards.judge.template={args.template}",
+                             f"rewards.judge.think={str(not args.no_think).lower()}"])
     t0 = time.perf_counter()
     judge = build_judge(cfg)
     load_s = time.perf_counter() - t0
@@ -64,10 +67,10 @@ def main() -> None:
     c = counts[-1]
     print(machine())
     print(f"judge: built-in smollm2-135m-instruct in this process, max_tokens {args.max_tokens}, "
-          f"{'group mode' if args.group else 'one request per completion'}, template {args.template}; "
-          f"loaded in {load_s:.1f} s")
-    print(f"{len(texts)} completions: {c.get('requests', 0):.0f} requests, "
-          f"{c.get('completion_tokens', 0):.0f} tokens written, {c.get('unparsed', 0):.0f} of "
+          f"{'group mode' if args.group else 'one request per completion'}, template {args.template}, "
+          f"{'verdict alone' if args.no_think else 'may reason first'}; loaded in {load_s:.1f} s")
+    print(f"{len(texts)} completions: {c.get('requests', 0):.0f} requests, {c.get('prompt_tokens', 0):.0f} prompt "
+          f"tokens, {c.get('completion_tokens', 0):.0f} tokens written, {c.get('unparsed', 0):.0f} of "
           f"{c.get('replies', 0):.0f} replies unparsed")
     print("seconds per step's judging: " + ", ".join(f"{t:.1f}" for t in times)
           + f" (median {statistics.median(times):.1f}); CPU seconds of this process (all its threads): "

@@ -11,8 +11,9 @@ overrides (so `--smoke model.name=other` still wins). They are:
   (`SAMPLE_DIRS`); synthetic tasks keep their settings;
 * `rewards.overlong_buffer`, where the recipe sets one, shrinks to `SMOKE_OVERLONG_BUFFER` so it
   still fits in the 16-token completions;
-* a judge (`rewards.judge`), where the recipe has one, becomes the built-in model in this process
-  with replies of at most `SMOKE_JUDGE_TOKENS` tokens: no server and no key is needed.
+* a judge (`rewards.judge`), where the recipe has one, becomes the built-in model in this process,
+  asked for the verdict alone (`think: false`) in at most `SMOKE_JUDGE_TOKENS` tokens: no server
+  and no key is needed.
 
 Everything else (the preset, beta, clip bounds, learning rate, LoRA, rewards, prompt style) stays
 as the recipe says, so a smoke run exercises the recipe's own loss, rewards and data loader.
@@ -76,7 +77,7 @@ def smoke_settings(recipe: Config) -> dict[str, Any]:
         out["rewards.overlong_buffer"] = SMOKE_OVERLONG_BUFFER
     if recipe.rewards.judge.url or recipe.rewards.judge.model:
         out |= {"rewards.judge.url": "", "rewards.judge.api_key_env": "", "rewards.judge.model": SMOKE["model.name"],
-                "rewards.judge.max_tokens": SMOKE_JUDGE_TOKENS}
+                "rewards.judge.max_tokens": SMOKE_JUDGE_TOKENS, "rewards.judge.think": False}
     out["run.name"] = f"{recipe.run.name}-smoke"
     return out
 

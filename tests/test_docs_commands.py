@@ -126,7 +126,8 @@ def _train_args(args: list[str], env: dict, run_dir: Path) -> list[str]:
     smoke = [] if "--smoke" in kept else ["--smoke"]
     # the command's own overrides come after --smoke's; the sizes are shrunk again after them
     sizes = [f"{k}={json.dumps(SMOKE[k])}" for k in SHRUNK]
-    judge = [f"rewards.judge.model={env['tiny']}"] if any(a.startswith("rewards.judge") for a in args) else []
+    judge = ([f"rewards.judge.model={env['tiny']}", "rewards.judge.max_tokens=8"]
+             if any(a.startswith("rewards.judge") for a in args) else [])
     return [*kept, *smoke, *sizes, f"model.name={env['tiny']}", *judge, f"run.dir={run_dir}", "run.progress=plain",
             "run.device=cpu"]
 

@@ -34,7 +34,7 @@ def test_smoke_makes_a_recipes_judge_the_built_in_model_in_process(tmp_path, cap
     s = smoke_settings(load_config(recipe))
     assert {k: s[k] for k in s if k.startswith("rewards.judge")} == {
         "rewards.judge.url": "", "rewards.judge.api_key_env": "", "rewards.judge.model": "smollm2-135m-instruct",
-        "rewards.judge.max_tokens": 24}
+        "rewards.judge.max_tokens": 24, "rewards.judge.think": False}
     assert main(["config", str(recipe), "--smoke"]) == 0  # no key variable needed
     judge = yaml.safe_load(capsys.readouterr().out.split("effective configuration:")[-1])["rewards"]["judge"]
     assert (judge["url"], judge["weight"]) == ("", 0.3)
