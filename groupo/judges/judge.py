@@ -77,8 +77,10 @@ class RemoteBackend:
 
     async def ask(self, chats: list[list[dict]], seeds: list[int | None], prefix: str = "",
                   max_tokens: int | None = None) -> list[tuple[Entry, float]]:
-        """Each chat's reply (or failure) and seconds. `prefix` is for backends that can start the
-        reply themselves; a chat API cannot, so the instruction alone asks for the bare verdict."""
+        """Each chat's reply (or failure) and seconds. `prefix` and `max_tokens` are for a backend that
+        starts the reply itself; a chat API cannot, so there the instruction alone asks for the bare
+        verdict, and the reply keeps rewards.judge.max_tokens (a server's model may open with a
+        reasoning block of its own)."""
         loop, sem, down = asyncio.get_running_loop(), asyncio.Semaphore(self.max_concurrency), []
 
         async def one(chat: list[dict], seed: int | None) -> tuple[Entry, float]:
