@@ -19,6 +19,7 @@ from typing import Any
 from groupo.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
+MODEL_REWARDS = ("reward_model", "judge")  # the names these rewards take in the run's reward functions
 
 
 def model_rewards(cfg: Config, *, device: Any = "cpu", run_dir: Path | None = None, rank: int = 0) -> dict:

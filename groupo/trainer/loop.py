@@ -28,7 +28,7 @@ from groupo.config_rules import validate
 from groupo.data import extra_eval_sets, load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
 from groupo.engines import EngineContext, build_engine
-from groupo.judges import with_model_rewards
+from groupo.judges import MODEL_REWARDS, with_model_rewards
 from groupo.models import load_policy, save_policy
 from groupo.models.logprobs import checkpoint_keeps_cache
 from groupo.models.precision import resolve_autocast
@@ -98,7 +98,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
     reward_fns = with_environment_reward(reward_fns, sampler)
     eval_problems = task.test[: cfg.task.eval_size or None]
-    held_out = HeldOut(lambda problems: held_out_accuracy(sampler, module, task, problems, reward_fns, world=world,
+    # held-out accuracy reads the task's own reward: a judge or reward model would only add their cost
+    verifiers = {k: v for k, v in reward_fns.items() if k not in MODEL_REWARDS}
+    held_out = HeldOut(lambda problems: held_out_accuracy(sampler, module, task, problems, verifiers, world=world,
                                                           max_new_tokens=R.max_new_tokens, batch_size=R.batch_size),
                        eval_problems, extra_sets)
 
