@@ -84,7 +84,7 @@ class TaskConfig:
     difficulty: int = _f(2, "difficulty level for synthetic tasks (1 = easiest)", min=1, max=5)
     next_level_share: float = _f(0.0, "arithmetic: share of training problems drawn from level difficulty + 1 "
                                  "(the held-out set stays the difficulty's own)", min=0, max=1)
-    prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool"] = _f(
+    prompt_style: Literal["plain", "answer_tag", "r1", "boxed", "python_tool", "choice"] = _f(
         "answer_tag", "instruction added to each question (see groupo.data.prompts)")
     system_prompt: str | None = _f(None, "system prompt; None = the prompt style's own")
     few_shot: int = _f(0, "worked examples prepended to each prompt", min=0)
@@ -96,6 +96,52 @@ class TaskConfig:
     test_fraction: float = _f(0.1, "share of a single-file dataset held out as its test split (seeded)",
                               min=0, max=1)
     seed: int = _f(1234, "seed for shuffling, splits and synthetic problems")
+
+
+@dataclass
+class RewardModelConfig:
+    """A sequence-classification reward model scoring (prompt, completion), logged as reward/fn/reward_model
+    (groupo.judges.reward_model)."""
+
+    path: str = _f("", "local Hugging Face sequence-classification model folder (a hub id where a network "
+                   "exists); empty = none")
+    weight: float = _f(1.0, "its weight in the total reward")
+    label: int = _f(0, "which of its outputs is the score (0 for a one-output reward model)", min=0)
+    batch_size: int = _f(16, "sequences per forward pass", min=1)
+    max_length: int = _f(0, "tokens per sequence at most, cut from the left so the completion's end stays "
+                         "(0 = the tokenizer's own limit)", min=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "dtype of its weights")
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge whose verdict joins the reward as reward/fn/judge (groupo.judges.judge); off while
+    both model and url are empty."""
+
+    model: str = _f("", "without url: a model this process runs as the judge (built-in name, local folder, .gguf or "
+                    "hub id); with url: the model asked of the server (empty = the first it lists)")
+    url: str = _f("", "an OpenAI-compatible chat server as the judge (groupo serve, vLLM, llama.cpp's server, a hosted "
+                  "API): its base URL, e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1)")
+    api_key_env: str = _f("", "with url: the NAME of the environment variable holding the API key, sent as a Bearer "
+                          "token (the key itself is never stored, logged or saved); empty = no key")
+    template: str = _f("quality", "the judge's instructions: quality, reasoning, correct, rank (built-in), a .txt / "
+                       ".md file, or the text itself with {question} and optionally {reference} placeholders")
+    parse: str = _f("number[0,10]", "how a reply becomes a score in [0, 1]: number[LO,HI] (its 'Score: N' line), "
+                    "letter[A-E] (A best), yes_no; a reply that does not parse scores None")
+    think: bool = _f(True, "the judge may reason before its verdict; false: it is asked for the verdict alone (in "
+                     "this process its reply is started with the verdict's label, 'Score: ', and stops within a few "
+                     "tokens: far cheaper, and a small model keeps to the format)")
+    group: bool = _f(False, "the judge sees each prompt's whole group at once and scores every completion beside "
+                     "the others (RULER-style: GRPO only needs relative scores); one request per group")
+    weight: float = _f(1.0, "its weight in the total reward")
+    timeout_s: float = _f(60.0, "with url: seconds one request may take (in this process a reply always ends at "
+                          "max_tokens; rewards.async_timeout_s bounds the whole call)", min=0, min_exclusive=True)
+    retries: int = _f(2, "further tries of a request that timed out, got 429 / 5xx or a malformed answer, after "
+                      "1, 2, 4 ... s (not of an unreachable server, nor a refused key)", min=0, max=10)
+    max_concurrency: int = _f(8, "requests in flight at once (in this process: generated together)", min=1)
+    max_tokens: int = _f(256, "longest reply in tokens", min=1)
+    temperature: float = _f(0.0, "the judge's sampling temperature (0 = greedy: a request always gets the same "
+                            "reply from a local judge)", min=0)
 
 
 @dataclass
@@ -114,6 +160,13 @@ class RewardsConfig:
     completion_format: Literal["trl", "text"] = _f(
         "trl", "how user reward functions get completions: trl = as TRL's GRPOTrainer passes them "
         "([{role: assistant, content: ...}] for chat prompts), text = plain strings")
+    max_concurrency: int = _f(8, "async reward functions (async def, as TRL runs them, and the judge): calls in "
+                              "flight at once; each call scores a whole batch", min=1)
+    async_timeout_s: float = _f(600.0, "async reward functions: wall-clock limit of one call on a batch, seconds; "
+                                "past it the call is cancelled and its samples score None (a warning; the "
+                                "reward_fn alarm counts them)", min=0, min_exclusive=True)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -308,6 +361,9 @@ class AlarmsConfig:
     reward_fn_frac: float = _f(0.5, "share of samples (None / timeouts) that fires the alarm", min=0, max=1)
     gold_unparsed_frac: float = _f(0.05, "share of prompts with an unparseable reference answer that fires it",
                                    min=0, max=1)
+    judge: Action = _f("warn", "the LLM judge failing (unreachable, timing out) or not understood on many requests")
+    judge_frac: float = _f(0.2, "share of the step's judge requests failed, or of its replies unparsed, that fires it",
+                           min=0, max=1)
     entropy: Action = _f("warn", "entropy collapse: entropy falling toward 0 while accuracy is flat")
     entropy_ratio: float = _f(0.1, "entropy below this share of its first steps' mean counts as collapsed",
                               min=0, max=1)
@@ -561,7 +617,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             set_key(cfg, key, value, source=str(path))
     for text in overrides:
         key, value = parse_override(text)
-        set_key(cfg, key, value, source="command line")
+        for k, v in _flatten({key: value}).items():  # a section given whole: rewards.judge='{url: ..., ...}'
+            set_key(cfg, k, v, source="command line")
     check_together(cfg)
     return cfg
 
@@ -609,6 +666,15 @@ def check_together(cfg: Config) -> None:
     if A.engine_old_logprobs and A.num_iterations != 1:
         raise ConfigError(f"algorithm.engine_old_logprobs = true needs algorithm.num_iterations = 1, got "
                           f"{A.num_iterations} (later updates need the trainer's own old log-probs)")
+    J = cfg.rewards.judge
+    if J.url and not re.match(r"https?://[^/\s]+", J.url):
+        raise ConfigError(f"rewards.judge.url = {J.url!r} is not a URL; expected e.g. http://127.0.0.1:8000/v1")
+    if J.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", J.api_key_env):
+        # never echoed: a key pasted here instead of the variable's name must not reach the terminal or a log
+        raise ConfigError("rewards.judge.api_key_env must be the NAME of an environment variable (e.g. "
+                          "OPENAI_API_KEY), not the key itself; export the key in that variable")
+    if J.api_key_env and not J.url:
+        raise ConfigError("rewards.judge.api_key_env is set but rewards.judge.url is empty: a key is for a server")
     if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
         raise ConfigError(f"train.adam_betas = {cfg.train.adam_betas} must be two numbers in [0, 1)")
 

@@ -1,5 +1,6 @@
 """The checks of a configuration that read the registries: preset, engine and sink names are
-valid when the registry that resolves them has them, so the lists are never copied here.
+valid when the registry that resolves them has them, so the lists are never copied here (the
+judge's templates and parse rules too).
 
 `groupo.config.load_config` checks single keys and the keys that depend on each other; these
 checks run on top, in `resolve_config` (every command) and at the start of `train`.
@@ -35,6 +36,7 @@ def validate(cfg: Config) -> None:
     if cfg.task.next_level_share and cfg.task.difficulty == 5:
         raise ConfigError("task.next_level_share: arithmetic difficulty 5 is the last level; lower "
                           "task.difficulty or set the share to 0")
+    _check_judge(cfg)
     extra = cfg.task.extra_eval_splits
     if twice := next((s for i, s in enumerate(extra) if s in extra[:i] or s == cfg.task.eval_split), None):
         raise ConfigError(f"task.extra_eval_splits: split {twice!r} is already evaluated "
@@ -42,3 +44,26 @@ def validate(cfg: Config) -> None:
     known = {s for splits in EVAL_SPLITS.values() for s in splits}
     if cfg.task.name in EVAL_SPLITS and (typo := next((s for s in extra if s not in known), None)):
         check_eval_split(cfg.task.name, typo, key="task.extra_eval_splits")
+
+
+def _check_judge(cfg: Config) -> None:
+    """rewards.judge: its template and parse rule read, and the API key's variable exists (named without
+    its value: had a key been pasted in place of the name, the message must not show it)."""
+    import os
+
+    from groupo.rewards.judging import load_template, parse_rule
+
+    J = cfg.rewards.judge
+    if not (J.url or J.model):
+        return
+    try:
+        parse_rule(J.parse)
+    except ValueError as e:
+        raise ConfigError(f"rewards.judge.parse: {e}") from None
+    try:
+        load_template(J.template)
+    except ValueError as e:
+        raise ConfigError(f"rewards.judge.template: {e}") from None
+    if J.api_key_env and J.api_key_env not in os.environ:
+        raise ConfigError("rewards.judge.api_key_env names an environment variable this process does not have: "
+                          "export it (export NAME=...) before starting")

@@ -10,7 +10,10 @@ overrides (so `--smoke model.name=other` still wins). They are:
   the few hand-written problems bundled in `groupo/data/samples/` in that dataset's format
   (`SAMPLE_DIRS`); synthetic tasks keep their settings;
 * `rewards.overlong_buffer`, where the recipe sets one, shrinks to `SMOKE_OVERLONG_BUFFER` so it
-  still fits in the 16-token completions.
+  still fits in the 16-token completions;
+* a judge (`rewards.judge`), where the recipe has one, becomes the built-in model in this process,
+  asked for the verdict alone (`think: false`) in at most `SMOKE_JUDGE_TOKENS` tokens: no server
+  and no key is needed.
 
 Everything else (the preset, beta, clip bounds, learning rate, LoRA, rewards, prompt style) stays
 as the recipe says, so a smoke run exercises the recipe's own loss, rewards and data loader.
@@ -45,13 +48,14 @@ SMOKE: dict[str, Any] = {
     "run.samples_per_step": 1,
 }
 SMOKE_OVERLONG_BUFFER = 4
+SMOKE_JUDGE_TOKENS = 24
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
 # task name -> the folder (under SAMPLES) holding its sample files; code_math reads the whole root.
 SAMPLE_DIRS: dict[str, str] = {
     "gsm8k": "gsm8k", "gsm8k_code": "gsm8k", "math": "math", "math500": "math", "metamath": "metamath",
     "mgsm": "mgsm", "mgsm_code": "mgsm", "cmath": "cmath", "cmath_code": "cmath", "code_math": ".", "code_math_zh": ".",
-    "mbpp": "mbpp", "humaneval": "humaneval",
+    "mbpp": "mbpp", "humaneval": "humaneval", "mcq": "mcq",
 }
 
 
@@ -71,6 +75,9 @@ def smoke_settings(recipe: Config) -> dict[str, Any]:
             out["task.language"] = "zh"  # the one MGSM language bundled
     if recipe.rewards.overlong_buffer > 0:
         out["rewards.overlong_buffer"] = SMOKE_OVERLONG_BUFFER
+    if recipe.rewards.judge.url or recipe.rewards.judge.model:
+        out |= {"rewards.judge.url": "", "rewards.judge.api_key_env": "", "rewards.judge.model": SMOKE["model.name"],
+                "rewards.judge.max_tokens": SMOKE_JUDGE_TOKENS, "rewards.judge.think": False}
     out["run.name"] = f"{recipe.run.name}-smoke"
     return out
 

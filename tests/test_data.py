@@ -119,7 +119,8 @@ def test_few_shot_turns_show_the_format():
     ex = Example("What is 1 + 1?", "1 + 1 = 2.", "2")
     expected = {"plain": "1 + 1 = 2. The answer is 2.", "answer_tag": "1 + 1 = 2.\n<answer>2</answer>",
                 "r1": "<think>\n1 + 1 = 2.\n</think>\n<answer>2</answer>",
-                "boxed": "1 + 1 = 2. The final answer is \\boxed{2}.", "python_tool": "1 + 1 = 2.\n<answer>2</answer>"}
+                "boxed": "1 + 1 = 2. The final answer is \\boxed{2}.", "python_tool": "1 + 1 = 2.\n<answer>2</answer>",
+                "choice": "1 + 1 = 2.\n<answer>2</answer>"}
     for style in STYLES:
         msgs = build_messages("What is 2 + 2?", style, system_prompt="", examples=[ex])
         assert msgs[1] == {"role": "assistant", "content": expected[style]}

@@ -44,8 +44,10 @@ PENDING: tuple[str, ...] = ()
 # commands whose output is a positional argument: its index in the arguments (0 = the command),
 # pointed at the test's folder so nothing is written into the repository
 OUTPUT_ARG = {"groupo export": 2}
-# train overrides that point at the user's data, device or run folder: the smoke run's own win.
-DROPPED = ("task.path=", "task.mix=", "run.dir=", "run.device=", "model.name=")
+# train overrides that point at the user's data, device or run folder: the smoke run's own win. A
+# judge's server and key give way to the tiny model judging in the test's process.
+DROPPED = ("task.path=", "task.mix=", "run.dir=", "run.device=", "model.name=", "rewards.judge=",
+           "rewards.judge.url=", "rewards.judge.api_key_env=", "rewards.judge.model=")
 CONFIG_ONLY = ("rollout.engine=vllm",)  # needs the vllm extra and a model vLLM can serve
 PARSE_ONLY = ("groupo chat",)  # interactive: parsed, not run
 # a command naming one of these modules needs that optional extra; without it the test skips,
@@ -124,7 +126,9 @@ def _train_args(args: list[str], env: dict, run_dir: Path) -> list[str]:
     smoke = [] if "--smoke" in kept else ["--smoke"]
     # the command's own overrides come after --smoke's; the sizes are shrunk again after them
     sizes = [f"{k}={json.dumps(SMOKE[k])}" for k in SHRUNK]
-    return [*kept, *smoke, *sizes, f"model.name={env['tiny']}", f"run.dir={run_dir}", "run.progress=plain",
+    judge = ([f"rewards.judge.model={env['tiny']}", "rewards.judge.max_tokens=8"]
+             if any(a.startswith("rewards.judge") for a in args) else [])
+    return [*kept, *smoke, *sizes, f"model.name={env['tiny']}", *judge, f"run.dir={run_dir}", "run.progress=plain",
             "run.device=cpu"]
 
 

@@ -14,7 +14,7 @@ LAYERS = {
     "algorithms": 2, "rewards": 2,
     "data": 3, "report": 3, "distributed": 3,
     "engines": 4, "models": 4, "tools": 4,
-    "rollout": 5,
+    "rollout": 5, "judges": 5,
     "trainer": 6, "eval": 6, "plan": 6, "chat": 6, "export": 6, "smoke": 6, "config_rules": 6,
     "cli": 7, "commands": 7, "__main__": 7, "__init__": 7,
 }

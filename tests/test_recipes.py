@@ -143,6 +143,14 @@ def test_code_recipes():
     assert set(cfg.rewards.funcs) == {"tests_pass", "compiles", "lint_clean"}
 
 
+def test_mcq_recipe_scores_the_chosen_letter_on_the_example_set():
+    cfg, loss = _full("mcq.yaml")
+    assert (cfg.task.name, cfg.task.path, cfg.task.prompt_style) == ("mcq", "examples/mcq", "choice")
+    assert cfg.rewards.funcs == {"choice": 1.0, "answer_format": 0.1}
+    assert (cfg.lora.rank, cfg.lora.alpha, loss.beta) == (16, 32.0, 0.04)
+    assert (ROOT / cfg.task.path / "train.jsonl").is_file() and (ROOT / cfg.task.path / "test.jsonl").is_file()
+
+
 def test_dr_grpo_and_dapo_recipes():
     cfg, loss = _full("dr_grpo.yaml")
     assert (loss.adv_scale, loss.aggregation, loss.beta) == ("none", "seq_sum_norm", 0.0)

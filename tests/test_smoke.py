@@ -27,6 +27,19 @@ def test_smoke_settings_swap_model_sizes_and_data_but_keep_the_recipe(tmp_path):
     assert "task.path" not in s and "task.mix" not in s
 
 
+def test_smoke_makes_a_recipes_judge_the_built_in_model_in_process(tmp_path, capsys):
+    recipe = tmp_path / "judged.yaml"
+    recipe.write_text("rewards:\n  judge: {url: 'https://api.example.com/v1', model: big-judge, "
+                      "api_key_env: EXAMPLE_KEY, weight: 0.3}\n")
+    s = smoke_settings(load_config(recipe))
+    assert {k: s[k] for k in s if k.startswith("rewards.judge")} == {
+        "rewards.judge.url": "", "rewards.judge.api_key_env": "", "rewards.judge.model": "smollm2-135m-instruct",
+        "rewards.judge.max_tokens": 24, "rewards.judge.think": False}
+    assert main(["config", str(recipe), "--smoke"]) == 0  # no key variable needed
+    judge = yaml.safe_load(capsys.readouterr().out.split("effective configuration:")[-1])["rewards"]["judge"]
+    assert (judge["url"], judge["weight"]) == ("", 0.3)
+
+
 def test_smoke_goes_before_the_command_line_overrides(capsys):
     assert main(["config", "configs/gsm8k.yaml", "--smoke", "train.steps=5", "task.eval_size=3"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     task.add_argument("--split", help="split to evaluate (default: the task's eval split, test)")
     task.add_argument("--limit", type=int, help="evaluate the first N problems (0 = all; default all, "
                       "or the run's task.eval_size)")
-    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed", "python_tool"])
+    task.add_argument("--prompt-style", choices=["plain", "answer_tag", "r1", "boxed", "python_tool", "choice"])
     task.add_argument("--few-shot", type=int)
     gen = p.add_argument_group("generation")
     gen.add_argument("--samples", type=int, default=1, help="completions per problem (k for pass@k, maj@k)")
@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from groupo.data import load_task
     from groupo.engines import EngineContext, build_engine
     from groupo.eval.evaluate import evaluate
+    from groupo.judges import with_model_rewards
     from groupo.rewards import resolve_rewards
     from groupo.rollout.sampler import make_sampler, with_environment_reward
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     load_s = time.monotonic() - t0
     engine = build_engine(cfg, EngineContext(model, tokenizer, amp=cfg.model.autocast))
     sampler = make_sampler(cfg, engine, tokenizer)  # a run with tools is evaluated on episodes with them
-    reward_fns = with_environment_reward(reward_fns, sampler)
+    reward_fns = with_model_rewards(with_environment_reward(reward_fns, sampler), cfg, device=device)
     what = f"{args.run} ({'base' if args.base else 'final'})" if args.run else cfg.model.name
     print(f"evaluating {what} on {task.name} [{cfg.task.eval_split}]: {len(problems)} problems, "
           f"samples={args.samples}, temperature={temperature}, max_new_tokens={cfg.rollout.max_new_tokens}",

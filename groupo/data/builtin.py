@@ -1,6 +1,7 @@
 """Builders for the built-in tasks: `TaskConfig` -> `Task`.
 
-Synthetic tasks (arithmetic, countdown) need no files. File tasks read `task.path`:
+Synthetic tasks (arithmetic, countdown) need no files. File tasks read `task.path` (`mcq`: rows of a
+question, its options and the right letter, groupo.data.mcq):
 
 * a folder with one file per split (`train.jsonl`, `test.jsonl`, ...) gives the split by name;
 * a benchmark file that is itself one test set (MATH, MATH-500, SVAMP, MGSM, CMATH; in a folder,
@@ -35,6 +36,7 @@ from groupo.data.loaders import (
     read_mgsm,
     read_svamp,
 )
+from groupo.data.mcq import read_mcq
 from groupo.data.prompts import Example
 from groupo.data.task import DataError, Task, default_rewards, seeded_split, subsample, to_problem
 
@@ -264,6 +266,17 @@ def generic_task(cfg, path: str | None = None) -> Task:
     return file_task(Path(target).stem, replace(cfg, path=target), reader)
 
 
+def mcq_task(cfg) -> Task:
+    """Multiple-choice questions (groupo.data.mcq): scored by the `choice` reward, which is also
+    the evaluation's, plus the prompt style's format bonus."""
+    def reader(p, skip_bad=False):
+        return read_mcq(p, cfg.question_field, cfg.answer_field, skip_bad)
+
+    task = file_task("mcq", cfg, reader)
+    bonus = {k: v for k, v in default_rewards(cfg.prompt_style).items() if k not in ("accuracy", "choice")}
+    return replace(task, rewards={"choice": 1.0, **bonus}, eval_reward="choice")
+
+
 def mgsm_task(cfg) -> Task:
     return file_task(f"mgsm-{cfg.language}", cfg, read_mgsm, f"mgsm_{cfg.language}.tsv", test_only=True)
 
@@ -280,4 +293,5 @@ BUILDERS: dict[str, Callable] = {
     "cmath": lambda cfg: file_task("cmath", cfg, read_cmath, "cmath_dev.jsonl", test_only=True),
     "metamath": lambda cfg: file_task("metamath", cfg, read_metamath),
     "generic": generic_task,
+    "mcq": mcq_task,
 }

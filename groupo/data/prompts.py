@@ -1,4 +1,4 @@
-"""Chat messages for a question, in one of four prompt styles, and their token ids.
+"""Chat messages for a question, in one of the prompt styles, and their token ids.
 
 Styles (`TaskConfig.prompt_style`):
 
@@ -9,6 +9,8 @@ Styles (`TaskConfig.prompt_style`):
     boxed       the question, then: final answer in \\boxed{}
     python_tool the question, then: write a ```python block that prints the result (run by the
                 python tool of an episode, episodes.tool_format=python_block), then <answer>...</answer>
+    choice      a multiple-choice question (its options listed): brief reasoning allowed, the chosen
+                option's letter in <answer>...</answer>
 
 The instruction goes into the user turn (small instruct models follow it more reliably there than
 in a system prompt). Few-shot examples become prior user/assistant turns whose assistant answers
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from groupo.data.control_tokens import control_tokens, encode_chat, encode_marked, mark
 from groupo.types import Message
 
-STYLES = ("plain", "answer_tag", "r1", "boxed", "python_tool")
+STYLES = ("plain", "answer_tag", "r1", "boxed", "python_tool", "choice")
 
 R1_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves "
@@ -42,9 +44,12 @@ INSTRUCTIONS = {
     "boxed": "Reason step by step, and put your final answer within \\boxed{}.",
     "python_tool": "Write a short Python program in a ```python block that prints the result; you will see "
                    "what it prints. Then give the final answer inside <answer></answer> tags.",
+    "choice": "Think briefly, then give the letter of the correct option inside <answer></answer> tags, "
+              "for example <answer>B</answer>.",
 }
 
-DEFAULT_SYSTEM = {"plain": None, "answer_tag": None, "r1": R1_SYSTEM_PROMPT, "boxed": None, "python_tool": None}
+DEFAULT_SYSTEM = {"plain": None, "answer_tag": None, "r1": R1_SYSTEM_PROMPT, "boxed": None, "python_tool": None,
+                  "choice": None}
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,10 @@ def assistant_turn(example: Example, style: str) -> str:
     """How a model answering in `style` should write `example`'s solution."""
     r, a = example.reasoning.strip(), example.answer
     lead = {"plain": f"{r} ", "answer_tag": f"{r}\n", "r1": f"{r}\n", "boxed": f"{r} ",
-            "python_tool": f"{r}\n"}[style] if r else ""
+            "python_tool": f"{r}\n", "choice": f"{r}\n"}[style] if r else ""
     return {
         "python_tool": f"{lead}<answer>{a}</answer>",
+        "choice": f"{lead}<answer>{a}</answer>",
         "plain": f"{lead}The answer is {a}.",
         "answer_tag": f"{lead}<answer>{a}</answer>",
         "r1": f"<think>\n{lead}</think>\n<answer>{a}</answer>",

@@ -51,7 +51,8 @@ def default_rewards(prompt_style: str) -> dict[str, float]:
     return {"plain": {"accuracy": 1.0}, "boxed": {"accuracy": 1.0},
             "answer_tag": {"accuracy": 1.0, "answer_format": 0.1},
             "r1": {"accuracy": 1.0, "format": 0.1},
-            "python_tool": {"accuracy": 1.0, "answer_format": 0.1}}[prompt_style]
+            "python_tool": {"accuracy": 1.0, "answer_format": 0.1},
+            "choice": {"choice": 1.0, "answer_format": 0.1}}[prompt_style]
 
 
 def to_problem(row: dict, cfg: Any, examples: Sequence[Example], pid: str) -> Problem:

@@ -7,7 +7,8 @@ pass@k uses the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374): with 
 which c are correct, pass@k = 1 - C(n-c, k) / C(n, k), computed as the stable product
 1 - prod_{i=n-c+1}^{n} (1 - k / i). maj@k (self-consistency, Wang et al. 2022) is the share of
 problems whose most frequent extracted answer among the k = `samples` answers (normalised, so
-"1,000" and "1000.0" agree; ties go to the answer seen first) is correct.
+"1,000" and "1000.0" agree; ties go to the answer seen first) is correct; for multiple choice, the
+most frequent letter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from groupo.data.task import Task
+from groupo.rewards.choice import extract_choice, option_letters
 from groupo.rewards.combine import score_completions
 from groupo.rewards.countdown import find_expression
 from groupo.rewards.extract import DEFAULT_ORDER, extract_answer
@@ -95,7 +97,9 @@ def _run(sample: Callable, task: Task, problems: list[Problem], params: Sampling
     order = _extract_order(reward_fns, task.eval_reward)
     records = []
     for i, (p, j, c) in enumerate(flat):
-        extracted = find_expression(c.text) if task.eval_reward == "countdown" else extract_answer(c.text, order)
+        extracted = (find_expression(c.text) if task.eval_reward == "countdown"
+                     else extract_choice(c.text, option_letters(p.columns.get("options")))
+                     if task.eval_reward == "choice" else extract_answer(c.text, order))
         records.append({
             "id": p.id, "sample": j, "greedy": greedy, "question": p.columns.get("question", p.question),
             "prompt": p.messages[-1]["content"],
@@ -154,7 +158,7 @@ def evaluate(sample: Callable[[list[Problem], SamplingParams], list[list[Complet
     passk = {k: sum(pass_at_k(samples, sum(r["correct"] for r in rs), k) for rs in by_problem.values()) / n
              for k in ks} if n else {}
     maj = None
-    if samples > 1 and n and task.eval_reward == "accuracy":
+    if samples > 1 and n and task.eval_reward in ("accuracy", "choice"):
         maj = sum(majority_correct([answer_key(r["extracted"]) for r in rs], [r["correct"] for r in rs])
                   for rs in by_problem.values()) / n
     mean = sum(r["correct"] for r in sampled) / len(sampled) if sampled else None

@@ -167,7 +167,9 @@ def check_reward_fn(history: History, cfg: AlarmsConfig, eval_reward: str):
         v = last[key]
         if key.startswith("reward/none_frac/") and v is not None and v >= cfg.reward_fn_frac:
             return (f"reward {key.split('/', 2)[2]!r} returned None (no score) for {v:.0%} of the samples",
-                    "Such samples score 0 from it: check that the function reads the columns it needs")
+                    "Such samples score 0 from it: check that the function reads the columns it needs; an async "
+                    "function past rewards.async_timeout_s, or a judge that failed or was not understood, "
+                    "scores None too (the log's warnings, judge/failure_frac, judge/unparsed_frac)")
     t = last.get("reward/timeout_frac")
     if t is not None and t >= cfg.reward_fn_frac:
         return (f"the symbolic answer check timed out on {t:.0%} of the samples (scored 0)",
@@ -176,6 +178,20 @@ def check_reward_fn(history: History, cfg: AlarmsConfig, eval_reward: str):
     if g is not None and g >= cfg.gold_unparsed_frac:
         return (f"{g:.0%} of the step's reference answers are neither a number nor math the checker reads",
                 "Every completion scores 0 on them: check task.answer_field, or task.skip_bad_rows=true")
+    return None
+
+
+def check_judge(history: History, cfg: AlarmsConfig, eval_reward: str):
+    last = history[-1]
+    failed, unparsed = last.get("judge/failure_frac"), last.get("judge/unparsed_frac")
+    if failed is not None and failed >= cfg.judge_frac:
+        return (f"the judge failed on {failed:.0%} of its requests (unreachable, timed out or erroring; those samples "
+                "score None)", "Check that the server at rewards.judge.url is up and answers within "
+                "rewards.judge.timeout_s (the log names the first failure of each kind); the run goes on meanwhile")
+    if unparsed is not None and unparsed >= cfg.judge_frac:
+        return (f"{unparsed:.0%} of the judge's replies did not parse under rewards.judge.parse (those samples score "
+                "None)", "Read RUN_DIR/judge/replies-rank0.jsonl: a judge that ignores the format needs a stronger "
+                "model, a clearer rewards.judge.template, or more rewards.judge.max_tokens")
     return None
 
 
@@ -196,7 +212,7 @@ def check_entropy(history: History, cfg: AlarmsConfig, eval_reward: str):
 CHECKS: dict[str, Check] = {
     "nan": check_nan, "kl": check_kl, "no_signal": check_no_signal, "reward_hacking": check_reward_hacking,
     "length": check_length, "answer_tags": check_answer_tags, "reward_fn": check_reward_fn,
-    "entropy": check_entropy,
+    "judge": check_judge, "entropy": check_entropy,
 }
 
 

@@ -17,6 +17,16 @@ KEYS: dict[str, str] = {
     "reward/none_frac/<name>": "share of samples `<name>` returned None for (no score)",
     "reward/timeout_frac": "share of the step's samples whose symbolic answer check timed out (scored 0)",
     "reward/gold_unparsed_frac": "share of the step's prompts whose reference answer is neither a number nor math",
+    "judge/requests": "requests sent to the LLM judge in the step (rewards.judge; identical ones once)",
+    "judge/cached_frac": "share of the step's judge requests answered without asking: the same as an earlier one of "
+                         "the step, or replayed from the record of the run before a resume",
+    "judge/failure_frac": "share of the judge requests sent that got no reply after the retries (unreachable, timed "
+                          "out, HTTP error, malformed answer): their samples score None",
+    "judge/unparsed_frac": "share of the judge's replies that rewards.judge.parse could not read: their samples "
+                           "score None",
+    "judge/latency_s": "seconds per judge request, mean (retries included)",
+    "judge/prompt_tokens": "prompt tokens of the step's judge requests (as the server reports them)",
+    "judge/completion_tokens": "tokens the judge wrote in the step",
     "accuracy/train": "share of sampled completions the task's evaluation reward scores 1",
     "accuracy/eval": "held-out greedy accuracy (eval.jsonl; sent to the other sinks at each evaluation)",
     "accuracy/eval_<split>": "the same on the extra held-out split `<split>` (task.extra_eval_splits; eval.jsonl "

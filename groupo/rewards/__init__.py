@@ -2,6 +2,7 @@
 the weighted combination the trainer logs per function."""
 
 from groupo.rewards.base import RewardError
+from groupo.rewards.choice import choice_reward, extract_choice
 from groupo.rewards.combine import score, score_completions
 from groupo.rewards.countdown import countdown_reward
 from groupo.rewards.extract import extract_answer, parse_number
@@ -11,8 +12,8 @@ from groupo.rewards.math import accuracy_reward, is_equivalent
 from groupo.rewards.registry import REWARDS, resolve_rewards
 
 __all__ = [
-    "REWARDS", "RewardError", "accuracy_reward", "answer_format_reward", "cosine_reward",
-    "countdown_reward", "extract_answer", "format_reward", "is_equivalent", "overlong_reward",
+    "REWARDS", "RewardError", "accuracy_reward", "answer_format_reward", "choice_reward", "cosine_reward",
+    "countdown_reward", "extract_answer", "extract_choice", "format_reward", "is_equivalent", "overlong_reward",
     "parse_number", "resolve_rewards", "score", "score_completions", "soft_format_reward", "tag_count_reward",
 ]
 

@@ -10,13 +10,22 @@ non-number, NaN or infinity stops the run with a `RewardError` naming the functi
 sample; it never silently scores 0. "Raises" includes `SystemExit` and every other `BaseException`
 but Ctrl-C: a reward that calls exit() would otherwise end the trainer with no word of why.
 
-Each function's time is added to the `RewardLog` (`seconds`, logged as `time/reward/<name>`); a
-call slower than SLOW_REWARD_S is warned about once per function, since a reward that takes
-seconds per batch is otherwise invisible and evaluation pays for it too.
+A function may be `async def` (TRL's async reward functions, `groupo.rewards.aio`): its call is
+started on the reward event loop before the synchronous functions run, so they overlap; the same
+rules apply to what it returns or raises. An async call that runs past its time limit
+(`rewards.async_timeout_s`) is cancelled and its samples score None (counted in
+`RewardLog.call_timeouts`, warned about): a remote service that hangs must not hang the run.
+
+Each function's time is added to the `RewardLog` (`seconds`, logged as `time/reward/<name>`; an
+async function's own time, not its wait for a slot); a call slower than SLOW_REWARD_S is warned
+about once per function, since a reward that takes seconds per batch is otherwise invisible and
+evaluation pays for it too.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import inspect
 import logging
 import math
 import numbers
@@ -24,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from groupo.rewards import symbolic
+from groupo.rewards import aio, symbolic
 from groupo.rewards.base import RewardError, completion_text
 from groupo.rewards.trl_compat import RewardLog, RewardState, trl_completions
 from groupo.types import Completion, Problem
@@ -41,16 +50,24 @@ def fn_name(fn: Any) -> str:
     inner = fn
     while hasattr(inner, "func"):  # functools.partial, trl_compat.Adapted
         inner = inner.func
-    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
+    named = inner if hasattr(inner, "__qualname__") else type(inner)  # a callable object: its class
+    return f"{getattr(named, '__module__', '?')}.{named.__qualname__}"
+
+
+def _once(fn: RewardFn, lim: aio.AsyncLimits, **kwargs: Any) -> Any:
+    """`fn`'s return value; an async function's awaited here (error path and tests only)."""
+    out = fn(**kwargs)
+    return aio.run(out, lim) if inspect.isawaitable(out) else out
 
 
 def _first_bad_sample(fn: RewardFn, prompts: list, completions: list, kwargs: dict[str, list],
                       shared: dict[str, Any]) -> int | None:
     """Re-run `fn` one sample at a time to find the first sample it raises on (error path only)."""
+    lim = getattr(fn, "limits", aio.DEFAULT_LIMITS)
     for i in range(len(completions)):
         one = {k: v[i:i + 1] for k, v in kwargs.items()}
         try:
-            fn(prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one, **shared)
+            _once(fn, lim, prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one, **shared)
         except KeyboardInterrupt:
             raise
         except BaseException:
@@ -58,19 +75,19 @@ def _first_bad_sample(fn: RewardFn, prompts: list, completions: list, kwargs: di
     return None
 
 
-def _call(name: str, fn: RewardFn, prompts: list, completions: list,
-          kwargs: dict[str, list], shared: dict[str, Any]) -> list[float | None]:
+def _failed(name: str, fn: RewardFn, e: BaseException, prompts: list, completions: list,
+            kwargs: dict[str, list], shared: dict[str, Any]) -> RewardError:
     where = f"reward {name!r} ({fn_name(fn)})"
-    try:
-        values = fn(prompts=prompts, completions=completions, **kwargs, **shared)
-    except RewardError as e:
-        raise RewardError(f"{where}: {e}") from e
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # SystemExit, GeneratorExit ...: named like any other failure
-        i = _first_bad_sample(fn, prompts, completions, kwargs, shared)
-        sample = f" on sample {i} (completion {completion_text(completions[i])[:200]!r})" if i is not None else ""
-        raise RewardError(f"{where} raised {type(e).__name__}{sample}: {e}") from e
+    if isinstance(e, RewardError):
+        return RewardError(f"{where}: {e}")
+    i = _first_bad_sample(fn, prompts, completions, kwargs, shared)
+    sample = f" on sample {i} (completion {completion_text(completions[i])[:200]!r})" if i is not None else ""
+    return RewardError(f"{where} raised {type(e).__name__}{sample}: {e}")
+
+
+def _checked(name: str, fn: RewardFn, values: Any, completions: list) -> list[float | None]:
+    """`values` as floats or None, one per completion; anything else is a RewardError."""
+    where = f"reward {name!r} ({fn_name(fn)})"
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise RewardError(f"{where} returned {type(values).__name__}; expected a list of floats")
     values = list(values)
@@ -90,6 +107,14 @@ def _call(name: str, fn: RewardFn, prompts: list, completions: list,
                               f"(completion {completion_text(completions[i])[:200]!r})")
         out.append(float(v))
     return out
+
+
+def _timed(name: str, fn: RewardFn, log: RewardLog, took: float, n: int) -> None:
+    log.seconds[name] += took
+    if took > SLOW_REWARD_S and name not in _warned_slow:
+        _warned_slow.add(name)
+        logger.warning("reward %r (%s) took %.1f s for %d completions (over %g s per call): it "
+                       "slows every step and every evaluation", name, fn_name(fn), took, n, SLOW_REWARD_S)
 
 
 def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completions: list,
@@ -129,16 +154,45 @@ def score(reward_fns: dict[str, tuple[RewardFn, float]], prompts: list, completi
     prompts, texts = list(prompts), list(completions)
     completions = [list(m) for m in messages] if messages is not None else trl_completions(prompts, texts)
     timeouts_before = symbolic.stats["timeouts"]
-    per_fn = {}
-    for name, (fn, _) in reward_fns.items():
+    per_fn: dict[str, list[float | None]] = {}
+    started: dict[str, tuple[concurrent.futures.Future, float]] = {}
+    call = {"prompts": prompts, "completions": completions, **kwargs, **shared}
+    for name, (fn, _) in reward_fns.items():  # async ones start on the loop, then the sync ones run meanwhile
         start = time.perf_counter()
-        per_fn[name] = _call(name, fn, prompts, completions, kwargs, shared)
+        try:
+            out = fn(**call)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit, GeneratorExit ...: named like any other failure
+            raise _failed(name, fn, e, prompts, completions, kwargs, shared) from e
+        if inspect.isawaitable(out):
+            started[name] = (aio.start(out, getattr(fn, "limits", aio.DEFAULT_LIMITS)), start)
+            continue
+        per_fn[name] = _checked(name, fn, out, completions)
+        _timed(name, fn, log, time.perf_counter() - start, n)
+    for k, (name, (future, start)) in enumerate(started.items()):
+        fn = reward_fns[name][0]
+        lim = getattr(fn, "limits", aio.DEFAULT_LIMITS)
         took = time.perf_counter() - start
-        log.seconds[name] += took
-        if took > SLOW_REWARD_S and name not in _warned_slow:
-            _warned_slow.add(name)
-            logger.warning("reward %r (%s) took %.1f s for %d completions (over %g s per call): it "
-                           "slows every step and every evaluation", name, fn_name(fn), took, n, SLOW_REWARD_S)
+        try:
+            values, took = aio.result(future, lim, waves=1 + k // lim.max_concurrency)
+            per_fn[name] = _checked(name, fn, values, completions)
+        except TimeoutError:
+            per_fn[name] = [None] * n
+            log.call_timeouts[name] += 1
+            logger.warning("reward %r (%s) ran past its %g s limit (rewards.async_timeout_s) on %d completions: "
+                           "they score None from it", name, fn_name(fn), lim.timeout_s, n)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            raise _failed(name, fn, e, prompts, completions, kwargs, shared) from e
+        _timed(name, fn, log, took, n)
+    per_fn = {name: per_fn[name] for name in reward_fns}
+    for name, (fn, _) in reward_fns.items():
+        while not hasattr(fn, "pop_counters") and hasattr(fn, "func"):  # through Limited, Adapted, partial
+            fn = fn.func
+        for k, v in (fn.pop_counters() if hasattr(fn, "pop_counters") else {}).items():
+            log.counters[name][k] += v
     log.timeouts += symbolic.stats["timeouts"] - timeouts_before
     total = [sum(w * per_fn[name][i] for name, (_, w) in reward_fns.items() if per_fn[name][i] is not None)
              for i in range(n)]

@@ -6,7 +6,9 @@ A name in `rewards.funcs` is a registry key below, ``package.module:function``, 
 (`groupo.rewards.trl_compat`); built-in ones additionally get the run's settings (answer
 extraction order, check time limit, length limits) bound from the config, where their signature
 takes them. `rewards.column_aliases` renames columns in for every function;
-`rewards.completion_format = "text"` hands user functions plain-string completions.
+`rewards.completion_format = "text"` hands user functions plain-string completions. An `async def`
+function runs on the reward event loop under `rewards.max_concurrency` and `rewards.async_timeout_s`
+(`groupo.rewards.aio`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from groupo.config import ConfigError
+from groupo.rewards import aio
+from groupo.rewards.choice import choice_reward
 from groupo.rewards.combine import RewardFn
 from groupo.rewards.countdown import countdown_reward
 from groupo.rewards.extract import DEFAULT_ORDER, check_order
@@ -37,6 +41,7 @@ REWARDS: dict[str, RewardFn] = {
     "overlong": overlong_reward,
     "cosine": cosine_reward,
     "countdown": countdown_reward,
+    "choice": choice_reward,
 }
 
 
@@ -116,12 +121,14 @@ def resolve_rewards(rewards: Any, defaults: Any, max_completion_length: int | No
         spec.setdefault("overlong", rewards.overlong_penalty)
     aliases = dict(getattr(rewards, "column_aliases", {}) or {})
     as_text = getattr(rewards, "completion_format", "trl") == "text"
+    lim = aio.limits(rewards.max_concurrency, rewards.async_timeout_s) if is_cfg else aio.DEFAULT_LIMITS
     out: dict[str, tuple[RewardFn, float]] = {}
     for name, weight in spec.items():
         if name in REWARDS:
-            out[name] = (adapt(_bind(REWARDS[name], options), aliases, False), float(weight))
+            fn = adapt(_bind(REWARDS[name], options), aliases, False)
         else:
-            out[name] = (adapt(load_user_fn(name), aliases, as_text), float(weight))
+            fn = adapt(load_user_fn(name), aliases, as_text)
+        out[name] = (aio.Limited(fn, lim) if aio.is_async(fn) else fn, float(weight))
     seen: dict[str, str] = {}
     for name in out:  # metric keys carry a file's name, not its path (trl_compat.metric_name)
         if (other := seen.setdefault(metric_name(name), name)) != name:

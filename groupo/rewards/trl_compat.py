@@ -46,6 +46,9 @@ class RewardLog:
     metrics: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     timeouts: int = 0  # symbolic answer checks that timed out during the calls (groupo.rewards.symbolic)
+    call_timeouts: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # async calls cut off, per name
+    # name -> counts a reward keeps of its own work (the judge's requests, failures, tokens ...: `pop_counters`)
+    counters: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
 
     def log_extra(self, column: str, values: list) -> None:
         self.extra[column].extend(values)

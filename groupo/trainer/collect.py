@@ -17,6 +17,7 @@ import torch
 from groupo.algorithms import zero_variance_groups
 from groupo.distributed import Dist, gather_objects
 from groupo.rewards import score_completions
+from groupo.rewards.judging import judge_metrics
 from groupo.rewards.trl_compat import RewardLog, RewardState, metric_name
 from groupo.types import Completion, Problem, SamplingParams
 
@@ -79,7 +80,8 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
     (only dynamic sampling can leave a remainder: prompts_per_step itself is one).
     reward_state is what reward functions see as TRL's `trainer_state`; what they pass to
     `log_metric` is averaged into `RolloutBatch.reward_metrics`, and the answer checks that timed
-    out are counted into `reward_timeouts`, over every rank's calls.
+    out are counted into `reward_timeouts`, over every rank's calls; with a judge, its `judge/...`
+    metrics join `reward_metrics`, from every rank's requests.
     """
     log = RewardLog()
     G = params.n
@@ -111,11 +113,15 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
         if len(kept) == prompts_per_step:
             break
     kept = kept[:len(kept) - len(kept) % world.world_size]
-    logs = gather_objects((log.timeouts, dict(log.metrics), dict(log.seconds)), world)
+    logs = gather_objects((log.timeouts, dict(log.metrics), dict(log.seconds), dict(log.counters.get("judge", {}))),
+                          world)
     metrics: dict[str, list[float]] = {}
-    for _, m, _ in logs:
+    judged: dict[str, float] = {}
+    for _, m, _, counts in logs:
         for k, v in m.items():
             metrics.setdefault(k, []).extend(v)
+        for k, v in counts.items():
+            judged[k] = judged.get(k, 0.0) + v
     per_fn: dict[str, list] = {}
     for _, _, _, scores_G in kept:
         for name, vals in scores_G.items():
@@ -127,7 +133,8 @@ def collect(sample: Callable[[list[Problem], SamplingParams], list[list[Completi
         n_zero_var=n_zero_var, n_groups=n_groups, group_size=G,
         reward_metrics={**{f"reward_log/{k}": sum(v) / len(v) for k, v in metrics.items() if v},
                         # the slowest rank's seconds per function: the time the step waited for it
-                        **{f"time/reward/{metric_name(k)}": max(s.get(k, 0.0) for _, _, s in logs)
-                           for k in logs[0][2]}},
-        reward_timeouts=sum(t for t, _, _ in logs), reward_weights={n: w for n, (_, w) in reward_fns.items()})
+                        **{f"time/reward/{metric_name(k)}": max(s.get(k, 0.0) for _, _, s, _ in logs)
+                           for k in logs[0][2]},
+                        **(judge_metrics(judged) if "judge" in reward_fns else {})},
+        reward_timeouts=sum(t for t, _, _, _ in logs), reward_weights={n: w for n, (_, w) in reward_fns.items()})
     return batch, data_position

@@ -30,6 +30,7 @@ from groupo.config_rules import validate
 from groupo.data import extra_eval_sets, load_task, require_train
 from groupo.distributed import Dist, broadcast_object, setup
 from groupo.engines import EngineContext, build_engine
+from groupo.judges import MODEL_REWARDS, with_model_rewards
 from groupo.models import load_policy, save_policy
 from groupo.models.logprobs import checkpoint_keeps_cache
 from groupo.models.precision import resolve_autocast
@@ -91,6 +92,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     require_train(task)  # an empty training split: one line, before the model loads
     extra_sets = extra_eval_sets(cfg.task)  # task.extra_eval_splits (one the task lacks: a warning)
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens, sandbox=cfg.sandbox)
+    reward_fns = with_model_rewards(reward_fns, cfg, device=device, run_dir=run_dir, rank=world.rank)  # model-scored
     module, policy = _policy(cfg, policy, world, device)
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
@@ -106,9 +108,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     sampler = make_sampler(cfg, engine, policy.tokenizer)  # one turn, or episodes with the run's tools
     reward_fns = with_environment_reward(reward_fns, sampler)
     eval_problems = task.test[: cfg.task.eval_size or None]
+    # held-out accuracy reads the task's own reward: a judge or reward model would only add their cost
+    verifiers = {k: v for k, v in reward_fns.items() if k not in MODEL_REWARDS}
     sampling = {"top_p": R.top_p, "top_k": R.top_k, "min_p": R.min_p, "repetition_penalty": R.repetition_penalty}
     held_out = HeldOut(lambda problems, sampled: held_out_accuracy(
-        sampler, module, task, problems, reward_fns, world=world, max_new_tokens=R.max_new_tokens,
+        sampler, module, task, problems, verifiers, world=world, max_new_tokens=R.max_new_tokens,
         batch_size=R.batch_size, samples=T.eval_samples if sampled else 0, sampling=sampling,
         temperature=T.eval_temperature if T.eval_temperature is not None else R.temperature), eval_problems, extra_sets)
 
