@@ -230,6 +230,8 @@ def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tens
         return None
     inner = getattr(model, "module", model)  # a DDP wrapper keeps the model on .module
     cache = DynamicCache(config=inner.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):  # e.g. sliding windows (Gemma 3, Phi-3):
+        return None  # known from the config, before a prefix pass that would be thrown away
     with _layers_set(model, "gradient_checkpointing", False):
         model(**prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
     n = prefix["input_ids"].shape[1]
