@@ -92,6 +92,17 @@ def test_the_engines_logprobs_are_the_trainers(arch):
         torch.testing.assert_close(logp_BT[b, :len(flat[b].token_ids)], alone, atol=1e-5, rtol=0)
 
 
+def test_a_head_whose_logits_are_soft_capped_is_scored_whole():
+    """Gemma 2 (and a Gemma 3 config that sets it) caps the logits after the head: the trainer then
+    runs the model's own head rather than its chunked one, which would cap the hidden states."""
+    model, tok = make_tiny(arch="gemma3")
+    model.config.final_logit_softcapping = 3.0
+    prompt, completion = [1, 50, 51, 52], [60, 61, 62]
+    with torch.no_grad():
+        logp_BT, _ = token_logprobs(model, pack([prompt], [completion], tok.pad_token_id), 1.0)
+    torch.testing.assert_close(logp_BT[0], reference_logprobs(model, prompt, completion, 1.0)[0], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("rank", [4, 0], ids=["lora", "full"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_update_with_shared_prompts_and_checkpointing_has_each_rows_values_and_gradients(arch, rank):
