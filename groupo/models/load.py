@@ -202,9 +202,10 @@ def load_model(name: str, revision: str | None = None, dtype: str = "float32",
         if quantization == "none":
             model.to(device)
         else:
-            from groupo.models.quantization import keep_training_kernels
+            from groupo.models.quantization import keep_training_kernels, own_unquantized_weights
 
             keep_training_kernels(model)
+            own_unquantized_weights(model)
     model.eval()
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer

@@ -76,6 +76,25 @@ def keep_training_kernels(model: torch.nn.Module) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
+def own_unquantized_weights(model: torch.nn.Module) -> None:
+    """On a CPU: give the weights that stay unquantized (embeddings, norms, biases, the head) memory of
+    their own. transformers maps the safetensors file and leaves them as views of the mapping, which
+    spans the whole file, every float weight quantized meanwhile included (all read while quantizing):
+    the mapping stays resident as long as one view lives. Measured with the built-in SmolLM2-135M: the
+    process held 534 MB more after loading it 4-bit, 237 MB with these copied (its weights: 177 MB)."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                # quantized weights are bitsandbytes' Parameter subclasses, in memory of their own already
+                if type(p) is torch.nn.Parameter and p.device.type == "cpu":
+                    p.data = p.data.clone()
+            for name, b in list(m.named_buffers(recurse=False)):
+                if b is not None and b.device.type == "cpu":
+                    m._buffers[name] = b.clone()
+
+
 def is_quantized(model: torch.nn.Module) -> bool:
     """Whether `model` (or the model inside a peft wrapper) was loaded through bitsandbytes."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
