@@ -181,3 +181,24 @@ def test_keys_that_cannot_go_together_are_one_line():
         with pytest.raises(ConfigError) as e:
             load_config(None, list(overrides))
         assert message in str(e.value) and "\n" not in str(e.value), overrides
+
+
+def test_init_from_a_groupo_runs_final_folder_continues_its_policy(tmp_path):
+    """An all-linear rsLoRA adapter as a run's final/ holds it (save_policy): the adopted settings
+    resolve on the model again (PEFT stored the module paths it resolved all-linear to), and the new
+    policy computes what the saved one did."""
+    from groupo.models.policy import save_policy
+
+    torch.manual_seed(0)
+    saved = load_policy_from(*make_tiny(arch="phi3"), LoraConfig(rank=4, alpha=8.0, target_modules=["all-linear"],
+                                                                  variant="rslora"), beta=0.0)
+    nonzero_lora(saved.model, 0.2)
+    save_policy(saved, tmp_path / "final")
+    cfg = load_config(None, [f"lora.init_from={tmp_path / 'final'}"])
+    validate(cfg)
+    assert (cfg.lora.rank, cfg.lora.variant) == (4, "rslora")
+    adopted = resolve_targets(make_tiny(arch="phi3")[0], cfg.lora.target_modules).modules  # module paths, kept exact
+    assert {m.rsplit(".", 1)[-1] for m in adopted} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    policy = load_policy_from(*make_tiny(arch="phi3"), cfg.lora, beta=0.0)
+    with torch.no_grad():
+        assert torch.equal(policy.model(input_ids=IDS).logits, saved.model(input_ids=IDS).logits)
