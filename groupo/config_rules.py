@@ -72,8 +72,8 @@ def _check_judge(cfg: Config) -> None:
 
 
 def adopt_adapter(cfg: Config) -> None:
-    """With lora.init_from: the adapter's rank, alpha, targets and variant become cfg.lora's, so that
-    the saved config.yaml, `groupo config`, `groupo plan` and the vLLM engine's rank slot all see them.
+    """With lora.init_from: the adapter's rank, alpha, dropout, targets and variant become cfg.lora's, so
+    that the saved config.yaml, `groupo config`, `groupo plan` and the vLLM engine's rank slot see them.
     A key the user set to something else (not the default, not the adapter's) is a ConfigError:
     silently training another rank than asked would be worse."""
     if not cfg.lora.init_from:

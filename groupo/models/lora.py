@@ -43,7 +43,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 def adapter_settings(path: str | Path) -> dict:
     """The settings of the PEFT LoRA adapter in folder `path`, as groupo's lora keys: rank, alpha,
-    target_modules, variant. ConfigError for a folder that holds no LoRA adapter groupo can train."""
+    dropout, target_modules, variant. ConfigError for a folder that holds no LoRA adapter groupo can
+    train."""
     f = Path(path).expanduser() / ADAPTER_CONFIG
     if not f.is_file():
         raise ConfigError(f"lora.init_from = {str(path)!r}: no {ADAPTER_CONFIG} there (expected a PEFT adapter "
@@ -58,9 +59,13 @@ def adapter_settings(path: str | Path) -> dict:
     if isinstance(targets, str):  # PEFT stores a regular expression as one string
         raise ConfigError(f"lora.init_from: {f} selects its modules by the pattern {targets!r}; groupo needs a list "
                           "of module names")
-    return {"rank": int(a["r"]), "alpha": float(a["lora_alpha"]),
-            "target_modules": sorted(targets) + sorted(a.get("target_parameters") or []),
-            "variant": "dora" if a.get("use_dora") else "rslora" if a.get("use_rslora") else "lora"}
+    try:
+        return {"rank": int(a["r"]), "alpha": float(a["lora_alpha"]), "dropout": float(a.get("lora_dropout") or 0.0),
+                "target_modules": sorted(targets) + sorted(a.get("target_parameters") or []),
+                "variant": "dora" if a.get("use_dora") else "rslora" if a.get("use_rslora") else "lora"}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"lora.init_from: {f} lacks a LoRA setting or has one of the wrong type "
+                          f"({type(e).__name__}: {e})") from None
 
 
 def load_adapter(model: torch.nn.Module, path: str | Path):
