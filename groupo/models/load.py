@@ -18,7 +18,6 @@ from groupo.models.gguf import load_gguf
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Files a causal LM needs; skips duplicate .bin / .onnx / .gguf weights many repos also carry.
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]

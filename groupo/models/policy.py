@@ -106,13 +106,13 @@ def save_policy(policy: Policy, out_dir: str | Path, state_dict: dict[str, torch
 
     state_dict: the weights to write when the model's own are sharded (FSDP2 gathers them first).
     """
+    from groupo.models.quantization import quantization_kind
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # PeftModel: adapter_config.json + adapter_model.safetensors
     policy.model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     policy.tokenizer.save_pretrained(out)
-    from groupo.models.quantization import quantization_kind
-
     base = policy.base_name
     if base is not None and Path(base).expanduser().exists():  # a local path: make it absolute
         base = str(Path(base).expanduser().resolve())
