@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_export_chat import _plain_greedy
-from test_trainer import REWARD_FILE
+from test_trainer import REWARD_FILE, _final_weights
 from tiny import nonzero_lora, save_tiny
 
 from groupo.config import ConfigError, LoraConfig, ModelConfig, load_config
@@ -131,17 +131,22 @@ def test_qlora_samples_with_the_trainers_logprobs_and_then_trains_with_the_dequa
 
 
 @needs_bnb
-@pytest.mark.long  # a training run and a second process: ~15 s
-def test_a_qlora_run_exports_a_merged_model_on_the_dequantized_base(tiny_dir, tmp_path):
+@pytest.mark.long  # three short runs and a second process: ~20 s
+def test_a_qlora_run_resumes_exactly_and_exports_a_merged_model_on_the_dequantized_base(tiny_dir, tmp_path):
     (tmp_path / "reward.py").write_text(REWARD_FILE)
     settings = {"model.name": str(tiny_dir), "model.quantization": "nf4", "model.autocast": "none",
                 "lora.rank": 4, "lora.alpha": 8, "lora.target_modules": "[all-linear]", "task.difficulty": 1,
                 "task.eval_size": 2, "task.prompt_style": "plain", "rollout.group_size": 4, "rollout.max_new_tokens": 4,
-                "train.prompts_per_step": 2, "train.steps": 2, "train.save_every": 0, "train.lr": 3e-2,
-                "algorithm.beta": 0.04, "run.progress": "plain", "run.device": "cpu",
+                "train.prompts_per_step": 2, "train.save_every": 1, "train.lr": 3e-2, "algorithm.beta": 0.04,
+                "run.progress": "plain", "run.device": "cpu", "run.tensorboard": "false",
                 "rewards.funcs": json.dumps({f"{tmp_path / 'reward.py'}:digit_share": 1.0})}
-    run = tmp_path / "run"
-    train(load_config(None, [f"{k}={v}" for k, v in settings.items()]), run)
+    cfg = lambda steps: load_config(None, [f"{k}={v}" for k, v in {**settings, "train.steps": steps}.items()])
+    run, resumed = tmp_path / "run", tmp_path / "resumed"
+    train(cfg(2), run)
+    train(cfg(1), resumed)
+    train(cfg(2), resumed, resume=True)  # the base quantized again, the checkpoint's adapter: the same run
+    a, b = _final_weights(run), _final_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "final" / "groupo_model.json").read_text())["quantization"] == "nf4"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["rollout/logprob_mismatch"] < 1e-4 for r in rows)
