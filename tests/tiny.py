@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaForCausalLM
 
 from groupo.models.offline_tokenizer import BOS, CHAT_TEMPLATE, EOS, PAD, VOCAB_SIZE, make_tokenizer  # noqa: F401
 
@@ -94,7 +93,7 @@ def make_tiny(seed: int = 0, arch: str = "llama", **sizes):
     config = _arch_config(arch, tokenizer, **sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config) if arch == "llama" else AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.eval()
