@@ -94,6 +94,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # peft imports bitsandbytes wherever it is installed, and two of its messages say nothing to act
+    # on (groupo.models.quantization.quiet_bitsandbytes says which; named here, as that module loads torch)
+    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # groupo's own INFO messages (e.g. which sandbox protections this machine allows) are shown.
     log = logging.getLogger("groupo")
     if not log.handlers:

@@ -55,6 +55,10 @@ class ModelConfig:
         "out as matmuls, faster on CPUs for short sequences but it keeps rows x heads x L x L "
         "probabilities per layer for the backward (groupo.models.attention)")
     revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
+    quantization: Literal["none", "nf4", "fp4", "int8"] = _f(
+        "none", "QLoRA: the frozen base loaded 4-bit (nf4, fp4) or 8-bit (int8) through bitsandbytes "
+        "(pip install 'groupo[qlora]'); LoRA weights stay float32, 4-bit layers compute in bf16 where native, "
+        "else float32; needs lora.rank > 0 (groupo.models.quantization)")
 
 
 @dataclass
@@ -62,8 +66,15 @@ class LoraConfig:
     rank: int = _f(16, "LoRA rank r; 0 trains all weights (full fine-tuning)", min=0)
     alpha: float = _f(32.0, "LoRA alpha (scale = alpha / rank)", min=0, min_exclusive=True)
     dropout: float = _f(0.0, "dropout on the LoRA input", min=0, max=1)
-    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"],
-                                   "module names that get adapters")
+    target_modules: list[str] = _f(
+        ["attention"], "what gets adapters: module names (q_proj, ...) and groups resolved per architecture: "
+        "all-linear (every linear layer but the output head), attention, mlp (groupo.models.targets)")
+    variant: Literal["lora", "rslora", "dora"] = _f(
+        "lora", "lora (scale alpha / rank), rslora (scale alpha / sqrt(rank), arXiv 2312.03732) or dora "
+        "(weight-decomposed, arXiv 2402.09353; slower, and vLLM does not serve it), all through PEFT")
+    init_from: str | None = _f(
+        None, "a PEFT adapter folder to start from (an SFT adapter, or a groupo run's final/): its rank, alpha, "
+        "targets and variant are used; the reference policy stays the base with the adapter off")
 
 
 @dataclass
@@ -675,6 +686,21 @@ def check_together(cfg: Config) -> None:
                           "OPENAI_API_KEY), not the key itself; export the key in that variable")
     if J.api_key_env and not J.url:
         raise ConfigError("rewards.judge.api_key_env is set but rewards.judge.url is empty: a key is for a server")
+    if cfg.model.quantization != "none" and cfg.lora.rank == 0:
+        raise ConfigError(f"model.quantization = {cfg.model.quantization!r} freezes a quantized base and trains LoRA "
+                          "on it; full fine-tuning (lora.rank = 0) cannot update 4/8-bit weights: set lora.rank > 0")
+    if cfg.model.quantization != "none" and cfg.train.parallel == "fsdp2":
+        raise ConfigError("model.quantization runs beside train.parallel = 'ddp' only (FSDP2 would shard "
+                          "bitsandbytes' packed weights): use train.parallel=ddp")
+    if cfg.lora.init_from and cfg.lora.rank == 0:
+        raise ConfigError("lora.init_from starts from a LoRA adapter, but lora.rank = 0 is full fine-tuning: "
+                          "leave lora.rank unset (the adapter's rank is used)")
+    if cfg.model.quantization in ("fp4", "int8") and R.engine == "vllm":
+        raise ConfigError(f"model.quantization = {cfg.model.quantization!r} with rollout.engine = 'vllm': vLLM "
+                          "quantizes a base as it loads to nf4 only; use model.quantization=nf4 or rollout.engine=hf")
+    if cfg.lora.variant == "dora" and R.engine == "vllm":
+        raise ConfigError("lora.variant = 'dora': vLLM serves plain LoRA adapters only; use rollout.engine=hf, "
+                          "or lora.variant=lora / rslora")
     if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
         raise ConfigError(f"train.adam_betas = {cfg.train.adam_betas} must be two numbers in [0, 1)")
 

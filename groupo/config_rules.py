@@ -8,7 +8,7 @@ checks run on top, in `resolve_config` (every command) and at the start of `trai
 
 from __future__ import annotations
 
-from groupo.config import Config, ConfigError
+from groupo.config import Config, ConfigError, LoraConfig
 
 
 def validate(cfg: Config) -> None:
@@ -16,7 +16,8 @@ def validate(cfg: Config) -> None:
     held-out splits of a generated task. An extra split that no generated task has (a typo) is an
     error; one that another has (the quickstart's `unseen`, under `task.name=countdown`) is skipped
     with one warning line when the task loads, as is one a file task lacks
-    (groupo.data.extra_eval_sets)."""
+    (groupo.data.extra_eval_sets). Then lora.init_from's adapter settings are taken into `cfg`
+    (adopt_adapter)."""
     from groupo.algorithms.presets import PRESETS
     from groupo.data.builtin import EVAL_SPLITS, check_eval_split
     from groupo.engines import ENGINES
@@ -44,6 +45,7 @@ def validate(cfg: Config) -> None:
     known = {s for splits in EVAL_SPLITS.values() for s in splits}
     if cfg.task.name in EVAL_SPLITS and (typo := next((s for s in extra if s not in known), None)):
         check_eval_split(cfg.task.name, typo, key="task.extra_eval_splits")
+    adopt_adapter(cfg)
 
 
 def _check_judge(cfg: Config) -> None:
@@ -67,3 +69,22 @@ def _check_judge(cfg: Config) -> None:
     if J.api_key_env and J.api_key_env not in os.environ:
         raise ConfigError("rewards.judge.api_key_env names an environment variable this process does not have: "
                           "export it (export NAME=...) before starting")
+
+
+def adopt_adapter(cfg: Config) -> None:
+    """With lora.init_from: the adapter's rank, alpha, dropout, targets and variant become cfg.lora's, so
+    that the saved config.yaml, `groupo config`, `groupo plan` and the vLLM engine's rank slot see them.
+    A key the user set to something else (not the default, not the adapter's) is a ConfigError:
+    silently training another rank than asked would be worse."""
+    if not cfg.lora.init_from:
+        return
+    from groupo.models.lora import adapter_settings
+
+    default = LoraConfig()
+    for key, theirs in adapter_settings(cfg.lora.init_from).items():
+        mine = getattr(cfg.lora, key)
+        same = sorted(mine) == sorted(theirs) if isinstance(mine, list) else mine == theirs
+        if not same and mine != getattr(default, key):
+            raise ConfigError(f"lora.{key} = {mine!r} conflicts with the adapter of lora.init_from ({theirs!r}): leave "
+                              f"lora.{key} unset, the adapter's is used")
+        setattr(cfg.lora, key, theirs)

@@ -7,6 +7,9 @@ The merged folder is what `AutoModelForCausalLM.from_pretrained(OUT)` and `vllm 
 without groupo: config.json, model.safetensors (in the run's `model.dtype`, or --dtype),
 generation_config.json, and the tokenizer with its chat template. The LoRA is folded in with
 peft's `merge_and_unload`; a full fine-tuning run (`lora.rank=0`) is re-saved in the dtype asked.
+A QLoRA run (`model.quantization`) is merged into its base's dequantized weights, the weights its
+adapter was trained against, so the merged folder needs no bitsandbytes and computes what the run's
+policy computes with float32 compute (tests/test_qlora.py).
 The adapter folder is loaded with `PeftModel.from_pretrained(base, OUT)` or served with
 `vllm serve BASE --enable-lora --lora-modules name=OUT`; its base model is the run's (a built-in
 model's converted folder for a built-in name, which nothing but groupo would resolve).
@@ -102,7 +105,7 @@ def export_merged(run: str | Path, out: str | Path, dtype: str | None = None) ->
     src, out = policy_dir(run), Path(out).expanduser()
     _check_out(out)
     dtype = dtype or run_dtype(run)
-    model, _ = load_trained(src, dtype=dtype)
+    model, _ = load_trained(src, dtype=dtype, dequantize=True)  # a QLoRA run's base: its dequantized weights
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)

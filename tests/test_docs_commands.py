@@ -50,9 +50,10 @@ DROPPED = ("task.path=", "task.mix=", "run.dir=", "run.device=", "model.name=", 
            "rewards.judge.url=", "rewards.judge.api_key_env=", "rewards.judge.model=")
 CONFIG_ONLY = ("rollout.engine=vllm",)  # needs the vllm extra and a model vLLM can serve
 PARSE_ONLY = ("groupo chat",)  # interactive: parsed, not run
-# a command naming one of these modules needs that optional extra; without it the test skips,
-# saying so (.ci/run installs the extra and runs these: pytest tests/test_docs_commands.py -k trl)
-EXTRAS = {"trl.": "trl"}
+# a command holding one of these texts needs that module, from the optional extra named; without it
+# the test skips, saying so (.ci/run installs each extra and runs these: pytest tests/test_docs_commands.py
+# -k trl, -k quantization)
+EXTRAS = {"trl.": ("trl", "trl"), "model.quantization=": ("bitsandbytes", "qlora")}
 DRY_RUN = ("groupo serve",)  # long-running servers: run with --dry-run (the command they would start)
 RUN_DIR_LIKE = re.compile(r"^(RUN_DIR|RUN_[A-Z]|runs/\S*|/shared/runs/\S*)$")  # stands for a run directory
 PLACEHOLDERS = {"CONFIG": "configs/quickstart.yaml", "CONFIG.yaml": "configs/quickstart.yaml"}
@@ -164,8 +165,8 @@ def test_the_docs_show_commands():
     ids=[f"{d}: {c}" for d, c in COMMANDS])
 def test_documented_command_runs(doc, command, env, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    for module, extra in EXTRAS.items():
-        if module in command and importlib.util.find_spec(module.rstrip(".")) is None:
+    for text, (module, extra) in EXTRAS.items():
+        if text in command and importlib.util.find_spec(module) is None:
             pytest.skip(f"{command!r} needs the {extra} extra: pip install -e '.[{extra}]'")
     words = _words(command)
     if words[0] == "torchrun":

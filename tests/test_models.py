@@ -143,7 +143,7 @@ def test_save_and_load_trained_round_trip(tmp_path, rank):
     run = tmp_path / "run"
     save_policy(policy, run / "final")
     meta = json.loads((run / "final" / "groupo_model.json").read_text())
-    assert meta == {"kind": "lora" if rank else "full", "base_model": str(base.resolve())}
+    assert meta == {"kind": "lora" if rank else "full", "base_model": str(base.resolve()), "quantization": "none"}
     if rank:  # an ordinary peft adapter folder
         assert (run / "final" / "adapter_config.json").is_file()
     model, tok = load_trained(run)  # the run folder: final/ is found

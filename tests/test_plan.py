@@ -184,3 +184,51 @@ def test_the_traced_update_computes_the_trainers_log_probs(share):
     mask = packed.completion_mask_BT
     torch.testing.assert_close(got * mask, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_h * mask, want_h, atol=1e-5, rtol=1e-5)
+
+
+class AnyShape(dict):
+    """One made-up rate for every matmul, so a plan measures nothing: for tests comparing memory."""
+
+    def __contains__(self, key):
+        return True
+
+    def __missing__(self, key):
+        return 1e11
+
+
+def test_quantization_prices_the_linear_layers_weights_at_4_or_8_bits(tiny_dir):
+    """The tiny Llama's linear layers, counted by hand: per layer q and o 64 x 64, k and v 64 x 32, gate,
+    up and down 64 x 128; two layers. nf4 stores half a byte per weight and a float32 absmax per 64
+    weights, int8 a byte; everything else (embeddings, norms, the adapters) is priced as before."""
+    from groupo.plan.build import make_plan
+
+    linear = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
+    over = [f"model.name={tiny_dir}", "task.name=arithmetic", "rollout.group_size=2", "train.prompts_per_step=2",
+            "rollout.max_new_tokens=8", "model.autocast=none", "lora.rank=4"]
+    machine = Machine("cpu", 1e-6, 1e-6, 1e-6, 1e-5, 1e10, 0, AnyShape())
+    plans = {kind: make_plan(quickstart_config([*over, f"model.quantization={kind}"]), prompt_tokens=12,
+                             suggest=False, machine=machine) for kind in ("none", "nf4", "int8")}
+    weights = {kind: plan.memory.weights for kind, plan in plans.items()}
+    assert weights["none"] - weights["nf4"] == 4 * linear - (linear // 2 + linear // 64 * 4)
+    assert weights["none"] - weights["int8"] == 3 * linear
+    assert plans["nf4"].memory.update == plans["none"].memory.update
+    assert any("model.quantization=nf4" in n for n in plans["nf4"].notes) and not plans["none"].notes
+
+
+def test_a_run_from_an_adapter_is_planned_with_the_adapters_rank_and_targets(tiny_dir, tmp_path):
+    """lora.init_from: AdamW's state is that of the adapter's weights, counted by hand: rank 8 on q
+    (64 -> 64) and v (64 -> 32) in two layers, two float32 moments each."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from groupo.commands.resolve import resolve_config
+    from groupo.plan.build import make_plan
+
+    get_peft_model(make_tiny()[0], PeftLoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+                   ).save_pretrained(tmp_path / "adapter")
+    cfg = resolve_config(None, [f"model.name={tiny_dir}", f"lora.init_from={tmp_path / 'adapter'}",
+                                "rollout.group_size=2", "train.prompts_per_step=2", "rollout.max_new_tokens=8"])
+    plan = make_plan(cfg, prompt_tokens=12, suggest=False, machine=Machine("cpu", 1e-6, 1e-6, 1e-6, 1e-5, 1e10, 0,
+                                                                            AnyShape()))
+    trainable = 2 * (8 * (64 + 64) + 8 * (64 + 32))
+    assert plan.memory.training_state == 2 * trainable * 4

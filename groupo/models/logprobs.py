@@ -155,11 +155,15 @@ def _head_logprobs(x_BTX: torch.Tensor, weight_VH: torch.Tensor | None, ids_BT: 
 
 def _chunkable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     """The model's output head where token_logprobs may run it itself: a bias-free nn.Linear, on a
-    model that is not FSDP-sharded (outside the root's forward its weight is a shard)."""
+    model that is not FSDP-sharded (outside the root's forward its weight is a shard) and whose
+    forward does nothing to the logits after the head (Gemma 2's final_logit_softcapping would be
+    applied to the hidden states instead)."""
     from torch.distributed.fsdp import FSDPModule
 
     inner = getattr(model, "module", model)  # DDP keeps the model on .module
     if isinstance(inner, FSDPModule) or any(isinstance(m, FSDPModule) for m in inner.modules()):
+        return None
+    if getattr(getattr(inner, "config", None), "final_logit_softcapping", None):
         return None
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if get is not None else None
@@ -230,6 +234,8 @@ def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tens
         return None
     inner = getattr(model, "module", model)  # a DDP wrapper keeps the model on .module
     cache = DynamicCache(config=inner.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):  # e.g. sliding windows (Gemma 3, Phi-3):
+        return None  # known from the config, before a prefix pass that would be thrown away
     with _layers_set(model, "gradient_checkpointing", False):
         model(**prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
     n = prefix["input_ids"].shape[1]

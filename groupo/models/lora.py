@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-from groupo.config import LoraConfig
+from groupo.config import ConfigError, LoraConfig
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
-    """Wrap `model` in a peft PeftModel with adapters on `cfg.target_modules`.
+    """Wrap `model` in a peft PeftModel with adapters on what `cfg.target_modules` names
+    (groupo.models.targets), of the kind `cfg.variant` says; or, with `cfg.init_from`, the adapter
+    in that folder (see load_adapter).
 
     Only adapter weights are trainable. They are float32 whatever the base dtype (peft's
     `autocast_adapter_dtype`), so small updates are not lost to bf16 rounding.
@@ -19,18 +23,71 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from groupo.models.targets import resolve_targets
+
     if cfg.rank <= 0:
         raise ValueError(f"LoRA needs rank > 0, got {cfg.rank} (rank 0 means full fine-tuning)")
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.target_modules if t not in names]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, torch.nn.Linear)})
-        raise ValueError(f"lora.target_modules {missing} are not modules of this model; "
-                         f"its linear layers are: {', '.join(linear)}")
-    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    if cfg.init_from:
+        return load_adapter(model, cfg.init_from)
+    targets = resolve_targets(model, cfg.target_modules)
+    modules = targets.modules if isinstance(targets.modules, str) else list(targets.modules)
+    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules,
+                              target_parameters=list(targets.parameters) or None,
+                              use_rslora=cfg.variant == "rslora", use_dora=cfg.variant == "dora",
+                              task_type="CAUSAL_LM")
     return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_settings(path: str | Path) -> dict:
+    """The settings of the PEFT LoRA adapter in folder `path`, as groupo's lora keys: rank, alpha,
+    dropout, target_modules, variant. ConfigError for a folder that holds no LoRA adapter groupo can
+    train."""
+    f = Path(path).expanduser() / ADAPTER_CONFIG
+    if not f.is_file():
+        raise ConfigError(f"lora.init_from = {str(path)!r}: no {ADAPTER_CONFIG} there (expected a PEFT adapter "
+                          "folder, e.g. a groupo run's final/)")
+    try:
+        a = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"lora.init_from: {f} is unreadable ({type(e).__name__})") from None
+    if a.get("peft_type", "LORA") != "LORA":
+        raise ConfigError(f"lora.init_from: {f} is a {a.get('peft_type')} adapter; groupo trains LoRA adapters")
+    targets = a.get("target_modules") or []
+    if isinstance(targets, str):  # PEFT stores a regular expression as one string
+        raise ConfigError(f"lora.init_from: {f} selects its modules by the pattern {targets!r}; groupo needs a list "
+                          "of module names")
+    try:
+        return {"rank": int(a["r"]), "alpha": float(a["lora_alpha"]), "dropout": float(a.get("lora_dropout") or 0.0),
+                "target_modules": sorted(targets) + sorted(a.get("target_parameters") or []),
+                "variant": "dora" if a.get("use_dora") else "rslora" if a.get("use_rslora") else "lora"}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"lora.init_from: {f} lacks a LoRA setting or has one of the wrong type "
+                          f"({type(e).__name__}: {e})") from None
+
+
+def load_adapter(model: torch.nn.Module, path: str | Path):
+    """`model` as a PeftModel with the adapter in folder `path`, trainable (float32 adapter weights);
+    a folder whose adapter does not fit the model is one ConfigError."""
+    from peft import PeftModel
+
+    from groupo.models.load import ModelFilesError, safetensors_problem
+
+    folder = Path(path).expanduser()
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelFilesError(f"lora.init_from: {folder} has no adapter_model.safetensors (weights stored as .bin, "
+                              "a pickle, are not loaded: convert them with save_pretrained(safe_serialization=True))")
+    if problem := safetensors_problem(weights):
+        raise ModelFilesError(f"lora.init_from: {problem}")
+    try:
+        return PeftModel.from_pretrained(model, folder, is_trainable=True, autocast_adapter_dtype=True)
+    except (ValueError, RuntimeError, KeyError) as e:  # shapes or module names of another model
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"lora.init_from: the adapter in {folder} does not fit {type(model).__name__} "
+                          f"({type(e).__name__}: {reason}); was it trained on model.name's base?") from None
 
 
 @contextlib.contextmanager

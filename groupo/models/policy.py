@@ -66,8 +66,13 @@ class Policy:
 
 def load_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, beta: float,
                 device: str | torch.device = "cpu") -> Policy:
-    """Load `model_cfg.name` in `model_cfg.dtype` and make it trainable per `lora_cfg`."""
-    model, tokenizer = load_model(model_cfg.name, model_cfg.revision, model_cfg.dtype, device)
+    """Load `model_cfg.name` in `model_cfg.dtype` (its linear layers quantized per
+    `model_cfg.quantization`, computing in the run's autocast dtype) and make it trainable per `lora_cfg`."""
+    from groupo.models.precision import resolve_autocast
+
+    model, tokenizer = load_model(model_cfg.name, model_cfg.revision, model_cfg.dtype, device,
+                                  quantization=model_cfg.quantization,
+                                  compute=resolve_autocast(model_cfg.autocast, torch.device(device)))
     return load_policy_from(model, tokenizer, lora_cfg, beta,
                             gradient_checkpointing=model_cfg.gradient_checkpointing,
                             base_name=model_cfg.name)
@@ -101,6 +106,8 @@ def save_policy(policy: Policy, out_dir: str | Path, state_dict: dict[str, torch
 
     state_dict: the weights to write when the model's own are sharded (FSDP2 gathers them first).
     """
+    from groupo.models.quantization import quantization_kind
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # PeftModel: adapter_config.json + adapter_model.safetensors
@@ -109,7 +116,8 @@ def save_policy(policy: Policy, out_dir: str | Path, state_dict: dict[str, torch
     base = policy.base_name
     if base is not None and Path(base).expanduser().exists():  # a local path: make it absolute
         base = str(Path(base).expanduser().resolve())
-    meta = {"kind": "lora" if policy.is_lora else "full", "base_model": base}
+    meta = {"kind": "lora" if policy.is_lora else "full", "base_model": base,
+            "quantization": quantization_kind(policy.model)}
     (out / META).write_text(json.dumps(meta, indent=1) + "\n")
     return out
 
@@ -137,11 +145,13 @@ def check_trained_folder(p: Path, kind: str) -> None:
 
 
 def load_trained(path: str | Path, base_name: str | None = None, dtype: str = "float32",
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", dequantize: bool = False):
     """(model, tokenizer) from a save_policy folder (or a run folder holding `final/`), eval mode.
 
     A LoRA adapter is loaded onto its base model: `base_name` if given, else the one recorded
-    in groupo_model.json.
+    in groupo_model.json, quantized as it was trained (model.quantization, recorded there too; its
+    4-bit layers computing in float32), or with `dequantize` as plain layers holding the
+    dequantized weights (groupo.models.quantization.dequantized), e.g. to merge the adapter.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -160,7 +170,12 @@ def load_trained(path: str | Path, base_name: str | None = None, dtype: str = "f
         base = base_name or meta.get("base_model")
         if base is None:
             raise ValueError(f"{p / META} names no base model; pass base_name")
-        base_model, _ = load_model(base, dtype=dtype, device=device)
+        quantization = meta.get("quantization", "none")
+        base_model, _ = load_model(base, dtype=dtype, device=device, quantization=quantization)
+        if dequantize and quantization != "none":
+            from groupo.models.quantization import dequantized
+
+            base_model = dequantized(base_model, DTYPES[dtype])
         model = PeftModel.from_pretrained(base_model, p)
     else:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype]).to(device)

@@ -15,6 +15,7 @@ import torch
 from groupo.algorithms.presets import loss_settings
 from groupo.config import Config, ConfigError
 from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
+from groupo.models.quantization import weight_bytes
 from groupo.plan import estimate as E
 from groupo.plan.machine import Machine, available_bytes, matmul_rates, measure
 from groupo.plan.trace import Counts, fake_mode, fake_model, generation_passes, update_pass
@@ -135,6 +136,12 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     plan = Plan(device=device, amp=amp, prompt_tokens=max(P_gen, P_upd), completion_tokens=S, rows=rows, gen_s=gen_s,
                 reference_s=reference_s, update_s=update_s, memory=memory,
                 available=available or available_bytes(device), machine=machine)
+    if cfg.model.quantization != "none":
+        kind = cfg.model.quantization
+        size = "1 byte" if kind == "int8" else "4 bits (and a float32 scale per 64)"
+        plan.notes.append(f"model.quantization={kind}: the weights of the linear layers are priced at {size} each; "
+                          "time and the passes' memory as for the unquantized model (the dequantization of each "
+                          "layer as it runs is not priced)")
     if device == "cpu" and amp != "none" and not native_half(amp):
         plan.notes.append(f"autocast {amp} is emulated on this CPU (no native {amp} kernels): float32 "
                           "(model.autocast=none) is several times faster here; planned as configured")
@@ -143,10 +150,11 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     return plan
 
 
-def _traced(cfg: Config, hf_config, device: str, passes) -> tuple[dict, tuple[int, int, int]]:
+def _traced(cfg: Config, hf_config, device: str, passes) -> tuple[dict, tuple[int, int, int, int]]:
     """passes(model) on the fake model of `cfg`, and its (weight bytes, trainable parameters,
-    trainable bytes each). Layers that are all alike are traced at depth 2 and 3 and extrapolated
-    (Counts.extrapolate: exact for the counts, seconds instead of a minute for a deep model)."""
+    trainable bytes each, weights of the linear layers model.quantization would quantize). Layers
+    that are all alike are traced at depth 2 and 3 and extrapolated (Counts.extrapolate: exact for
+    the counts, seconds instead of a minute for a deep model)."""
     dtype = getattr(torch, cfg.model.dtype)
     layers = hf_config.num_hidden_layers
     uniform = len(set(getattr(hf_config, "layer_types", None) or ["all"])) == 1
@@ -163,18 +171,32 @@ def _traced(cfg: Config, hf_config, device: str, passes) -> tuple[dict, tuple[in
         trainable = [p for p in ps if p.requires_grad]
         with mode:
             results.append((passes(model), sum(p.numel() * p.element_size() for p in ps),
-                            sum(p.numel() for p in trainable), trainable[0].element_size() if trainable else 4))
+                            sum(p.numel() for p in trainable), trainable[0].element_size() if trainable else 4,
+                            quantizable_weights(model)))
     if len(results) == 1:
         return results[0][0], results[0][1:]
     (one, *p1), (two, *p2) = results
     k = layers - 2
     return ({key: Counts.extrapolate(one[key], two[key], 2, layers) for key in one},
-            (p1[0] + k * (p2[0] - p1[0]), p1[1] + k * (p2[1] - p1[1]), p1[2]))
+            (p1[0] + k * (p2[0] - p1[0]), p1[1] + k * (p2[1] - p1[1]), p1[2], p1[3] + k * (p2[3] - p1[3])))
 
 
-def _memory(cfg: Config, params: tuple[int, int, int], beta: float, machine: Machine, traced: dict,
+def quantizable_weights(model: torch.nn.Module) -> int:
+    """Weights of the layers bitsandbytes quantizes under model.quantization: every nn.Linear but the
+    output head and LoRA's own (a mixture of experts' fused expert weights are parameters, not
+    linear layers, and stay in model.dtype; tests/test_qlora.py checks the bytes against bitsandbytes')."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    return sum(m.weight.numel() for name, m in model.named_modules()
+               if type(m) is torch.nn.Linear and m is not head and ".lora_" not in name)
+
+
+def _memory(cfg: Config, params: tuple[int, int, int, int], beta: float, machine: Machine, traced: dict,
             device: str, several_micro_batches: bool) -> E.Memory:
-    weights, trainable, each = params
+    weights, trainable, each, quantizable = params
+    if cfg.model.quantization != "none":  # those layers' weights at 4 or 8 bits (and their scales)
+        dtype_bytes = torch.empty(0, dtype=getattr(torch, cfg.model.dtype)).element_size()
+        weights += weight_bytes(quantizable, cfg.model.quantization, dtype_bytes) - quantizable * dtype_bytes
     state = E.training_state_bytes(trainable, each)
     grads = trainable * each  # the traced update allocates them; held between micro-batches
     engine = 0
@@ -225,6 +247,10 @@ def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens:
                 out.append((f"rollout.batch_size={size}", p))
                 break
             size //= 2
+    if cfg.lora.rank > 0 and cfg.model.quantization == "none":
+        p = peak("model.quantization", "nf4")
+        if p <= plan.available:
+            out.append(("model.quantization=nf4", p))
     if cfg.lora.rank == 0:
         p = peak("lora.rank", 16)
         if p <= plan.available:

@@ -151,7 +151,8 @@ def fixed_costs(hf_config, lora_cfg, amp: torch.dtype | None, device: str) -> tu
     from groupo.types import SamplingParams
 
     cfg = tiny_config(hf_config)
-    tiny_lora = dataclasses.replace(lora_cfg, rank=min(4, lora_cfg.rank)) if lora_cfg.rank > 0 else lora_cfg
+    tiny_lora = (dataclasses.replace(lora_cfg, rank=min(4, lora_cfg.rank), init_from=None) if lora_cfg.rank > 0
+                 else lora_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(device)

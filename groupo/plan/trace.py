@@ -16,6 +16,7 @@ from 2D padding masks reads values that fake tensors do not have.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections import Counter
@@ -159,7 +160,9 @@ def fake_model(hf_config, dtype: torch.dtype, device: str, mode: FakeTensorMode,
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_cfg is not None and lora_cfg.rank > 0:
-        model = apply_lora(model, lora_cfg)
+        # lora.init_from's rank and targets are cfg.lora's already (config_rules.adopt_adapter); its weights
+        # do not matter to a trace
+        model = apply_lora(model, dataclasses.replace(lora_cfg, init_from=None))
     else:
         model.requires_grad_(True)
     done: dict[int, torch.nn.Parameter] = {}
