@@ -44,6 +44,7 @@ def one_update(tmp_path_factory):
     return out
 
 
+@pytest.mark.long  # one torchrun per kind runs every preset: ~40 s on 2 quiet cores
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("preset", ["grpo", "dapo", "grpo_full", "dapo_minibatches"])
 def test_two_ranks_give_the_one_process_loss_and_weights(one_update, kind, preset):
