@@ -24,6 +24,7 @@ of the padded pass; the log-probs equal its own up to float rounding (tests/test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,49 +53,55 @@ def lengths(packed: Packed) -> tuple[list[int], list[int]]:
 
 def flat_rows(packed: Packed, share_prompts: bool,
               lens: tuple[list[int], list[int]] | None = None) -> tuple[FlatRow | None, FlatRow, torch.Tensor]:
-    """(the prefix row or None, the main row, keep_N): keep_N are the main row's output columns that
-    predict completion tokens, in row-major order of the (B, T) completion block. `lens`: `lengths(packed)`.
-
-    With `share_prompts` and some prompt repeated: the prefix row holds each distinct prompt but its last
-    token; the main row each completion after its prompt's last token. Otherwise (no prefix row) the main
-    row holds each sequence whole but its last completion token. Rows without completion tokens are left out."""
+    """`flat_layout` of a padded batch: its rows' lengths and, with `share_prompts`, which rows have
+    the same prompt (nothing is shared where no prompt repeats). `lens`: `lengths(packed)`."""
     P, L = packed.prompt_len, packed.input_ids_BL.shape[1]
     prompt_B, completion_B = lens or lengths(packed)
-    rows = [b for b, c in enumerate(completion_B) if c]
-    firsts: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its number
-    prompt_of, first_rows = [], []           # each row's prompt; each prompt's first row
+    prompt_of = None
     if share_prompts and P >= 2:
         heads = packed.input_ids_BL[:, :P].tolist()
-        for b in rows:
-            key = tuple(heads[b][P - prompt_B[b]:])
-            if key not in firsts:
-                firsts[key] = len(firsts)
-                first_rows.append(b)
-            prompt_of.append(firsts[key])
-    shared = 0 < len(firsts) < len(rows) and any(len(k) > 1 for k in firsts)
-    if not shared:  # each sequence whole: prompt and completion but its last token
+        firsts: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its number
+        prompt_of = [firsts.setdefault(tuple(heads[b][P - prompt_B[b]:]), len(firsts)) for b in range(len(heads))]
+    return flat_layout(prompt_B, completion_B, prompt_of, P, L)
+
+
+def flat_layout(prompt_B: list[int], completion_B: list[int], prompt_of: list[int] | None, P: int,
+                L: int) -> tuple[FlatRow | None, FlatRow, torch.Tensor]:
+    """(the prefix row or None, the main row, keep_N) of B padded rows of width L (prompts left-padded
+    to P) with these prompt and completion lengths; keep_N are the main row's output columns that
+    predict completion tokens, in row-major order of the (B, T) completion block.
+
+    With `prompt_of` (each row's prompt, numbered) and some prompt of two or more tokens repeated: the
+    prefix row holds each distinct prompt but its last token; the main row each completion after its
+    prompt's last token. Otherwise (no prefix row) the main row holds each sequence whole but its last
+    completion token. Rows without completion tokens are left out."""
+    rows = [b for b, c in enumerate(completion_B) if c]
+    first_rows: dict[int, int] = {}  # each prompt -> its first row with a completion
+    for b in rows if prompt_of is not None else []:
+        first_rows.setdefault(prompt_of[b], b)
+    if not (len(first_rows) < len(rows) and any(prompt_B[b] > 1 for b in first_rows.values())):
         index, position, seg, keep, start = [], [], [], [], 0
-        for b in rows:
+        for b in rows:  # each sequence whole: prompt and completion but its last token
             n = prompt_B[b] + completion_B[b] - 1
             index += range(b * L + P - prompt_B[b], b * L + P - prompt_B[b] + n)
             position += range(n)
             keep += range(start + prompt_B[b] - 1, start + n)
             seg.append(n)
             start += n
-        return None, _row(index, position, Segments(tuple(seg))), torch.tensor(keep)
-    p_U = [prompt_B[b] - 1 for b in first_rows]  # the prefix: each prompt but its last token
+        return None, _row(index, position, Segments(tuple(seg))), torch.tensor(keep, dtype=torch.long)
+    piece = {u: k for k, u in enumerate(first_rows)}  # prompt -> its piece of the prefix row
+    p_U = [prompt_B[b] - 1 for b in first_rows.values()]  # the prefix: each prompt but its last token
     p_index, p_position = [], []
-    for b, n in zip(first_rows, p_U, strict=True):
+    for b, n in zip(first_rows.values(), p_U, strict=True):
         p_index += range(b * L + P - 1 - n, b * L + P - 1)
         p_position += range(n)
-    prefix = Segments(tuple(p_U))
     index, position, seg = [], [], []
     for b in rows:
         index += range(b * L + P - 1, b * L + P - 1 + completion_B[b])  # last prompt token, completion
         position += range(prompt_B[b] - 1, prompt_B[b] - 1 + completion_B[b])
         seg.append(completion_B[b])
-    tail = _row(index, position, Segments(tuple(seg), tuple(p_U), tuple(prompt_of)))
-    return _row(p_index, p_position, prefix), tail, torch.arange(len(index))
+    tail = _row(index, position, Segments(tuple(seg), tuple(p_U), tuple(piece[prompt_of[b]] for b in rows)))
+    return _row(p_index, p_position, Segments(tuple(p_U))), tail, torch.arange(len(index))
 
 
 def _row(index: list[int], position: list[int], segments: Segments) -> FlatRow:
@@ -114,7 +121,13 @@ def packed_logprobs(model: torch.nn.Module, packed: Packed, head: torch.nn.Linea
     """logprobs.token_logprobs's result, (logp_BT, entropy_BT or None), from the flat passes; `head`:
     the output head taken out of the model (None: the model returns logits)."""
     B, T = packed.completion_ids_BT.shape
-    out_1NX, where_N = packed_forward(model, packed, share_prompts)
+    device = packed.input_ids_BL.device
+    lens = lengths(packed)
+    flat_ids = packed.input_ids_BL.reshape(-1)
+    out_1NX = run_flat(model, *flat_rows(packed, share_prompts, lens), lambda row: flat_ids[row.index_N.to(device)])
+    if out_1NX is None:  # the prompts' cache could not be shared
+        out_1NX = run_flat(model, *flat_rows(packed, False, lens), lambda row: flat_ids[row.index_N.to(device)])
+    where_N = completion_index(packed, lens[1]).to(device)
     targets_1N = packed.completion_ids_BT.reshape(-1)[where_N][None]
     logp_1N, entropy_1N = head_logprobs(out_1NX, head, targets_1N, temperature, with_entropy, chunk)
     # back to the (B, T) layout, zero at padding: what the loss and the masks are written for
@@ -124,36 +137,32 @@ def packed_logprobs(model: torch.nn.Module, packed: Packed, head: torch.nn.Linea
     return logp_BT, entropy_BT
 
 
-def packed_forward(model: torch.nn.Module, packed: Packed, share_prompts: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out_1NX, where_N): the model's outputs (logits, or hidden states with the head taken out)
-    that predict the batch's N completion tokens, and each one's place in the (B, T) completion
-    block flattened. The model must attend with a `PACKED` kernel (groupo.models.attention)."""
+def run_flat(model: torch.nn.Module, prefix: FlatRow | None, main: FlatRow, keep_N: torch.Tensor,
+             ids_of: Callable[[FlatRow], torch.Tensor]) -> torch.Tensor | None:
+    """(1, N, X): the model's outputs (logits, or hidden states with the head taken out) at the main
+    row's N columns that predict completion tokens, `ids_of(row)` giving a row's token ids (N,).
+    None where there is a prefix row and its cache could not be shared (logprobs.shared_prefix_forward).
+    The model must attend with a `PACKED` kernel (groupo.models.attention)."""
     layers = check_packable(model)
-    device = packed.input_ids_BL.device
-    flat_ids = packed.input_ids_BL.reshape(-1)
-    lens = lengths(packed)
-    prefix, main, keep = flat_rows(packed, share_prompts, lens)
-    where_N = completion_index(packed, lens[1]).to(device)
 
     def inputs(row: FlatRow) -> dict:
-        return {"input_ids": flat_ids[row.index_N.to(device)][None], "position_ids": row.position_N.to(device)[None],
+        ids = ids_of(row)
+        return {"input_ids": ids[None], "position_ids": row.position_N.to(ids.device)[None],
                 SEGMENTS_KW: row.segments}
 
-    out = None
     if prefix is not None:
         out = shared_prefix_forward(model, inputs(prefix), None, inputs(main))
-        if out is None:  # the cache could not be shared
-            prefix, main, keep = flat_rows(packed, False, lens)
-    if out is None:
-        out = model(**inputs(main), logits_to_keep=keep.to(device), use_cache=False).logits
+    else:
+        x = inputs(main)
+        out = model(**x, logits_to_keep=keep_N.to(x["input_ids"].device), use_cache=False).logits
     for row in (prefix, main):
         # a layer whose attention bypasses transformers' attention functions would attend across the row's
         # sequences without an error: every layer must have attended segment by segment
-        if row is not None and row.segments.calls[0] != layers:
+        if row is not None and out is not None and row.segments.calls[0] != layers:
             raise RuntimeError(f"train.packing: {row.segments.calls[0]} of the model's {layers} layers attended "
                                "through groupo's packed kernel; this model's attention does not go through "
                                "transformers' attention functions, so its sequences cannot be kept apart")
-    return out, where_N
+    return out
 
 
 def check_packable(model: torch.nn.Module) -> int:
