@@ -286,3 +286,40 @@ def test_training_with_packing_gives_the_padded_runs_metrics_and_weights(tmp_pat
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), k
     for n in w_padded:
         torch.testing.assert_close(w_packed[n], w_padded[n], rtol=1e-4, atol=1e-6)
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable_gqa):
+    """Variable-length attention written out (flash-attention's semantics): segment i is rows
+    cu_q[i]:cu_q[i+1] of q (N, H, D) against rows cu_k[i]:cu_k[i+1] of k and v (M, Hkv, D), causal
+    aligned bottom-right, keys at most window_size[0] positions back (-1: any)."""
+    outs = []
+    for i in range(len(cu_q) - 1):
+        qi = q[cu_q[i]:cu_q[i + 1]].transpose(0, 1)
+        ki, vi = (x[cu_k[i]:cu_k[i + 1]].transpose(0, 1).repeat_interleave(q.shape[1] // k.shape[1], 0)
+                  for x in (k, v))
+        n, m = qi.shape[1], ki.shape[1]
+        q_pos, k_pos = torch.arange(n)[:, None] + (m - n), torch.arange(m)[None, :]
+        ok = (k_pos <= q_pos) & ((q_pos - k_pos <= window_size[0]) if window_size[0] >= 0 else True)
+        outs.append(torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=ok, scale=scale)
+                    .transpose(0, 1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_the_variable_length_layout_of_cuda_gives_the_padded_logprobs(monkeypatch, kind):
+    """On CUDA one variable-length call does every segment: its gathered keys and cumulative lengths,
+    run here through a written-out variable-length attention, give the padded pass's log-probs, with
+    shared prompts (Llama) and a sliding window of 3 (Mistral)."""
+    import groupo.models.packed_attention as pa
+
+    model, tok = make_tiny() if kind == "llama" else _tiny_arch("mistral")
+    packed = pack(PROMPTS, COMPLETIONS, tok.pad_token_id)
+    with torch.no_grad():
+        want, _ = token_logprobs(model, packed)
+        calls = []
+        monkeypatch.setattr(pa, "_use_varlen", lambda query: True)
+        monkeypatch.setattr(pa, "_varlen", lambda: lambda *a, **kw: calls.append(1) or _reference_varlen(*a, **kw))
+        got, _ = token_logprobs(model, packed, packing=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # the prompts' pass, then the tails' (Mistral: then, its sliding-window cache not shareable, whole sequences)
+    assert len(calls) == 2 * model.config.num_hidden_layers

@@ -6,8 +6,10 @@ columns per row. Here the real tokens of the rows are laid end to end in one row
 segment whose positions restart at 0, and attention stays inside each segment
 (groupo.models.packed_attention): no FLOPs go to padding.
 
-    padded  [pad p0 p1 p2 c0 c1 c2 pad]        flat  [p0 p1 p2 c0 c1 | q0 q1 d0 d1 d2 d3]
-            [ q0 q1 d0 d1 d2 d3 d4 pad]        positions 0 1 2 3 4 | 0 1 2 3 4 5
+    padded    [ p0  p1  p2  c0  c1  c2 pad pad]
+              [pad  q0  q1  d0  d1  d2  d3  d4]
+    flat      [ p0  p1  p2  c0  c1 | q0  q1  d0  d1  d2  d3]
+    position     0   1   2   3   4 |  0   1   2   3   4   5
 
 (a sequence's last completion token predicts nothing, so it is not in the flat row.)
 
