@@ -169,10 +169,14 @@ def test_packed_update_has_the_padded_loss_metrics_and_gradients(preset):
         m = reduce_metrics(accumulate_gradients(policy.model, batch, replace(s, **over)), Dist())
         return m, {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
 
-    want, want_g = run()
+    padded = run()
+    # with an entropy bonus (its gradient goes through the entropy) on the highest-entropy half of the tokens
+    bonus = {"loss": s.loss.with_overrides(entropy_coef=0.01, top_entropy_quantile=0.5)}
+    padded_bonus = run(**bonus)
     for over in ({"micro_batch_size": 8}, {"micro_batch_size": 3}, {"micro_batch_tokens": 14},
-                 {"attention": "eager", "micro_batch_size": 4}):
+                 {"attention": "eager", "micro_batch_size": 4}, bonus):
         got, got_g = run(packing=True, **over)
+        want, want_g = padded_bonus if over is bonus else padded
         for k in ("loss", "kl", "entropy", "ratio_mean", "ratio_min", "ratio_max"):
             assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), (over, k)
         assert got_g.keys() == want_g.keys() and want_g
