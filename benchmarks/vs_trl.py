@@ -6,6 +6,7 @@
     python benchmarks/vs_trl.py --creep 200           # groupo's resident memory over 200 short steps
     python benchmarks/vs_trl.py --precision fp32      # both in float32 (auto: bf16 where the CPU has it natively)
     python benchmarks/vs_trl.py --new-tokens 256 --modes speed memory   # groupo's two modes against TRL
+    python benchmarks/vs_trl.py --new-tokens 256 --only groupo --modes memory memory+packing  # packing's effect
 
 The work (both trainers): the built-in SmolLM2-135M-Instruct, LoRA r=16 alpha=16 on q/k/v/o,
 two-digit sums with a think/answer system prompt, the same accuracy and format reward functions
@@ -19,7 +20,8 @@ no gradient checkpointing (TRL turns it on by default; here off for both), no ev
 groupo runs in its speed mode (as above, with the update's attention written out as matmuls:
 `model.update_attention=eager`) and, with `--modes speed memory`, also in its memory mode:
 `model.gradient_checkpointing=true`, which recomputes the layers' activations in the backward pass
-and keeps the shared prompts (models.logprobs.shared_prefix_forward).
+and keeps the shared prompts (models.logprobs.shared_prefix_forward). A mode with `+packing` adds
+`train.packing=true` (padding-free update passes, models.packing).
 
 Each run is its own process (so its peak RSS is its own): per-step time (median after the first
 step, a warm-up), completions/s, generated tokens/s, peak RSS, and the model FLOPs per step with
@@ -90,7 +92,7 @@ def step_flops(n_params: int, prompt_tokens: float, completion_tokens: float, se
 # workers: one run of one trainer; print one JSON line
 
 def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new_tokens: int = 64,
-               memory: bool = False) -> dict:
+               memory: bool = False, packing: bool = False) -> dict:
     from groupo.config import load_config
     from groupo.trainer.loop import train
 
@@ -107,6 +109,7 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new
             "model.gradient_checkpointing": str(memory).lower(),
             # speed mode: the update's attention written out (short sequences; groupo.models.attention)
             "model.update_attention": "sdpa" if memory else "eager",
+            "train.packing": str(packing).lower(),  # +packing: padding-free update passes
             "rollout.temperature": 1.0, "algorithm.beta": 0.04, "train.lr": 1e-5,
             "train.prompts_per_step": 2 if small else 4, "train.micro_batch_size": 16,
             "train.steps": creep or steps, "train.save_every": 0, "run.progress": "off",
@@ -119,6 +122,7 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return {"trainer": "groupo", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(),
             "step_s": [r["time/step_s"] for r in rows], "gen_s": [r["time/gen_s"] for r in rows],
+            "update_s": [r["time/update_s"] for r in rows],
             "completion_tokens": [r["completion/len_mean"] for r in rows], "reward": [r["reward/mean"] for r in rows],
             "rss_mb": [r["memory/host_peak_rss_mb"] for r in rows],
             "prompt_tokens": _prompt_tokens(), "sequences": 2 * 4 if small else 32}
@@ -231,8 +235,9 @@ def summarise(run: dict, n_params: int, peak: float) -> dict:
     step_s = statistics.median(steps)
     tokens = statistics.mean(run["completion_tokens"])
     flops = step_flops(n_params, run["prompt_tokens"], tokens, run["sequences"])
-    gen = run.get("gen_s")
+    gen, upd = run.get("gen_s"), run.get("update_s")
     return {"step_s": step_s, "gen_s": statistics.median(gen[1:] or gen) if gen else float("nan"),
+            "update_s": statistics.median(upd[1:] or upd) if upd else float("nan"),
             "completions_per_s": run["sequences"] / step_s,
             "tokens_per_s": run["sequences"] * tokens / step_s, "tokens_per_completion": tokens,
             "peak_rss_gb": run["peak_rss_mb"] / 1024, "tflop_per_step": flops / 1e12, "mfu": flops / step_s / peak}
@@ -248,8 +253,9 @@ def main() -> None:
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="both trainers' precision; auto = bf16 where the CPU has native bf16, else fp32")
     ap.add_argument("--new-tokens", type=int, default=64, help="most new tokens per completion, both trainers")
-    ap.add_argument("--modes", nargs="+", choices=["speed", "memory"], default=["speed"],
-                    help="groupo's modes to run (memory: activation checkpointing)")
+    ap.add_argument("--modes", nargs="+", choices=["speed", "memory", "speed+packing", "memory+packing"],
+                    default=["speed"], help="groupo's modes to run (memory: activation checkpointing; "
+                                            "+packing: train.packing=true)")
     ap.add_argument("--worker", choices=["groupo", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -263,7 +269,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         work = Path(args.workdir)
-        res = (run_groupo(args.steps, work, args.creep, bf16, args.new_tokens, args.modes == ["memory"])
+        mode, _, extra = args.modes[0].partition("+")
+        res = (run_groupo(args.steps, work, args.creep, bf16, args.new_tokens, mode == "memory", extra == "packing")
                if args.worker == "groupo" else run_trl(args.steps, work, bf16, args.new_tokens))
         print(json.dumps(res), flush=True)
         return
@@ -296,7 +303,8 @@ def main() -> None:
             s = summarise(run, n_params, peak)
             results[kind].append(s)
             print(f"{kind:13s} run {len(results[kind])}: {s['step_s']:.1f} s/step"
-                  + (f" ({s['gen_s']:.1f} s generation)" if s["gen_s"] == s["gen_s"] else "")
+                  + (f" ({s['gen_s']:.1f} s generation, {s['update_s']:.1f} s update)" if s["gen_s"] == s["gen_s"]
+                     else "")
                   + f", {s['tokens_per_s']:.0f} tokens/s, "
                   f"{s['completions_per_s']:.2f} completions/s, {s['tokens_per_completion']:.0f} tokens/completion, "
                   f"peak RSS {s['peak_rss_gb']:.2f} GB, {s['tflop_per_step']:.2f} TFLOP/step, MFU {s['mfu']:.1%}; "
@@ -304,7 +312,8 @@ def main() -> None:
                   flush=True)
     med = {k: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for k, rs in results.items() if rs}
     for kind, m in med.items():
-        print(f"median {kind:13s}: {m['step_s']:.1f} s/step, {m['tokens_per_s']:.0f} tokens/s, "
+        print(f"median {kind:13s}: {m['step_s']:.1f} s/step (update {m['update_s']:.1f} s), "
+              f"{m['tokens_per_s']:.0f} tokens/s, "
               f"peak RSS {m['peak_rss_gb']:.2f} GB, MFU {m['mfu']:.1%}")
     if "trl" in med:
         t = med["trl"]

@@ -299,7 +299,11 @@ class TrainConfig:
                                    "algorithm.num_iterations, mu passes over all mini-batches", min=1)
     micro_batch_size: int = _f(16, "sequences per forward/backward pass", min=1)
     micro_batch_tokens: int = _f(0, "token budget per forward/backward pass instead: as many sequences as fit in "
-                                 "rows x (longest prompt + longest completion) <= this; 0 = micro_batch_size", min=0)
+                                 "rows x (longest prompt + longest completion) <= this (with train.packing: the sum "
+                                 "of their prompt + completion tokens); 0 = micro_batch_size", min=0)
+    packing: bool = _f(False, "padding-free update passes: each micro-batch's sequences end to end in one row, "
+                       "attention kept within each sequence and its shared prompt; the same loss and gradients. "
+                       "Pays where completion lengths vary (docs/benchmarks.md)")
     lr: float = _f(1e-4, "peak learning rate", min=0, min_exclusive=True)
     lr_schedule: Literal["constant", "cosine"] = _f("constant", "after warm-up")
     warmup_steps: int = _f(0, "linear warm-up steps", min=0)

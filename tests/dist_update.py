@@ -5,8 +5,8 @@
 
 For each case (grpo with beta > 0 and dapo with LoRA; grpo with beta > 0 fully fine-tuned, whose
 frozen reference copy FSDP2 shards too; dapo in two mini-batches with adaptive entropy control and
-importance weights) it builds the same tiny model and the same
-12-completion batch on every rank, runs `trainer.prepare.prepare` then `trainer.update.update`
+importance weights; grpo with padding-free passes, train.packing) it builds the same tiny model and
+the same 12-completion batch on every rank, runs `trainer.prepare.prepare` then `trainer.update.update`
 (mu = 2, so the second update has ratios != 1 and clipping), and rank 0 writes the reduced
 metrics and the updated trainable weights (gathered whole under FSDP2) to OUT_DIR/<case>.json / .safetensors.
 """
@@ -58,7 +58,7 @@ def fixed_batch() -> RolloutBatch:
 def main(kind: str, out: Path) -> None:
     world, device = setup("cpu", "gloo")
     cases = (("grpo", "grpo", 0.04, 4), ("dapo", "dapo", 0.0, 4), ("grpo_full", "grpo", 0.04, 0),
-             ("dapo_minibatches", "dapo", 0.0, 4))
+             ("dapo_minibatches", "dapo", 0.0, 4), ("grpo_packed", "grpo", 0.04, 4))
     for name, preset, beta, rank in cases:
         torch.manual_seed(0)  # peft draws lora_A from the global RNG
         model, tok = make_tiny()
@@ -75,6 +75,7 @@ def main(kind: str, out: Path) -> None:
                                                  entropy_coef=0.01 if knobs else None)
         s = UpdateSettings(loss=loss, temperature=0.9, micro_batch_size=4, max_len=6, num_iterations=2,
                            max_grad_norm=1.0, share_prompts=parallel.shares_prompts(module),
+                           packing=name == "grpo_packed",  # padding-free passes: grpo's numbers
                            **({"steps_per_generation": 2, "entropy_target": 100.0, "is_correction": "token_truncate",
                                "is_upper": 2.0} if knobs else {}))
         control = EntropyControl(coef=0.01) if knobs else None

@@ -46,7 +46,7 @@ def one_update(tmp_path_factory):
 
 @pytest.mark.long  # one torchrun per kind runs every preset: ~40 s on 2 quiet cores
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
-@pytest.mark.parametrize("preset", ["grpo", "dapo", "grpo_full", "dapo_minibatches"])
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "grpo_full", "dapo_minibatches", "grpo_packed"])
 def test_two_ranks_give_the_one_process_loss_and_weights(one_update, kind, preset):
     """Same global batch, same loss, metrics and updated weights.
 
@@ -70,6 +70,18 @@ def test_two_ranks_give_the_one_process_loss_and_weights(one_update, kind, prese
     b = load_file(one_update / kind / f"{preset}.safetensors")
     # every LoRA matrix of the tiny model, or every weight (the tied lm_head counted once)
     assert a.keys() == b.keys() and len(a) == (16 if preset != "grpo_full" else 20)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=2e-5)
+
+
+def test_padding_free_passes_give_the_padded_update_in_one_process(one_update):
+    """grpo_packed is grpo with train.packing: the same loss, metrics and weights (float rounding)."""
+    padded = json.loads((one_update / "single" / "grpo.json").read_text())
+    packed = json.loads((one_update / "single" / "grpo_packed.json").read_text())
+    for key in ("loss", "entropy", "ratio_mean", "ratio_min", "ratio_max", "grad_norm", "kl"):
+        assert packed[key] == pytest.approx(padded[key], rel=1e-5, abs=1e-7), key
+    a = load_file(one_update / "single" / "grpo.safetensors")
+    b = load_file(one_update / "single" / "grpo_packed.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=2e-5)
 

@@ -232,3 +232,53 @@ def test_a_run_from_an_adapter_is_planned_with_the_adapters_rank_and_targets(tin
                                                                             AnyShape()))
     trainable = 2 * (8 * (64 + 64) + 8 * (64 + 32))
     assert plan.memory.training_state == 2 * trainable * 4
+
+
+def test_the_traced_padding_free_update_is_the_trainers_and_costs_only_real_tokens():
+    """train.packing: on real tensors the traced flat pass gives token_logprobs' packed values; on fake
+    ones its decoder and head FLOPs are those of the real tokens: with equal lengths the padded shared
+    pass's matmuls exactly, and with completions of T' < T tokens fewer by rows x (T - T') tokens."""
+    from groupo.models.attention import attention_kernel
+    from groupo.models.logprobs import pack, token_logprobs
+    from groupo.plan.trace import packed_update_logprobs
+
+    model, _ = make_tiny()
+    rows, G, P, T = 6, 3, 4, 3
+    packed = pack([[0] * P] * rows, [[0] * T] * rows, pad_id=1)  # the trace's token ids: zeros
+    with torch.no_grad(), attention_kernel(model, "sdpa", packing=True):
+        want, _ = token_logprobs(model, packed, 0.7, packing=True)
+        got, _ = packed_update_logprobs(model, rows, G, P, T, True, "cpu", temperature=0.7)
+    torch.testing.assert_close(got.view(rows, T), want, atol=1e-5, rtol=0)
+
+    cfg = _config()
+    mode = fake_mode()
+    fake = fake_model(cfg, torch.float32, "cpu", mode)
+    B, P, T, short = 6, 9, 8, 5
+    with mode, attention_kernel(fake, "sdpa", packing=True):
+        flat = update_pass(fake, B, G, P, T, None, "cpu", share_prompts=True, backward=False, packing=True)
+        flat_short = update_pass(fake, B, G, P, short, None, "cpu", share_prompts=True, backward=False, packing=True)
+    with mode:
+        padded = update_pass(fake, B, G, P, T, None, "cpu", share_prompts=True, backward=False)
+    assert flat.matmul_flops == padded.matmul_flops
+    H, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    q, kv = H, H * cfg.num_key_value_heads // cfg.num_attention_heads
+    per_token = 2 * L * (H * q + 2 * H * kv + q * H + 3 * H * F) + 2 * H * V  # decoder layers + the head
+    assert flat.matmul_flops - flat_short.matmul_flops == B * (T - short) * per_token
+
+
+def test_packing_is_planned_at_the_mean_completion_length(tiny_dir):
+    from groupo.plan.build import make_plan
+
+    over = [f"model.name={tiny_dir}", "task.name=arithmetic", "rollout.group_size=4", "train.prompts_per_step=4",
+            "train.micro_batch_size=16", "rollout.max_new_tokens=64", "model.autocast=none", "lora.rank=4"]
+    padded = make_plan(quickstart_config(over), prompt_tokens=20, suggest=False)
+    packed = make_plan(quickstart_config([*over, "train.packing=true"]), prompt_tokens=20, suggest=False,
+                       machine=padded.machine, mean_completion_tokens=16)
+    assert packed.update_completion_tokens == 16 and padded.update_completion_tokens == 64
+    # (not its time: on a model this small the per-sequence attention's extra ops cost more than the FLOPs saved)
+    assert packed.memory.update < padded.memory.update
+    assert packed.gen_s == pytest.approx(padded.gen_s)  # generation still runs to the longest
+    # without a mean length, every completion is planned as long as the longest: no saving in FLOPs
+    equal = make_plan(quickstart_config([*over, "train.packing=true"]), prompt_tokens=20, suggest=False,
+                      machine=padded.machine)
+    assert equal.update_completion_tokens == 64 and equal.update_s > packed.update_s

@@ -1,7 +1,7 @@
 """`groupo plan`: a config's step time and peak memory on this machine, before launch.
 
     groupo plan [CONFIG.yaml] [--smoke] [key=value ...] [--prompt-tokens N] [--completion-tokens N]
-                [--available-gb G] [--json]
+                [--mean-completion-tokens N] [--available-gb G] [--json]
 
 Exit status 0 when the run fits in memory, 1 when it does not (the suggestions say which setting
 to change), 2 on a bad config.
@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest prompt per batch (default: measured on the task's training prompts)")
     p.add_argument("--completion-tokens", type=int, metavar="N",
                    help="completion length (default rollout.max_new_tokens: the worst case, an upper bound)")
+    p.add_argument("--mean-completion-tokens", type=int, metavar="N",
+                   help="the completions' mean length, which a padding-free update (train.packing) runs "
+                        "(default: --completion-tokens, equal lengths: where packing saves nothing)")
     p.add_argument("--available-gb", type=float, metavar="G",
                    help="plan for this much memory (default: what this machine has free: host RAM, or the GPU's)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     path, overrides = split_items(args.items)
     cfg = resolve_config(path, overrides, smoke=args.smoke)
     available = int(args.available_gb * 2**30) if args.available_gb else None
-    plan = make_plan(cfg, args.prompt_tokens, args.completion_tokens, available=available)
+    plan = make_plan(cfg, args.prompt_tokens, args.completion_tokens, available=available,
+                     mean_completion_tokens=args.mean_completion_tokens)
     print(json.dumps(as_dict(plan)) if args.json else describe(plan, path or "the quickstart"))
     return 0 if plan.fits else 1
 
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 def as_dict(plan) -> dict:
     m = plan.memory
     return {"device": plan.device, "autocast": plan.amp, "prompt_tokens": plan.prompt_tokens,
-            "completion_tokens": plan.completion_tokens, "completions_per_step": plan.rows,
+            "completion_tokens": plan.completion_tokens, "update_completion_tokens": plan.update_completion_tokens,
+            "completions_per_step": plan.rows,
             "step_s": plan.step_s, "gen_s": plan.gen_s, "reference_s": plan.reference_s, "update_s": plan.update_s,
             "peak_bytes": m.peak, "available_bytes": plan.available, "fits": plan.fits,
             "memory": {k: getattr(m, k) for k in ("baseline", "weights", "training_state", "generation", "update",
@@ -65,7 +70,9 @@ def describe(plan, name: str) -> str:
     lines = [
         f"plan for {name} on {plan.device} ({machine_name(plan.device)}), autocast {plan.amp}",
         f"  assumes  prompts of {plan.prompt_tokens} tokens (the longest per batch, from the task's prompts), "
-        f"completions of {plan.completion_tokens} tokens",
+        f"completions of {plan.completion_tokens} tokens"
+        + (f" ({plan.update_completion_tokens} on average in the padding-free update)"
+           if plan.update_completion_tokens != plan.completion_tokens else ""),
         f"  step     {fmt_s(plan.step_s)}: generation {gen}, reference {fmt_s(plan.reference_s)}, "
         f"update {fmt_s(plan.update_s)} ({plan.rows} completions)",
         f"  memory   {gib(m.peak)} at its peak, of {gib(plan.available)} available: "

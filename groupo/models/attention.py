@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import torch
 
+from groupo.models.packed_attention import PACKED, register
+
 KERNELS = ("sdpa", "eager")
 
 
@@ -27,11 +29,16 @@ def _config(model: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def attention_kernel(model: torch.nn.Module, name: str) -> Iterator[None]:
+def attention_kernel(model: torch.nn.Module, name: str, packing: bool = False) -> Iterator[None]:
     """`model`'s forward passes attend with `name` ("sdpa" or "eager") inside the block; the
-    implementation it had is restored afterwards. Only this config, not its sub-configs."""
+    implementation it had is restored afterwards. Only this config, not its sub-configs.
+    packing: the same kernel inside each segment of a flat row (groupo.models.packed_attention),
+    which then serves only the padding-free passes (groupo.models.packing)."""
     if name not in KERNELS:
         raise ValueError(f"attention kernel {name!r} is unknown; valid: {', '.join(KERNELS)}")
+    if packing:
+        register()
+        name = PACKED[name]
     config = _config(model)
     before = getattr(config, "_attn_implementation", None)
     if config is None or before == name:
@@ -42,3 +49,21 @@ def attention_kernel(model: torch.nn.Module, name: str) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = {"": before}
+
+
+@contextlib.contextmanager
+def packed_kernel(model: torch.nn.Module) -> Iterator[None]:
+    """The padding-free variant of the kernel `model` attends with now, for the block (as it is
+    where it is one already; "sdpa" for a kernel other than "sdpa" and "eager"). Under activation
+    checkpointing the caller must hold it through the backward pass, whose recomputation would
+    otherwise attend across the segments of a flat row: hence the error."""
+    config = _config(model)
+    now = getattr(config, "_attn_implementation", None)
+    if now in PACKED.values():
+        yield
+        return
+    if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+        raise RuntimeError("a padding-free pass under activation checkpointing needs the packed kernel held "
+                           "through the backward pass: run it inside attention_kernel(model, kernel, packing=True)")
+    with attention_kernel(model, now if now in KERNELS else "sdpa", packing=True):
+        yield

@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from groupo.models.attention import packed_kernel
 from groupo.models.token_logp import token_logp
 
 
@@ -82,7 +83,7 @@ LOGIT_CHUNK = 1024  # (row, position) pairs whose logits exist at once in token_
 
 def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 1.0,
                    with_entropy: bool = False, share_prompts: bool = True,
-                   chunk: int = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   chunk: int = LOGIT_CHUNK, packing: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each completion token under softmax(logits / temperature).
 
     Returns (logp_BT, entropy_BT or None), float32, zero at padded positions. logp_BT is
@@ -104,6 +105,9 @@ def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 
 
     share_prompts: rows with the same prompt (a GRPO group) encode it once (see
     `_shared_prompt_logits`); the result equals the unshared pass up to float rounding.
+
+    packing: no padding in the pass: the rows' real tokens end to end in one row
+    (groupo.models.packing), shared prompts still encoded once; the same result up to float rounding.
     """
     ids_BT, mask_BT = packed.completion_ids_BT, packed.completion_mask_BT
     B, T = ids_BT.shape
@@ -111,6 +115,11 @@ def token_logprobs(model: torch.nn.Module, packed: Packed, temperature: float = 
         empty = torch.zeros((B, 0), dtype=torch.float32, device=ids_BT.device)
         return empty, (empty.clone() if with_entropy else None)
     head = _chunkable_head(model) if chunk else None
+    if packing:
+        from groupo.models.packing import packed_logprobs  # it imports this module
+
+        with _without_head(model, head), packed_kernel(model):
+            return packed_logprobs(model, packed, head, temperature, with_entropy, share_prompts, chunk)
     with _without_head(model, head):
         out_BTX = _shared_prompt_logits(model, packed) if share_prompts else None
         if out_BTX is None:
@@ -217,10 +226,13 @@ def _shared_prompt_logits(model: torch.nn.Module, packed: Packed) -> torch.Tenso
              position_ids=packed.position_ids_BL[:, tail]))
 
 
-def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tensor, tail: dict) -> torch.Tensor | None:
+def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tensor | None,
+                          tail: dict) -> torch.Tensor | None:
     """`model(**tail).logits` where every row of `tail` continues one of the prefixes `prefix` (model
     inputs of the U distinct prefixes), `rows` (B,) naming each row's: the prefixes are encoded
     once, and each row attends to its prefix's keys and values. Differentiable into the prefix pass.
+    `rows` None: `prefix` and `tail` are flat rows (groupo.models.packing) whose segments say which
+    span of the prefix row each tail segment attends to; the cache is kept as it is.
 
     Under activation checkpointing (`model.gradient_checkpointing`) the prefix pass runs without it
     (its activations are those of U prefixes, a few of the batch's rows) and the tail pass with it:
@@ -241,7 +253,8 @@ def shared_prefix_forward(model: torch.nn.Module, prefix: dict, rows: torch.Tens
     n = prefix["input_ids"].shape[1]
     if cache.get_seq_length() != n or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
-    cache.batch_select_indices(rows)
+    if rows is not None:
+        cache.batch_select_indices(rows)
     cache.layers = [PrefixLayer(layer.keys, layer.values) for layer in cache.layers]
     with _layers_set(model, "_can_checkpoint_with_cache", True):
         return model(**tail, past_key_values=cache, use_cache=True).logits

@@ -27,6 +27,7 @@ class Plan:
     amp: str
     prompt_tokens: int        # assumed longest prompt of a micro-batch / generate call
     completion_tokens: int    # assumed completion length (decoding steps, update width)
+    update_completion_tokens: int  # with train.packing: the completions' mean length, what the flat update holds
     rows: int                 # completions per step
     gen_s: float | None       # None: not predicted (vLLM)
     reference_s: float        # the reference (and, with mu > 1, old-policy) log-prob passes
@@ -83,11 +84,14 @@ def _device(cfg: Config) -> str:
 
 
 def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: int | None = None,
-              suggest: bool = True, machine: Machine | None = None, available: int | None = None) -> Plan:
+              suggest: bool = True, machine: Machine | None = None, available: int | None = None,
+              mean_completion_tokens: int | None = None) -> Plan:
     """Predict `cfg`'s step on this machine. prompt_tokens: the longest prompt per batch (default:
     measured on the task's prompts); completion_tokens: default rollout.max_new_tokens, the worst
-    case (generate decodes until its longest row stops); available: bytes the run may take (default:
-    what this machine has free)."""
+    case (generate decodes until its longest row stops, a padded micro-batch is as wide as its
+    longest); mean_completion_tokens: with train.packing, the completions' mean length, which is
+    what a padding-free update runs (default completion_tokens: equal lengths, where packing saves
+    nothing); available: bytes the run may take (default: what this machine has free)."""
     from groupo.models.attention import attention_kernel
 
     device = _device(cfg)
@@ -98,9 +102,10 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     lengths = None if prompt_tokens else prompt_lengths(cfg, tokenizer)
     P_gen = prompt_tokens or longest_per_batch(lengths, E.chunks(prompts, G, R.batch_size)[0])
     S = completion_tokens or R.max_new_tokens
+    S_upd = min(S, mean_completion_tokens or S) if T.packing else S  # the update's completion tokens per row
     size = T.micro_batch_size
-    if T.micro_batch_tokens:  # every completion S long: the rows that fit beside the step's longest prompt
-        size = max(1, T.micro_batch_tokens // ((prompt_tokens or longest_per_batch(lengths, prompts)) + S))
+    if T.micro_batch_tokens:  # every completion S_upd long: the rows that fit beside the step's longest prompt
+        size = max(1, T.micro_batch_tokens // ((prompt_tokens or longest_per_batch(lengths, prompts)) + S_upd))
     P_upd = prompt_tokens or longest_per_batch(lengths, math.ceil(size / G))
     beta = loss_settings(cfg.algorithm).beta
     amp_dtype = AUTOCAST_DTYPES[amp]
@@ -108,12 +113,13 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     micro, calls = E.micro_batches(rows, size), E.chunks(prompts, G, R.batch_size)
 
     def passes(model) -> dict:
-        with attention_kernel(model, cfg.model.update_attention):  # as the trainer's passes run
-            out = {("update", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True) for m in set(micro)}
+        with attention_kernel(model, cfg.model.update_attention, packing=T.packing):  # as the trainer's passes run
+            out = {("update", m): update_pass(model, m, G, P_upd, S_upd, amp_dtype, device, True, packing=T.packing)
+                   for m in set(micro)}
             if beta > 0 or A.num_iterations > 1:
                 with model.disable_adapter() if cfg.lora.rank > 0 else contextlib.nullcontext():
-                    out |= {("ref", m): update_pass(model, m, G, P_upd, S, amp_dtype, device, True, backward=False)
-                            for m in set(micro)}
+                    out |= {("ref", m): update_pass(model, m, G, P_upd, S_upd, amp_dtype, device, True,
+                                                    backward=False, packing=T.packing) for m in set(micro)}
         if R.engine != "vllm":
             for p in set(calls):
                 out[("prefill", p)], out[("step", p)] = generation_passes(model, p, G, P_gen, S, amp_dtype, device)
@@ -133,7 +139,8 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
         E.generation_seconds(traced["prefill", p], traced["step", p], S, p * G, hf_config.vocab_size, machine)
         for p in calls)
     memory = _memory(cfg, params, beta, machine, traced, device, several_micro_batches=len(micro) > 1)
-    plan = Plan(device=device, amp=amp, prompt_tokens=max(P_gen, P_upd), completion_tokens=S, rows=rows, gen_s=gen_s,
+    plan = Plan(device=device, amp=amp, prompt_tokens=max(P_gen, P_upd), completion_tokens=S,
+                update_completion_tokens=S_upd, rows=rows, gen_s=gen_s,
                 reference_s=reference_s, update_s=update_s, memory=memory,
                 available=available or available_bytes(device), machine=machine)
     if cfg.model.quantization != "none":
@@ -146,7 +153,7 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
         plan.notes.append(f"autocast {amp} is emulated on this CPU (no native {amp} kernels): float32 "
                           "(model.autocast=none) is several times faster here; planned as configured")
     if suggest and not plan.fits:
-        plan.suggestions = _suggestions(cfg, plan, prompt_tokens or P_upd, S, machine)
+        plan.suggestions = _suggestions(cfg, plan, prompt_tokens or P_upd, S, machine, mean_completion_tokens)
     return plan
 
 
@@ -214,15 +221,16 @@ def _memory(cfg: Config, params: tuple[int, int, int, int], beta: float, machine
     return E.Memory(machine.baseline_bytes, weights, state, peak("step"), update, engine)
 
 
-def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens: int,
-                 machine: Machine) -> list[tuple[str, int]]:
+def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens: int, machine: Machine,
+                 mean_completion_tokens: int | None = None) -> list[tuple[str, int]]:
     """Settings that would fit, each with its predicted peak: the first of each kind that does."""
     out = []
     T, R = cfg.train, cfg.rollout
 
     def peak(key: str, value) -> int:
         c = _replace(cfg, key, value)
-        p = make_plan(c, prompt_tokens, completion_tokens, suggest=False, machine=machine, available=plan.available)
+        p = make_plan(c, prompt_tokens, completion_tokens, suggest=False, machine=machine, available=plan.available,
+                      mean_completion_tokens=mean_completion_tokens)
         return p.memory.peak
 
     m = plan.memory
@@ -239,6 +247,10 @@ def _suggestions(cfg: Config, plan: Plan, prompt_tokens: int, completion_tokens:
             p = peak("model.gradient_checkpointing", True)
             if p <= plan.available:
                 out.append(("model.gradient_checkpointing=true", p))
+        if not T.packing and (mean_completion_tokens or completion_tokens) < completion_tokens:
+            p = peak("train.packing", True)  # only where the completions are shorter than the longest on average
+            if p <= plan.available:
+                out.append(("train.packing=true", p))
     if m.generation >= m.update or not out:
         size = R.batch_size // 2
         while size >= R.group_size:

@@ -9,9 +9,10 @@ sums matmul FLOPs (torch's own flop formulas) and the bytes other ops read and w
 the bytes of the tensors alive, whose maximum is the pass's peak beyond what existed before it.
 
 The passes mirror the trainer's (groupo.models.logprobs, groupo.engines.hf): the update's
-shared-prompt forward with the chunked, checkpointed output head, and a decoding step with a KV
-cache. Masks are given as 4D tensors (the form transformers uses as is) because building them
-from 2D padding masks reads values that fake tensors do not have.
+shared-prompt forward with the chunked, checkpointed output head (or its padding-free pass, run by
+groupo.models.packing itself), and a decoding step with a KV cache. Masks are given as 4D
+tensors (the form transformers uses as is) because building them from 2D padding masks reads
+values that fake tensors do not have.
 """
 
 from __future__ import annotations
@@ -263,11 +264,35 @@ def update_logprobs(model, x: UpdateInputs, share_prompts: bool, temperature: fl
     return head_logprobs(out, head, x.targets_BT, temperature, with_entropy)
 
 
+def packed_update_logprobs(model, rows: int, group: int, P: int, T: int, share_prompts: bool, device: str,
+                           temperature: float = 1.0, with_entropy: bool = False):
+    """The padding-free log-prob pass of an update micro-batch (groupo.models.packing): `rows`
+    completions of T tokens after prompts of P tokens, `group` rows to a prompt, laid out and run by
+    the trainer's own functions (token ids do not matter to a trace). The model must attend with a
+    packed kernel (groupo.models.attention)."""
+    from groupo.models.logprobs import _chunkable_head, _without_head, head_logprobs
+    from groupo.models.packing import flat_layout, run_flat
+
+    def layout(share: bool):
+        return flat_layout([P] * rows, [T] * rows, [r // group for r in range(rows)] if share else None, P, P + T)
+
+    def ids_of(row):
+        return torch.zeros(len(row.index_N), dtype=torch.long, device=device)
+
+    head = _chunkable_head(model)
+    with _without_head(model, head):
+        out = run_flat(model, *layout(share_prompts), ids_of)
+        if out is None:  # as the trainer: the prompts' cache could not be shared
+            out = run_flat(model, *layout(False), ids_of)
+    return head_logprobs(out, head, _ids(1, rows * T, device), temperature, with_entropy)
+
+
 def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: int, amp: torch.dtype | None,
-                device: str, share_prompts: bool, backward: bool = True, temperature: float = 1.0) -> Counts:
+                device: str, share_prompts: bool, backward: bool = True, temperature: float = 1.0,
+                packing: bool = False) -> Counts:
     """One micro-batch of the policy update (forward, entropy, backward), or with backward=False a
     no-grad log-prob pass (the reference / old policy), traced: `update_logprobs` on inputs of the
-    batch's shapes."""
+    batch's shapes, or with `packing` `packed_update_logprobs` (completion_len is then the mean)."""
     from groupo.models.logprobs import checkpoint_keeps_cache
 
     P, T = prompt_len, completion_len
@@ -277,8 +302,11 @@ def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: i
     share = (share_prompts and P > 1 and math.ceil(rows / group) < rows
              and (checkpoint_keeps_cache() or not _checkpointing(model)))
     with trace, grad, autocast(amp, device):
-        logp, _ = update_logprobs(model, zero_inputs(rows, group, P, T, device, share), share, temperature,
-                                  with_entropy=backward)
+        if packing:
+            logp, _ = packed_update_logprobs(model, rows, group, P, T, share, device, temperature, backward)
+        else:
+            logp, _ = update_logprobs(model, zero_inputs(rows, group, P, T, device, share), share, temperature,
+                                      with_entropy=backward)
         if backward:
             loss = (logp.float() * torch.ones_like(logp)).sum()  # the loss itself: a few (B, T) ops
             trace.backward = True

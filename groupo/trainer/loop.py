@@ -33,6 +33,7 @@ from groupo.engines import EngineContext, build_engine
 from groupo.judges import MODEL_REWARDS, with_model_rewards
 from groupo.models import load_policy, save_policy
 from groupo.models.logprobs import checkpoint_keeps_cache
+from groupo.models.packing import check_packable
 from groupo.models.precision import resolve_autocast
 from groupo.report.alarms import TrainingStopped, loss_note
 from groupo.rewards import resolve_rewards
@@ -94,6 +95,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, policy=None) -> d
     reward_fns = resolve_rewards(cfg.rewards, task, max_completion_length=R.max_new_tokens, sandbox=cfg.sandbox)
     reward_fns = with_model_rewards(reward_fns, cfg, device=device, run_dir=run_dir, rank=world.rank)  # model-scored
     module, policy = _policy(cfg, policy, world, device)
+    if T.packing:
+        check_packable(policy.model)  # a layer that is not attention: one line, before the first step
     s = update_settings(cfg, amp=amp, device_type=device.type, share_prompts=parallel.shares_prompts(module))
     optimizer, scheduler = build_optimizer(policy.model, T.lr, T.weight_decay, T.adam_betas, T.warmup_steps,
                                            T.steps * A.num_iterations * T.steps_per_generation, T.lr_schedule)

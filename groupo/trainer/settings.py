@@ -35,6 +35,7 @@ class UpdateSettings:
     entropy_coef_delta: float = 0.005
     entropy_coef_min: float = 0.0
     entropy_coef_max: float = 1.0
+    packing: bool = False                # padding-free passes: rows end to end (models.packing)
 
     @property
     def old_logprobs_needed(self) -> bool:
@@ -70,4 +71,5 @@ def update_settings(cfg: Config, *, amp: str, device_type: str, share_prompts: b
                           engine_old_logprobs=A.engine_old_logprobs, micro_batch_tokens=T.micro_batch_tokens,
                           attention=cfg.model.update_attention, steps_per_generation=T.steps_per_generation,
                           entropy_target=A.entropy_target, entropy_coef_delta=A.entropy_coef_delta,
-                          entropy_coef_min=A.entropy_coef_min, entropy_coef_max=A.entropy_coef_max)
+                          entropy_coef_min=A.entropy_coef_min, entropy_coef_max=A.entropy_coef_max,
+                          packing=T.packing)

@@ -76,13 +76,13 @@ def accumulate_gradients(model, batch: PreparedBatch, s: UpdateSettings, *,
     keys += [*MISMATCH] if engine is not None else []
     sums = {k: zero.clone() for k in [*keys, *KEPT]}
     ratio_min, ratio_max = zero + math.inf, zero - math.inf
-    slices = micro_batches(batch.packed, s.micro_batch_size, s.micro_batch_tokens)
+    slices = micro_batches(batch.packed, s.micro_batch_size, s.micro_batch_tokens, s.packing)
     for sl in slices:
         # the kernel holds through the backward: checkpointed layers recompute their forward there
-        with grad_sync(model, enabled=sl is slices[-1]), attention_kernel(model, s.attention):
+        with grad_sync(model, enabled=sl is slices[-1]), attention_kernel(model, s.attention, packing=s.packing):
             with autocast(s.amp, s.device_type):
                 logp, entropy = token_logprobs(model, rows(batch.packed, sl), s.temperature, with_entropy=True,
-                                               share_prompts=s.share_prompts)
+                                               share_prompts=s.share_prompts, packing=s.packing)
             logp = logp.float()
             t = logp.shape[1]  # trimmed width; the columns past it are padding in every row
             mask = batch.mask_BT[sl, :t]
