@@ -116,16 +116,42 @@ def run_groupo(steps: int, workdir: Path, creep: int = 0, bf16: bool = True, new
             "run.samples_per_step": 0}
     cfg = load_config(None, [f"{k}={v}" for k, v in over.items()])
     run = workdir / "run"
+    cpu = _cpu_clock_on_update()
     t0 = time.perf_counter()
     train(cfg, run)
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return {"trainer": "groupo", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(),
             "step_s": [r["time/step_s"] for r in rows], "gen_s": [r["time/gen_s"] for r in rows],
-            "update_s": [r["time/update_s"] for r in rows],
+            "update_s": [r["time/update_s"] for r in rows], "update_cpu_s": cpu[-len(rows):],
             "completion_tokens": [r["completion/len_mean"] for r in rows], "reward": [r["reward/mean"] for r in rows],
             "rss_mb": [r["memory/host_peak_rss_mb"] for r in rows],
             "prompt_tokens": _prompt_tokens(), "sequences": 2 * 4 if small else 32}
+
+
+def _cpu_clock_on_update() -> list[float]:
+    """The process's CPU seconds in each step's prepare + update stages (reference and old-policy
+    passes, forward, backward, optimizer), appended per step: on a machine other jobs share, CPU time
+    moves less with their load than wall time does."""
+    import groupo.trainer.loop as loop
+
+    out: list[float] = []
+    prepare, update = loop.prepare, loop.update
+
+    def timed_prepare(*a, **kw):
+        t = time.process_time()
+        batch = prepare(*a, **kw)
+        out.append(time.process_time() - t)
+        return batch
+
+    def timed_update(*a, **kw):
+        t = time.process_time()
+        metrics = update(*a, **kw)
+        out[-1] += time.process_time() - t
+        return metrics
+
+    loop.prepare, loop.update = timed_prepare, timed_update
+    return out
 
 
 def run_trl(steps: int, workdir: Path, bf16: bool = True, new_tokens: int = 64) -> dict:
@@ -235,9 +261,10 @@ def summarise(run: dict, n_params: int, peak: float) -> dict:
     step_s = statistics.median(steps)
     tokens = statistics.mean(run["completion_tokens"])
     flops = step_flops(n_params, run["prompt_tokens"], tokens, run["sequences"])
-    gen, upd = run.get("gen_s"), run.get("update_s")
+    gen, upd, cpu = run.get("gen_s"), run.get("update_s"), run.get("update_cpu_s")
     return {"step_s": step_s, "gen_s": statistics.median(gen[1:] or gen) if gen else float("nan"),
             "update_s": statistics.median(upd[1:] or upd) if upd else float("nan"),
+            "update_cpu_s": statistics.median(cpu[1:] or cpu) if cpu else float("nan"),
             "completions_per_s": run["sequences"] / step_s,
             "tokens_per_s": run["sequences"] * tokens / step_s, "tokens_per_completion": tokens,
             "peak_rss_gb": run["peak_rss_mb"] / 1024, "tflop_per_step": flops / 1e12, "mfu": flops / step_s / peak}
@@ -303,16 +330,21 @@ def main() -> None:
             s = summarise(run, n_params, peak)
             results[kind].append(s)
             print(f"{kind:13s} run {len(results[kind])}: {s['step_s']:.1f} s/step"
-                  + (f" ({s['gen_s']:.1f} s generation, {s['update_s']:.1f} s update)" if s["gen_s"] == s["gen_s"]
-                     else "")
+                  + (f" ({s['gen_s']:.1f} s generation, {s['update_s']:.1f} s update, "
+                     f"{s['update_cpu_s']:.1f} CPU s)" if s["gen_s"] == s["gen_s"] else "")
                   + f", {s['tokens_per_s']:.0f} tokens/s, "
                   f"{s['completions_per_s']:.2f} completions/s, {s['tokens_per_completion']:.0f} tokens/completion, "
                   f"peak RSS {s['peak_rss_gb']:.2f} GB, {s['tflop_per_step']:.2f} TFLOP/step, MFU {s['mfu']:.1%}; "
-                  f"steps {[round(x, 1) for x in run['step_s']]}, rewards {[_r(x) for x in run['reward']]}",
+                  f"steps {[round(x, 1) for x in run['step_s']]}"
+                  + (f", updates {[round(x, 1) for x in run['update_s']]} s, "
+                     f"{[round(x, 1) for x in run['update_cpu_s']]} CPU s" if run.get("update_cpu_s") else "")
+                  + f", tokens/completion {[round(x) for x in run['completion_tokens']]}"
+                  f", rewards {[_r(x) for x in run['reward']]}",
                   flush=True)
     med = {k: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for k, rs in results.items() if rs}
     for kind, m in med.items():
-        print(f"median {kind:13s}: {m['step_s']:.1f} s/step (update {m['update_s']:.1f} s), "
+        print(f"median {kind:13s}: {m['step_s']:.1f} s/step (update {m['update_s']:.1f} s, "
+              f"{m['update_cpu_s']:.1f} CPU s), "
               f"{m['tokens_per_s']:.0f} tokens/s, "
               f"peak RSS {m['peak_rss_gb']:.2f} GB, MFU {m['mfu']:.1%}")
     if "trl" in med:
