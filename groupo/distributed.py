@@ -88,10 +88,19 @@ def shutdown(world: Dist) -> None:
     could tear down the group while another was still leaving it (seen: a rank hung in
     destroy_process_group after rank 0 had exited). One process leaves torch.distributed alone:
     a group there is someone else's (the in-process vLLM engine makes a world of 1 of its own,
-    and tearing it down made vLLM's exit fail)."""
+    and tearing it down made vLLM's exit fail).
+
+    The barrier's work object is held here until the group is gone. Gloo's worker thread drops its
+    reference to a finished work after waking the waiter; were that the last one, the work's
+    tensors would be freed on that thread, which needs the GIL, while this thread, holding the GIL,
+    joins it in the group's destructor: a deadlock (seen under torchrun with gloo: one rank hung at
+    exit, in the group's destructor, after the other had left). Held here, the work is freed on
+    this thread, after the join."""
     if world.enabled and dist.is_initialized():
-        dist.barrier()
+        done = dist.barrier(async_op=True)
+        done.wait()
         dist.destroy_process_group()
+        del done
 
 
 def gather_objects(obj: Any, world: Dist) -> list[Any]:

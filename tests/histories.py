@@ -19,7 +19,10 @@ def record(step: int, **over) -> dict:
         "rollout/logprob_mismatch": 1e-6, "rollout/mismatch_kl": 1e-9,
         "loss/total": 1e-8 * math.sin(step), "loss/kl": 0.01 + 0.0001 * math.sin(step), "loss/clip_low_frac": 0.0,
         "loss/clip_high_frac": 0.01, "loss/ratio_mean": 1.0, "loss/ratio_min": 1.0, "loss/ratio_max": 1.0,
-        "loss/entropy": 0.8 - 0.001 * step, "optim/grad_norm": 0.5 + 0.1 * math.cos(step), "optim/lr": 6e-4,
+        "loss/entropy": 0.8 - 0.001 * step, "loss/entropy_coef": 0.001, "loss/entropy_kept_frac": 1.0,
+        "rollout/is_weight_mean": 1.0, "rollout/is_truncated_frac": 0.001, "rollout/is_truncated_seq_frac": 0.01,
+        "rollout/is_masked_frac": 0.0, "rollout/is_masked_seq_frac": 0.0, "rollout/off_policy_masked_frac": 0.0,
+        "rollout/off_policy_masked_seq_frac": 0.0, "optim/grad_norm": 0.5 + 0.1 * math.cos(step), "optim/lr": 6e-4,
         "time/step_s": 60.0, "time/gen_s": 30.0, "time/update_s": 29.9, "time/weight_sync_s": 0.1,
         "time/tokens_per_s": 32.0, "memory/host_peak_rss_mb": 2100.0, "data_position": 8 * step,
     }
@@ -38,8 +41,9 @@ def write_run(run_dir: Path, rows: list[dict], *, samples_per_step: int = 4, eva
         for r in rows:
             fh.write(json.dumps(r) + "\n")
     last = rows[-1]["step"] if rows else 0
-    evals = evals if evals is not None else [{"step": 0, "accuracy": 0.3, "n": 62, "seconds": 20.0},
-                                             {"step": last, "accuracy": 0.74, "n": 62, "seconds": 19.0}]
+    evals = evals if evals is not None else [
+        {"step": 0, "accuracy": 0.3, "n": 62, "seconds": 20.0, "pass@4": 0.5, "maj@4": 0.32, "mean@4": 0.3},
+        {"step": last, "accuracy": 0.74, "n": 62, "seconds": 19.0, "pass@4": 0.85, "maj@4": 0.75, "mean@4": 0.72}]
     (run_dir / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as fh:
         for r in rows:
