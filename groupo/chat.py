@@ -6,7 +6,9 @@
 
 Each line read is a user turn; the conversation so far goes through the model's chat template
 (`groupo.data.prompts.encode_prompt`, as in training) and the answer streams through transformers'
-`TextIteratorStreamer`. Greedy decoding unless --temperature > 0. `/exit`, `/quit` or end of input
+`TextIteratorStreamer`. A run's `rollout.chat_template_kwargs` (Qwen3's `enable_thinking`, say) go to
+the template as in training; `--chat-template-kwargs` sets them for a model or overrides the run's.
+Greedy decoding unless --temperature > 0. `/exit`, `/quit` or end of input
 (Ctrl-D) ends the session; `/reset` forgets the conversation. With input from a pipe no prompt
 is printed, so stdout holds one answer per line.
 """
@@ -41,14 +43,14 @@ def load_chat_model(name: str, base: bool, device: str):
 
 
 def reply(model, tokenizer, messages: list[dict], out: TextIO, *, max_new_tokens: int,
-          temperature: float) -> str:
+          temperature: float, template_kwargs: dict | None = None) -> str:
     """Generate the assistant's answer to `messages`, writing it to `out` as it streams; returns it."""
     import torch
     from transformers import TextIteratorStreamer
 
     from groupo.data.prompts import encode_prompt
 
-    ids = torch.tensor([encode_prompt(tokenizer, messages)], device=model.device)
+    ids = torch.tensor([encode_prompt(tokenizer, messages, template_kwargs)], device=model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
@@ -92,9 +94,12 @@ def episode_reply(sampler, messages: list[dict], out: TextIO, *, max_new_tokens:
 
 
 def chat_loop(model, tokenizer, inp: TextIO, out: TextIO, *, system: str | None = None,
-              max_new_tokens: int = 256, temperature: float = 0.0, prompt: str = "", sampler=None) -> int:
+              max_new_tokens: int = 256, temperature: float = 0.0, prompt: str = "", sampler=None,
+              template_kwargs: dict | None = None) -> int:
     """Read user turns from `inp` until /exit or EOF; stream each answer to `out`. Returns turns
-    answered. With `sampler` (a run trained with tools), each answer is an episode with its tools."""
+    answered. With `sampler` (a run trained with tools), each answer is an episode with its tools
+    (whose format renders with the run's own template arguments); `template_kwargs` go to the chat
+    template otherwise."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     start = len(messages)
     turns = 0
@@ -117,7 +122,8 @@ def chat_loop(model, tokenizer, inp: TextIO, out: TextIO, *, system: str | None 
         if sampler is not None:
             messages += episode_reply(sampler, messages, out, max_new_tokens=max_new_tokens, temperature=temperature)
         else:
-            answer = reply(model, tokenizer, messages, out, max_new_tokens=max_new_tokens, temperature=temperature)
+            answer = reply(model, tokenizer, messages, out, max_new_tokens=max_new_tokens, temperature=temperature,
+                           template_kwargs=template_kwargs)
             messages.append({"role": "assistant", "content": answer})
         turns += 1
     return turns

@@ -102,6 +102,43 @@ def test_chat_template_kwargs_reach_the_template_as_qwen3s_enable_thinking_does(
     assert tok.decode(seen[0]).endswith("<think>\n\n</think>\n\n")
 
 
+def test_chat_renders_the_template_with_the_runs_kwargs_or_the_flags(tmp_path, capsys):
+    """groupo chat: a run's rollout.chat_template_kwargs reach the template (as in training), and
+    --chat-template-kwargs overrides them; what the model is given is recorded at its generate()."""
+    import argparse
+    import io
+
+    from groupo.chat import chat_loop
+    from groupo.cli import main
+    from groupo.commands.chat import _template_kwargs
+
+    model, tok = make_tiny()
+    tok.chat_template = THINKING
+    seen, generate = [], model.generate
+
+    def recording(**kw):
+        seen.append(tok.decode(kw["input_ids"][0]))
+        return generate(**kw)
+
+    model.generate = recording
+    chat_loop(model, tok, io.StringIO("2+3?\n/reset\n2+3?\n"), io.StringIO(), max_new_tokens=2,
+              template_kwargs={"enable_thinking": False})
+    assert len(seen) == 2 and all(p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for p in seen)
+    chat_loop(model, tok, io.StringIO("2+3?\n"), io.StringIO(), max_new_tokens=2)
+    assert seen[2].endswith("<|im_start|>assistant\n")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("rollout:\n  chat_template_kwargs: {enable_thinking: false}\n")
+    args = lambda flag=None, model=str(run): argparse.Namespace(model=model, base=False, chat_template_kwargs=flag)
+    assert _template_kwargs(args()) == {"enable_thinking": False}
+    assert _template_kwargs(args('{"enable_thinking": true, "x": 1}')) == {"enable_thinking": True, "x": 1}
+    assert _template_kwargs(args(model="smollm2-135m-instruct")) == {}
+    for bad, says in (("{enable_thinking: 0}", "is not JSON"), ("[1]", "must be a JSON object")):
+        assert main(["chat", str(run), "--chat-template-kwargs", bad]) == 2
+        assert says in capsys.readouterr().err
+
+
 def test_evaluation_samples_with_the_runs_min_p_and_penalty():
     from types import SimpleNamespace
 
