@@ -5,8 +5,7 @@ TRL's loss (`GRPOTrainer._compute_loss`) runs on a stand-in trainer whose forwar
 test's log-probs and entropies; TRL computes its importance-sampling weights and its advantages inline
 in `_generate_and_score_completions`, so those blocks of TRL's installed source are located by their
 first and last lines and run on the test's tensors (a TRL release that moves them fails here loudly).
-verl 0.9.1 is not compared: its core_algos imports ray, omegaconf and tensordict (checked with
-`pip download verl==0.9.1 --no-deps`); its formulas are compared by reading in docs/algorithms.md.
+verl 0.9.1 is compared in tests/test_peers_verl.py.
 
 Differences of convention found (each also in docs/algorithms.md, "Beside TRL and verl"):
 1. The entropy bonus: TRL's is always the mean entropy of the tokens it acts on; groupo's is
