@@ -19,15 +19,17 @@ TORCH="torch==2.13.0"
 PYTEST="pytest==9.2.0"
 # The subset: every test file that calls into a dependency whose version varies here (transformers,
 # peft, safetensors, gguf, math-verify, tensorboard, rich, pyyaml, numpy): loading, LoRA, log-probs,
-# generation, training and resuming, export, evaluation, the report, the sinks, the recipes' smoke
-# runs, the symbolic checker, config files. Left out: files that test groupo's own pure functions
+# generation, training and resuming, export, evaluation, the architecture matrix (transformers' own
+# model classes), LoRA targets and variants (PEFT's), padding-free attention, the report, the sinks,
+# the recipes' smoke runs, the symbolic checker, config files. Left out: files that test groupo's own pure functions
 # (the algorithms' math, reward parsing, the sandbox, data generators, the planner), whose results
 # do not depend on these versions, and the vLLM and TRL files, which need their extras.
 SUBSET=(tests/test_versions.py tests/test_models.py tests/test_logprobs.py tests/test_rollout.py tests/test_trainer.py
         tests/test_attention_kernel.py tests/test_kv.py tests/test_prefixes.py
         tests/test_export_chat.py tests/test_eval.py tests/test_report.py tests/test_sinks.py
         tests/test_smoke.py tests/test_rewards.py tests/test_rewards_symbolic.py tests/test_config.py
-        tests/test_data_loaders.py tests/test_presets_cli.py)
+        tests/test_data_loaders.py tests/test_presets_cli.py tests/test_architectures.py
+        tests/test_lora_targets.py tests/test_packing.py)
 # Not pinned to their bounds: torch (above) and packaging, whose floor (20.9) is huggingface-hub's;
 # pytest 9 needs packaging >= 24, so the test virtualenvs cannot hold the floor.
 UNPINNED="torch packaging"
