@@ -4,7 +4,10 @@ cost arithmetic by hand, and the command's fit / suggestion logic on a tiny mode
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib.util
 import json
+import sys
 from collections import Counter
 
 import pytest
@@ -109,6 +112,35 @@ def test_seconds_add_fixed_matmul_attention_and_bandwidth_costs():
     assert E.seconds(c, m, grad=False) == pytest.approx(100 * 1e-5 + 50 * 5e-6 + mm + 1e6 / mean_rate + 0.02)
     step = E.seconds(c, m, grad=False) + 1e-3 + 3 * 7 * E.SAMPLING_BYTES_PER_LOGIT / 1e10
     assert E.generation_seconds(c, c, 5, 3, 7, m) == pytest.approx(E.seconds(c, m, grad=False) + 5 * step)
+    # a quantized base: each dequantization at its shape's measured time
+    m.dequant_s = {(64, 32): 1e-3, (32, 64): 4e-4}
+    q = dataclasses.replace(c, dequantized=Counter({(64, 32): 5, (32, 64): 2}))
+    assert E.seconds(q, m, grad=True) - E.seconds(c, m, grad=True) == pytest.approx(5 * 1e-3 + 2 * 4e-4)
+
+
+def test_a_quantized_base_is_traced_dequantizing_each_layer_per_call():
+    """Under model.quantization every linear layer but the head dequantizes its weight at each call,
+    and again in the backward pass where its input needs a gradient. Counted by hand for the tiny
+    Llama (2 layers; weights (out, in): q and o 64 x 64, k and v 32 x 64, gate and up 128 x 64, down
+    64 x 128) with LoRA on attention, prompts not shared: the forward calls each layer once; the
+    backward every layer but the first one's q, k and v, whose input (the embeddings) needs no
+    gradient. A no-grad pass and a decoding step call each layer once; generation runs the adapters
+    unmerged (as on a quantized base), so its step has the adapters' matmuls too.
+    (tests/test_qlora.py checks these counts against the ops bitsandbytes itself runs.)"""
+    mode = fake_mode()
+    model = fake_model(_config(), torch.float32, "cpu", mode, LoraConfig(rank=4))
+    once = Counter({(64, 64): 4, (32, 64): 4, (128, 64): 4, (64, 128): 2})
+    with mode:
+        upd = update_pass(model, 6, 3, 9, 5, None, "cpu", share_prompts=False, quantized=True)
+        ref = update_pass(model, 6, 3, 9, 5, None, "cpu", share_prompts=False, backward=False, quantized=True)
+        plain = update_pass(model, 6, 3, 9, 5, None, "cpu", share_prompts=False)
+        _, step = generation_passes(model, 2, 3, 9, 5, None, "cpu", quantized=True)
+        _, merged = generation_passes(model, 2, 3, 9, 5, None, "cpu")
+    assert upd.dequantized == once + Counter({(64, 64): 3, (32, 64): 2, (128, 64): 4, (64, 128): 2})
+    assert ref.dequantized == once and step.dequantized == once and not plain.dequantized
+    assert upd.matmuls == plain.matmuls  # the matmuls themselves are counted as before
+    lora_matmuls = 2 * 4 * 2  # A and B of q, k, v, o in two layers
+    assert sum(step.matmuls.values()) == sum(merged.matmuls.values()) + lora_matmuls
 
 
 def test_batches_split_as_the_trainer_and_engine_split_them():
@@ -213,6 +245,21 @@ def test_quantization_prices_the_linear_layers_weights_at_4_or_8_bits(tiny_dir):
     assert weights["none"] - weights["int8"] == 3 * linear
     assert plans["nf4"].memory.update == plans["none"].memory.update
     assert any("model.quantization=nf4" in n for n in plans["nf4"].notes) and not plans["none"].notes
+    if not importlib.util.find_spec("bitsandbytes"):  # without it the dequantization is said to be unpriced
+        assert any("not priced (bitsandbytes is not installed)" in n for n in plans["nf4"].notes)
+
+
+def test_without_bitsandbytes_the_plan_says_the_dequantization_is_not_priced(tiny_dir, monkeypatch):
+    from groupo.plan.build import make_plan
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if it were not installed
+    over = [f"model.name={tiny_dir}", "task.name=arithmetic", "rollout.group_size=2", "train.prompts_per_step=2",
+            "rollout.max_new_tokens=8", "model.autocast=none", "lora.rank=4", "model.quantization=nf4"]
+    plan = make_plan(quickstart_config(over), prompt_tokens=12, suggest=False,
+                     machine=Machine("cpu", 1e-6, 1e-6, 1e-6, 1e-5, 1e10, 0, AnyShape()))
+    assert [n for n in plan.notes if n.startswith("model.quantization")] == [
+        "model.quantization=nf4: the linear layers' weights are priced at 4 bits (and a float32 scale per 64) each, "
+        "and their dequantization at every call is not priced (bitsandbytes is not installed)"]
 
 
 def test_a_run_from_an_adapter_is_planned_with_the_adapters_rank_and_targets(tiny_dir, tmp_path):

@@ -131,6 +131,47 @@ def test_qlora_samples_with_the_trainers_logprobs_and_then_trains_with_the_dequa
 
 
 @needs_bnb
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_the_planner_counts_the_dequantizations_bitsandbytes_runs(tiny_dir, checkpointing, share_prompts):
+    """`groupo plan` prices a quantized base by the dequantizations its passes run
+    (groupo.plan.trace.quantized_base, on a fake unquantized model): per weight shape, the
+    same number as bitsandbytes' own ops in the trainer's update of the quantized model, forward and
+    backward, with and without shared prompts and checkpointing (whose recomputation stops early)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import AutoConfig
+
+    from groupo.plan.trace import fake_mode, fake_model, update_pass
+
+    class BnbOps(TorchDispatchMode):  # bitsandbytes' fused 4-bit matmul (forward) and dequantize (backward)
+        def __init__(self):
+            super().__init__()
+            self.shapes = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name().startswith("bitsandbytes::"):
+                self.shapes[tuple(next(a for a in args if isinstance(a, (list, tuple, torch.Size))))] += 1
+            return func(*args, **(kwargs or {}))
+
+    lora = LoraConfig(rank=4)
+    policy = load_policy(ModelConfig(name=str(tiny_dir), quantization="nf4", autocast="none",
+                                     gradient_checkpointing=checkpointing), lora, beta=0.0)
+    policy.model.train()
+    packed = pack([[1, 20, 21, 22]] * 3 + [[1, 30, 31, 32]] * 3, [[5, 6, 7, 8, 9]] * 6, policy.tokenizer.pad_token_id)
+    ops = BnbOps()
+    with ops:
+        logp_BT, _ = token_logprobs(policy.model, packed, 1.0, with_entropy=True, share_prompts=share_prompts)
+        logp_BT.sum().backward()
+    mode = fake_mode()
+    fake = fake_model(AutoConfig.from_pretrained(tiny_dir), torch.float32, "cpu", mode, lora, checkpointing)
+    with mode:
+        traced = update_pass(fake, 6, 3, 4, 5, None, "cpu", share_prompts=share_prompts, quantized=True)
+    assert ops.shapes and traced.dequantized == ops.shapes
+
+
+@needs_bnb
 @pytest.mark.long  # three short runs and a second process: ~20 s
 def test_a_qlora_run_resumes_exactly_and_exports_a_merged_model_on_the_dequantized_base(tiny_dir, tmp_path):
     (tmp_path / "reward.py").write_text(REWARD_FILE)

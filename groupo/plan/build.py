@@ -17,8 +17,8 @@ from groupo.config import Config, ConfigError
 from groupo.models.precision import AUTOCAST_DTYPES, native_half, resolve_autocast
 from groupo.models.quantization import weight_bytes
 from groupo.plan import estimate as E
-from groupo.plan.machine import Machine, available_bytes, matmul_rates, measure
-from groupo.plan.trace import Counts, fake_mode, fake_model, generation_passes, update_pass
+from groupo.plan.machine import Machine, available_bytes, dequant_seconds, matmul_rates, measure
+from groupo.plan.trace import Counts, fake_mode, fake_model, generation_passes, quantizable_linears, update_pass
 
 
 @dataclass
@@ -111,18 +111,22 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     amp_dtype = AUTOCAST_DTYPES[amp]
     rows = prompts * G
     micro, calls = E.micro_batches(rows, size), E.chunks(prompts, G, R.batch_size)
+    quantized = cfg.model.quantization != "none"
 
     def passes(model) -> dict:
         with attention_kernel(model, cfg.model.update_attention, packing=T.packing):  # as the trainer's passes run
-            out = {("update", m): update_pass(model, m, G, P_upd, S_upd, amp_dtype, device, True, packing=T.packing)
+            out = {("update", m): update_pass(model, m, G, P_upd, S_upd, amp_dtype, device, True, packing=T.packing,
+                                              quantized=quantized)
                    for m in set(micro)}
             if beta > 0 or A.num_iterations > 1:
                 with model.disable_adapter() if cfg.lora.rank > 0 else contextlib.nullcontext():
                     out |= {("ref", m): update_pass(model, m, G, P_upd, S_upd, amp_dtype, device, True,
-                                                    backward=False, packing=T.packing) for m in set(micro)}
+                                                    backward=False, packing=T.packing, quantized=quantized)
+                            for m in set(micro)}
         if R.engine != "vllm":
             for p in set(calls):
-                out[("prefill", p)], out[("step", p)] = generation_passes(model, p, G, P_gen, S, amp_dtype, device)
+                out[("prefill", p)], out[("step", p)] = generation_passes(model, p, G, P_gen, S, amp_dtype, device,
+                                                                          quantized=quantized)
         return out
 
     traced, params = _traced(cfg, hf_config, device, passes)
@@ -131,6 +135,7 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
     missing = [k for k in keys if k not in machine.matmul_rate]
     if missing:
         machine.matmul_rate.update(matmul_rates(missing, device))
+    dequant_priced = _price_dequantization(cfg, traced, machine, amp_dtype, device)
 
     update_s = A.num_iterations * sum(E.seconds(traced["update", m], machine, grad=True) for m in micro)
     n_ref = (beta > 0) + (A.num_iterations > 1)
@@ -143,18 +148,35 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
                 update_completion_tokens=S_upd, rows=rows, gen_s=gen_s,
                 reference_s=reference_s, update_s=update_s, memory=memory,
                 available=available or available_bytes(device), machine=machine)
-    if cfg.model.quantization != "none":
+    if quantized:
         kind = cfg.model.quantization
         size = "1 byte" if kind == "int8" else "4 bits (and a float32 scale per 64)"
-        plan.notes.append(f"model.quantization={kind}: the weights of the linear layers are priced at {size} each; "
-                          "time and the passes' memory as for the unquantized model (the dequantization of each "
-                          "layer as it runs is not priced)")
+        time = ("their dequantization at every call at the time measured here" if dequant_priced else
+                "their dequantization at every call is not priced (bitsandbytes is not installed)")
+        plan.notes.append(f"model.quantization={kind}: the linear layers' weights are priced at {size} each, "
+                          f"and {time}")
     if device == "cpu" and amp != "none" and not native_half(amp):
         plan.notes.append(f"autocast {amp} is emulated on this CPU (no native {amp} kernels): float32 "
                           "(model.autocast=none) is several times faster here; planned as configured")
     if suggest and not plan.fits:
         plan.suggestions = _suggestions(cfg, plan, prompt_tokens or P_upd, S, machine, mean_completion_tokens)
     return plan
+
+
+def _price_dequantization(cfg: Config, traced: dict, machine: Machine, amp_dtype, device: str) -> bool:
+    """Time the dequantization of the traced passes' weight shapes that `machine` has no time for
+    (bitsandbytes' layers computing in the autocast dtype, or float32), where bitsandbytes is
+    installed; whether the quantized base's time is priced."""
+    if cfg.model.quantization == "none":
+        return False
+    missing = {s for c in traced.values() for s in c.dequantized if s not in machine.dequant_s}
+    if missing:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            return False
+        machine.dequant_s.update(dequant_seconds(missing, cfg.model.quantization, amp_dtype or torch.float32, device))
+    return True
 
 
 def _traced(cfg: Config, hf_config, device: str, passes) -> tuple[dict, tuple[int, int, int, int]]:
@@ -189,13 +211,8 @@ def _traced(cfg: Config, hf_config, device: str, passes) -> tuple[dict, tuple[in
 
 
 def quantizable_weights(model: torch.nn.Module) -> int:
-    """Weights of the layers bitsandbytes quantizes under model.quantization: every nn.Linear but the
-    output head and LoRA's own (a mixture of experts' fused expert weights are parameters, not
-    linear layers, and stay in model.dtype; tests/test_qlora.py checks the bytes against bitsandbytes')."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings()
-    return sum(m.weight.numel() for name, m in model.named_modules()
-               if type(m) is torch.nn.Linear and m is not head and ".lora_" not in name)
+    """Weights of the layers bitsandbytes quantizes under model.quantization (trace.quantizable_linears)."""
+    return sum(m.weight.numel() for m in quantizable_linears(model))
 
 
 def _memory(cfg: Config, params: tuple[int, int, int, int], beta: float, machine: Machine, traced: dict,

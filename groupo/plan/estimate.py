@@ -3,8 +3,9 @@
 
 A pass takes, op by op summed: its fixed cost per op (no-grad, forward with autograd, or
 backward), matmul FLOPs at the rate measured for that shape, other FLOPs (attention) at the
-pass's mean matmul rate, and the bytes other ops move at the measured bandwidth. Nothing
-overlaps on a CPU, so the sum is the estimate.
+pass's mean matmul rate, the bytes other ops move at the measured bandwidth, and under
+model.quantization each dequantization of a layer's weight at the time measured for its shape.
+Nothing overlaps on a CPU, so the sum is the estimate.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def seconds(c: Counts, m: Machine, grad: bool) -> float:
     fixed = c.ops_forward * (m.op_forward_s if grad else m.op_nograd_s) + c.ops_backward * m.op_backward_s
     mm = sum(2 * key[0] * key[1] * key[2] * n / m.matmul_rate[key] for key, n in c.matmuls.items())
     mean_rate = c.matmul_flops / mm if mm else max(m.matmul_rate.values(), default=1e11)
-    return fixed + mm + c.other_flops / mean_rate + c.bytes_moved / m.bandwidth
+    dequant = sum(n * m.dequant_s.get(shape, 0.0) for shape, n in c.dequantized.items())
+    return fixed + mm + c.other_flops / mean_rate + c.bytes_moved / m.bandwidth + dequant
 
 
 def generation_seconds(prefill: Counts, step: Counts, steps: int, rows: int, vocab: int, m: Machine) -> float:

@@ -5,6 +5,11 @@ op counts into seconds with (groupo.plan.estimate).
   power of two of rows at or above each M (best of three; a shape over ~0.5 GFLOP is timed with
   fewer rows, but at least 128, at the same per-FLOP rate; a run slower than 0.2 s is not repeated).
 - Other ops: one memory bandwidth, from a large elementwise add.
+- A quantized base (model.quantization): for each weight shape, what a bitsandbytes layer of that
+  kind spends beyond the plain matmul, i.e. dequantizing (best of three: the layer's forward on 16
+  rows less the matmul's). Per shape, not per weight: the dequantized weight's size against the
+  caches sets the rate (nf4 on an AVX-512 EPYC: 0.15-0.2 ns a weight at 2048 x 512 and 896 x 4864,
+  0.6 ns at 2048 x 8192).
 - The process itself: a fresh interpreter's memory once it has imported the trainer.
 - Fixed costs: eager PyTorch pays microseconds per op (Python, dispatch, kernel launch) whatever
   its size; for a small model's decoding step that is most of the time. Measured on a tiny model
@@ -40,6 +45,7 @@ class Machine:
     bandwidth: float          # bytes/s of an elementwise op
     baseline_bytes: int       # the process before any model: torch, transformers, peft, groupo
     matmul_rate: dict = field(default_factory=dict)  # trace.Counts.matmuls keys -> FLOP/s
+    dequant_s: dict = field(default_factory=dict)    # trace.Counts.dequantized keys -> seconds each
 
 
 def _sync(device: str) -> None:
@@ -47,12 +53,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best(f, device: str, repeats: int = 3, slow_s: float = 0.2) -> float:
-    """Best time of `repeats` calls after a warm-up; one call only where the warm-up took over `slow_s`."""
-    t = time.perf_counter()
-    f()
-    _sync(device)
-    best = time.perf_counter() - t
+def _best(f, device: str, repeats: int = 3, slow_s: float = 0.2, warmup: int = 1) -> float:
+    """Best time of `repeats` calls after `warmup` ones; one call only where the (last) warm-up took over `slow_s`."""
+    for _ in range(warmup):
+        t = time.perf_counter()
+        f()
+        _sync(device)
+        best = time.perf_counter() - t
     if best > slow_s:
         return best
     best = math.inf
@@ -116,6 +123,42 @@ def matmul_rates(keys, device: str) -> dict:
             timed[(m, *key[1:])] = 2 * m * K * N / _best(lambda a=a, b=b: a @ b, device)
         rates[key] = timed[(m, *key[1:])]
     return rates
+
+
+DEQUANT_ROWS = 16
+DEQUANT_REPEATS = 10  # a few milliseconds each; best of three varied threefold from run to run
+
+
+def dequant_seconds(shapes, kind: str, compute: torch.dtype, device: str) -> dict:
+    """Seconds a bitsandbytes layer of `kind` (nf4, fp4, int8) computing in `compute` takes beyond a
+    plain matmul, per (out, in) weight shape: its dequantization (see the module docstring). In
+    training mode, as the update runs it (int8 on a CPU: the dequantizing path; its eval-mode int8
+    matmul, generation's, is timed as the same)."""
+    import bitsandbytes as bnb
+
+    from groupo.models.quantization import keep_training_kernels, quiet_bitsandbytes
+
+    quiet_bitsandbytes()
+    out = {}
+    for shape in set(shapes):
+        N, K = shape
+        w = torch.randn(N, K) * 0.02
+        if kind == "int8":
+            layer = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False)
+            layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+        else:
+            layer = bnb.nn.Linear4bit(K, N, bias=False, compute_dtype=compute, quant_type=kind)
+            layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=kind)
+        layer = layer.to(device)  # quantizes
+        keep_training_kernels(layer)
+        plain = w.to(device=device, dtype=compute)
+        x = torch.randn(DEQUANT_ROWS, K, device=device, dtype=compute)
+        with torch.no_grad():
+            quantized = _best(lambda layer=layer, x=x: layer(x), device, repeats=DEQUANT_REPEATS, warmup=3)
+            matmul = _best(lambda x=x, w=plain: torch.nn.functional.linear(x, w), device, repeats=DEQUANT_REPEATS,
+                           warmup=3)
+        out[shape] = max(0.0, quantized - matmul)
+    return out
 
 
 def bandwidth(device: str) -> float:

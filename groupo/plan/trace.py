@@ -17,6 +17,7 @@ values that fake tensors do not have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import weakref
@@ -44,6 +45,7 @@ class Counts:
     other_flops: float = 0.0   # attention kernels and the like, costed at the matmul rate
     bytes_moved: float = 0.0   # read + written by ops that are neither matmuls nor views
     peak_bytes: int = 0        # most bytes alive at once, of tensors the pass created
+    dequantized: Counter = field(default_factory=Counter)  # a quantized base's weight shapes -> dequantizations
 
     @property
     def matmul_flops(self) -> float:
@@ -62,7 +64,8 @@ class Counts:
         return Counts(round(lin(a.ops_forward, b.ops_forward)), round(lin(a.ops_backward, b.ops_backward)),
                       Counter({key: lin(a.matmuls[key], b.matmuls[key]) for key in b.matmuls}),
                       lin(a.other_flops, b.other_flops), lin(a.bytes_moved, b.bytes_moved),
-                      round(lin(a.peak_bytes, b.peak_bytes)))
+                      round(lin(a.peak_bytes, b.peak_bytes)),
+                      Counter({key: lin(a.dequantized[key], b.dequantized[key]) for key in b.dequantized}))
 
 
 def _transposed(t: torch.Tensor) -> bool:
@@ -88,6 +91,10 @@ class OpTrace(TorchDispatchMode):
         self.phase = phase
         c = self.counts.setdefault(phase, Counts())
         c.peak_bytes = max(c.peak_bytes, self._live)
+
+    def dequantize(self, shape: tuple[int, ...]) -> None:
+        """A quantized base dequantizes a weight of `shape` here (see `quantized_base`)."""
+        self.counts[self.phase].dequantized[shape] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -179,6 +186,50 @@ def fake_model(hf_config, dtype: torch.dtype, device: str, mode: FakeTensorMode,
                 if b is not None:
                     m._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
     return model
+
+
+def quantizable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The layers bitsandbytes quantizes under model.quantization: every nn.Linear but the output head
+    and LoRA's own (a mixture of experts' fused expert weights are parameters, not linear layers, and
+    stay in model.dtype; tests/test_qlora.py checks their bytes against bitsandbytes')."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    return [m for name, m in model.named_modules()
+            if type(m) is torch.nn.Linear and m is not head and ".lora_" not in name]
+
+
+@contextlib.contextmanager
+def quantized_base(model: torch.nn.Module, trace: OpTrace, compute: torch.dtype | None):
+    """With `compute` (a quantized base's compute dtype; None: not quantized), run the block as a
+    bitsandbytes base would and count into `trace` every dequantization it runs. Each quantized
+    layer dequantizes its whole weight straight into `compute` for each matmul
+    (groupo.models.quantization): at every forward call (a checkpointed layer's recomputation
+    included) and again in the backward pass where its input needs a gradient, which is where its
+    output needs one (the weight is frozen). The fake layers get weights in `compute` for the block,
+    made before `trace` is entered, so autocast casts nothing at each call and the trace holds no
+    copy of them; their matmuls are counted as usual."""
+    if compute is None:
+        yield
+        return
+
+    def counted(module, args, out):
+        shape = tuple(module.weight.shape)
+        trace.dequantize(shape)
+        if out.requires_grad:
+            out.register_hook(lambda grad: trace.dequantize(shape))
+
+    layers = quantizable_linears(model)
+    saved = [(m, m.weight) for m in layers]
+    handles = [m.register_forward_hook(counted) for m in layers]
+    try:
+        for m, w in saved:
+            m.weight = torch.nn.Parameter(torch.empty(w.shape, dtype=compute, device=w.device), requires_grad=False)
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, w in saved:
+            m.weight = w
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,10 +340,11 @@ def packed_update_logprobs(model, rows: int, group: int, P: int, T: int, share_p
 
 def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: int, amp: torch.dtype | None,
                 device: str, share_prompts: bool, backward: bool = True, temperature: float = 1.0,
-                packing: bool = False) -> Counts:
+                packing: bool = False, quantized: bool = False) -> Counts:
     """One micro-batch of the policy update (forward, entropy, backward), or with backward=False a
     no-grad log-prob pass (the reference / old policy), traced: `update_logprobs` on inputs of the
-    batch's shapes, or with `packing` `packed_update_logprobs` (completion_len is then the mean)."""
+    batch's shapes, or with `packing` `packed_update_logprobs` (completion_len is then the mean).
+    `quantized`: as a quantized base runs it, its dequantizations counted (`quantized_base`)."""
     from groupo.models.logprobs import checkpoint_keeps_cache
 
     P, T = prompt_len, completion_len
@@ -301,7 +353,8 @@ def update_pass(model, rows: int, group: int, prompt_len: int, completion_len: i
     grad = torch.enable_grad() if backward else torch.no_grad()
     share = (share_prompts and P > 1 and math.ceil(rows / group) < rows
              and (checkpoint_keeps_cache() or not _checkpointing(model)))
-    with trace, grad, autocast(amp, device):
+    with quantized_base(model, trace, (amp or torch.float32) if quantized else None), trace, grad, \
+            autocast(amp, device):
         if packing:
             logp, _ = packed_update_logprobs(model, rows, group, P, T, share, device, temperature, backward)
         else:
@@ -322,13 +375,14 @@ def _checkpointing(model) -> bool:
 
 
 def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: int, amp: torch.dtype | None,
-                      device: str) -> tuple[Counts, Counts]:
+                      device: str, quantized: bool = False) -> tuple[Counts, Counts]:
     """(prefill, one decoding step) of groupo.engines.hf for `prompts` x `n` rows, as its generate
     runs them: on merged LoRA weights, with the frozen weights cast once to the autocast dtype; the
     prefill encodes each prompt's first P-1 tokens once; the step is the last one, over a cache of
     P + new_tokens - 2 positions, written in place. The step's peak holds the casts, the whole cache
     and the step's own tensors. Generation's costs beyond the forward passes (sampling, generate's
-    own loop) are measured separately (groupo.plan.machine)."""
+    own loop) are measured separately (groupo.plan.machine). `quantized`: as the engine runs a
+    quantized base: its adapters unmerged, each layer dequantized at every call (`quantized_base`)."""
     from transformers import DynamicCache
 
     from groupo.engines.kv import reserve
@@ -340,8 +394,9 @@ def generation_passes(model, prompts: int, n: int, prompt_len: int, new_tokens: 
     model.eval()
     cfg = getattr(model, "config", None)
     trace = OpTrace("setup")
-    with trace, torch.no_grad(), merged_for_inference(model), frozen_linear_weights_in(model, amp), \
-            autocast(amp, device):
+    with quantized_base(model, trace, (amp or torch.float32) if quantized else None), trace, torch.no_grad(), \
+            contextlib.nullcontext() if quantized else merged_for_inference(model), \
+            frozen_linear_weights_in(model, amp), autocast(amp, device):
         trace.start("prefill")
         cache = DynamicCache(config=cfg)
         model(input_ids=_ids(prompts, P - 1, device), attention_mask=_mask(prompts, P - 1, P - 1, device),
