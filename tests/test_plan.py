@@ -113,9 +113,9 @@ def test_seconds_add_fixed_matmul_attention_and_bandwidth_costs():
     step = E.seconds(c, m, grad=False) + 1e-3 + 3 * 7 * E.SAMPLING_BYTES_PER_LOGIT / 1e10
     assert E.generation_seconds(c, c, 5, 3, 7, m) == pytest.approx(E.seconds(c, m, grad=False) + 5 * step)
     # a quantized base: each dequantization at its shape's measured time
-    m.dequant_s = {(64, 32): 1e-3, (32, 64): 4e-4}
-    q = dataclasses.replace(c, dequantized=Counter({(64, 32): 5, (32, 64): 2}))
-    assert E.seconds(q, m, grad=True) - E.seconds(c, m, grad=True) == pytest.approx(5 * 1e-3 + 2 * 4e-4)
+    m.dequant_s = {(64, 32, False): 1e-3, (64, 32, True): 3e-3, (32, 64, False): 4e-4}
+    q = dataclasses.replace(c, dequantized=Counter({(64, 32, False): 5, (64, 32, True): 4, (32, 64, False): 2}))
+    assert E.seconds(q, m, grad=True) - E.seconds(c, m, grad=True) == pytest.approx(5e-3 + 4 * 3e-3 + 2 * 4e-4)
 
 
 def test_a_quantized_base_is_traced_dequantizing_each_layer_per_call():
@@ -124,19 +124,21 @@ def test_a_quantized_base_is_traced_dequantizing_each_layer_per_call():
     Llama (2 layers; weights (out, in): q and o 64 x 64, k and v 32 x 64, gate and up 128 x 64, down
     64 x 128) with LoRA on attention, prompts not shared: the forward calls each layer once; the
     backward every layer but the first one's q, k and v, whose input (the embeddings) needs no
-    gradient. A no-grad pass and a decoding step call each layer once; generation runs the adapters
-    unmerged (as on a quantized base), so its step has the adapters' matmuls too.
+    gradient; the two are counted apart (the key's last field), as they are priced apart. A no-grad
+    pass and a decoding step call each layer once; generation runs the adapters unmerged (as on a
+    quantized base), so its step has the adapters' matmuls too.
     (tests/test_qlora.py checks these counts against the ops bitsandbytes itself runs.)"""
     mode = fake_mode()
     model = fake_model(_config(), torch.float32, "cpu", mode, LoraConfig(rank=4))
-    once = Counter({(64, 64): 4, (32, 64): 4, (128, 64): 4, (64, 128): 2})
+    once = Counter({(64, 64, False): 4, (32, 64, False): 4, (128, 64, False): 4, (64, 128, False): 2})
     with mode:
         upd = update_pass(model, 6, 3, 9, 5, None, "cpu", share_prompts=False, quantized=True)
         ref = update_pass(model, 6, 3, 9, 5, None, "cpu", share_prompts=False, backward=False, quantized=True)
         plain = update_pass(model, 6, 3, 9, 5, None, "cpu", share_prompts=False)
         _, step = generation_passes(model, 2, 3, 9, 5, None, "cpu", quantized=True)
         _, merged = generation_passes(model, 2, 3, 9, 5, None, "cpu")
-    assert upd.dequantized == once + Counter({(64, 64): 3, (32, 64): 2, (128, 64): 4, (64, 128): 2})
+    assert upd.dequantized == once + Counter({(64, 64, True): 3, (32, 64, True): 2, (128, 64, True): 4,
+                                              (64, 128, True): 2})
     assert ref.dequantized == once and step.dequantized == once and not plain.dequantized
     assert upd.matmuls == plain.matmuls  # the matmuls themselves are counted as before
     lora_matmuls = 2 * 4 * 2  # A and B of q, k, v, o in two layers

@@ -135,9 +135,10 @@ def test_qlora_samples_with_the_trainers_logprobs_and_then_trains_with_the_dequa
 @pytest.mark.parametrize("share_prompts", [True, False])
 def test_the_planner_counts_the_dequantizations_bitsandbytes_runs(tiny_dir, checkpointing, share_prompts):
     """`groupo plan` prices a quantized base by the dequantizations its passes run
-    (groupo.plan.trace.quantized_base, on a fake unquantized model): per weight shape, the
-    same number as bitsandbytes' own ops in the trainer's update of the quantized model, forward and
-    backward, with and without shared prompts and checkpointing (whose recomputation stops early)."""
+    (groupo.plan.trace.quantized_base, on a fake unquantized model): per weight shape, forward and
+    backward apart, the same number as bitsandbytes' own ops in the trainer's update of the
+    quantized model, with and without shared prompts and checkpointing (whose recomputation stops
+    early)."""
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -148,11 +149,12 @@ def test_the_planner_counts_the_dequantizations_bitsandbytes_runs(tiny_dir, chec
     class BnbOps(TorchDispatchMode):  # bitsandbytes' fused 4-bit matmul (forward) and dequantize (backward)
         def __init__(self):
             super().__init__()
-            self.shapes = Counter()
+            self.calls = Counter()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.name().startswith("bitsandbytes::"):
-                self.shapes[tuple(next(a for a in args if isinstance(a, (list, tuple, torch.Size))))] += 1
+                shape = next(a for a in args if isinstance(a, (list, tuple, torch.Size)))
+                self.calls[(*shape, func.name() == "bitsandbytes::dequantize_4bit")] += 1
             return func(*args, **(kwargs or {}))
 
     lora = LoraConfig(rank=4)
@@ -168,7 +170,7 @@ def test_the_planner_counts_the_dequantizations_bitsandbytes_runs(tiny_dir, chec
     fake = fake_model(AutoConfig.from_pretrained(tiny_dir), torch.float32, "cpu", mode, lora, checkpointing)
     with mode:
         traced = update_pass(fake, 6, 3, 4, 5, None, "cpu", share_prompts=share_prompts, quantized=True)
-    assert ops.shapes and traced.dequantized == ops.shapes
+    assert ops.calls and traced.dequantized == ops.calls
 
 
 @needs_bnb

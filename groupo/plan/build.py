@@ -164,9 +164,9 @@ def make_plan(cfg: Config, prompt_tokens: int | None = None, completion_tokens: 
 
 
 def _price_dequantization(cfg: Config, traced: dict, machine: Machine, amp_dtype, device: str) -> bool:
-    """Time the dequantization of the traced passes' weight shapes that `machine` has no time for
-    (bitsandbytes' layers computing in the autocast dtype, or float32), where bitsandbytes is
-    installed; whether the quantized base's time is priced."""
+    """Time the dequantizations the traced passes run that `machine` has no time for (bitsandbytes'
+    layers quantized from model.dtype, computing in the autocast dtype or float32), where
+    bitsandbytes is installed; whether the quantized base's time is priced."""
     if cfg.model.quantization == "none":
         return False
     missing = {s for c in traced.values() for s in c.dequantized if s not in machine.dequant_s}
@@ -175,7 +175,8 @@ def _price_dequantization(cfg: Config, traced: dict, machine: Machine, amp_dtype
             import bitsandbytes  # noqa: F401
         except ImportError:
             return False
-        machine.dequant_s.update(dequant_seconds(missing, cfg.model.quantization, amp_dtype or torch.float32, device))
+        machine.dequant_s.update(dequant_seconds(missing, cfg.model.quantization, getattr(torch, cfg.model.dtype),
+                                                 amp_dtype or torch.float32, device))
     return True
 
 

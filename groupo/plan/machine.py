@@ -6,10 +6,10 @@ op counts into seconds with (groupo.plan.estimate).
   fewer rows, but at least 128, at the same per-FLOP rate; a run slower than 0.2 s is not repeated).
 - Other ops: one memory bandwidth, from a large elementwise add.
 - A quantized base (model.quantization): for each weight shape, what a bitsandbytes layer of that
-  kind spends beyond the plain matmul, i.e. dequantizing (best of three: the layer's forward on 16
-  rows less the matmul's). Per shape, not per weight: the dequantized weight's size against the
-  caches sets the rate (nf4 on an AVX-512 EPYC: 0.15-0.2 ns a weight at 2048 x 512 and 896 x 4864,
-  0.6 ns at 2048 x 8192).
+  kind spends dequantizing, in the forward pass (its call on 16 rows less the plain matmul's) and in
+  the backward pass (bitsandbytes' dequantize call), best of ten. Per shape, not per weight: the
+  dequantized weight's size against the caches sets the rate (nf4 on an AVX-512 EPYC, forward: 0.1-0.2
+  ns a weight at 2048 x 512 and 896 x 4864, 0.6 ns at 2048 x 8192).
 - The process itself: a fresh interpreter's memory once it has imported the trainer.
 - Fixed costs: eager PyTorch pays microseconds per op (Python, dispatch, kernel launch) whatever
   its size; for a small model's decoding step that is most of the time. Measured on a tiny model
@@ -129,20 +129,23 @@ DEQUANT_ROWS = 16
 DEQUANT_REPEATS = 10  # a few milliseconds each; best of three varied threefold from run to run
 
 
-def dequant_seconds(shapes, kind: str, compute: torch.dtype, device: str) -> dict:
-    """Seconds a bitsandbytes layer of `kind` (nf4, fp4, int8) computing in `compute` takes beyond a
-    plain matmul, per (out, in) weight shape: its dequantization (see the module docstring). In
-    training mode, as the update runs it (int8 on a CPU: the dequantizing path; its eval-mode int8
-    matmul, generation's, is timed as the same)."""
+def dequant_seconds(keys, kind: str, weights: torch.dtype, compute: torch.dtype, device: str) -> dict:
+    """Seconds a bitsandbytes layer of `kind` (nf4, fp4, int8), quantized from `weights` (model.dtype)
+    and computing in `compute`, spends dequantizing, per trace.Counts.dequantized key (out, in, in
+    backward); see the module docstring. Forward: the layer's call less the plain matmul's, in
+    training mode as the update runs it (int8 on a CPU: its dequantizing path; its eval-mode int8
+    matmul, generation's, is priced the same). Backward: the 4-bit layers' own call,
+    bitsandbytes.functional.dequantize_4bit into `weights` and a cast to `compute` (so a float32 base
+    costs more there); int8's backward dequantizes as its forward does."""
     import bitsandbytes as bnb
+    import bitsandbytes.functional as F
 
     from groupo.models.quantization import keep_training_kernels, quiet_bitsandbytes
 
     quiet_bitsandbytes()
     out = {}
-    for shape in set(shapes):
-        N, K = shape
-        w = torch.randn(N, K) * 0.02
+    for N, K, backward in set(keys):
+        w = (torch.randn(N, K) * 0.02).to(weights)
         if kind == "int8":
             layer = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False)
             layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
@@ -151,13 +154,16 @@ def dequant_seconds(shapes, kind: str, compute: torch.dtype, device: str) -> dic
             layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=kind)
         layer = layer.to(device)  # quantizes
         keep_training_kernels(layer)
-        plain = w.to(device=device, dtype=compute)
-        x = torch.randn(DEQUANT_ROWS, K, device=device, dtype=compute)
+        best = lambda f: _best(f, device, repeats=DEQUANT_REPEATS, warmup=3)
         with torch.no_grad():
-            quantized = _best(lambda layer=layer, x=x: layer(x), device, repeats=DEQUANT_REPEATS, warmup=3)
-            matmul = _best(lambda x=x, w=plain: torch.nn.functional.linear(x, w), device, repeats=DEQUANT_REPEATS,
-                           warmup=3)
-        out[shape] = max(0.0, quantized - matmul)
+            if backward and kind != "int8":
+                q = layer.weight
+                out[(N, K, backward)] = best(lambda q=q: F.dequantize_4bit(q.data, q.quant_state).to(compute))
+                continue
+            x, plain = torch.randn(DEQUANT_ROWS, K, device=device, dtype=compute), w.to(device=device, dtype=compute)
+            quantized = best(lambda layer=layer, x=x: layer(x))
+            matmul = best(lambda x=x, w=plain: torch.nn.functional.linear(x, w))
+        out[(N, K, backward)] = max(0.0, quantized - matmul)
     return out
 
 

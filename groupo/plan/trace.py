@@ -45,7 +45,7 @@ class Counts:
     other_flops: float = 0.0   # attention kernels and the like, costed at the matmul rate
     bytes_moved: float = 0.0   # read + written by ops that are neither matmuls nor views
     peak_bytes: int = 0        # most bytes alive at once, of tensors the pass created
-    dequantized: Counter = field(default_factory=Counter)  # a quantized base's weight shapes -> dequantizations
+    dequantized: Counter = field(default_factory=Counter)  # (out, in, in backward) of a quantized weight -> times
 
     @property
     def matmul_flops(self) -> float:
@@ -92,9 +92,9 @@ class OpTrace(TorchDispatchMode):
         c = self.counts.setdefault(phase, Counts())
         c.peak_bytes = max(c.peak_bytes, self._live)
 
-    def dequantize(self, shape: tuple[int, ...]) -> None:
-        """A quantized base dequantizes a weight of `shape` here (see `quantized_base`)."""
-        self.counts[self.phase].dequantized[shape] += 1
+    def dequantize(self, weight: torch.Tensor, backward: bool) -> None:
+        """A quantized base dequantizes `weight` here, in the forward or the backward pass (see `quantized_base`)."""
+        self.counts[self.phase].dequantized[(*weight.shape, backward)] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -213,10 +213,9 @@ def quantized_base(model: torch.nn.Module, trace: OpTrace, compute: torch.dtype 
         return
 
     def counted(module, args, out):
-        shape = tuple(module.weight.shape)
-        trace.dequantize(shape)
+        trace.dequantize(module.weight, backward=False)
         if out.requires_grad:
-            out.register_hook(lambda grad: trace.dequantize(shape))
+            out.register_hook(lambda grad, w=module.weight: trace.dequantize(w, backward=True))
 
     layers = quantizable_linears(model)
     saved = [(m, m.weight) for m in layers]
