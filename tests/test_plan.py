@@ -52,6 +52,23 @@ def test_traced_matmul_flops_are_the_hand_count():
     assert c.ops_backward == 0 and c.other_flops > 0  # attention, counted apart
 
 
+def test_a_pass_holds_only_the_memory_it_makes():
+    """A linear layer's forward on fake tensors made before the pass: the weight's transpose
+    (aten.t, a view) and an in-place op on the input share memory that existed already, so the
+    pass's peak is its output alone, rows x out x 4 bytes. (A 128k-vocabulary output head's
+    transpose counted as new memory put 0.5 GB into every head chunk of Llama-3.2-1B's plan.)"""
+    from groupo.plan.trace import OpTrace
+
+    mode = fake_mode()
+    with mode:
+        weight, x = torch.empty(512, 256), torch.empty(8, 256)
+        trace = OpTrace()
+        with trace, torch.no_grad():
+            x.mul_(2.0)
+            y = torch.nn.functional.linear(x, weight)
+    assert y.shape == (8, 512) and trace.counts["pass"].peak_bytes == 8 * 512 * 4
+
+
 def test_shared_prompts_encode_each_prompt_once():
     """With groups of 3 the prompt's first P-1 tokens run once per group: the decoder layers'
     FLOPs drop by exactly those tokens' share."""
