@@ -143,8 +143,9 @@ def dequant_seconds(keys, kind: str, weights: torch.dtype, compute: torch.dtype,
     from groupo.models.quantization import keep_training_kernels, quiet_bitsandbytes
 
     quiet_bitsandbytes()
+    best = lambda f: _best(f, device, repeats=DEQUANT_REPEATS, warmup=3)
     out = {}
-    for N, K, backward in set(keys):
+    for N, K in {key[:2] for key in keys}:  # each shape quantized once, for both directions
         w = (torch.randn(N, K) * 0.02).to(weights)
         if kind == "int8":
             layer = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False)
@@ -154,16 +155,14 @@ def dequant_seconds(keys, kind: str, weights: torch.dtype, compute: torch.dtype,
             layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=kind)
         layer = layer.to(device)  # quantizes
         keep_training_kernels(layer)
-        best = lambda f: _best(f, device, repeats=DEQUANT_REPEATS, warmup=3)
         with torch.no_grad():
-            if backward and kind != "int8":
-                q = layer.weight
-                out[(N, K, backward)] = best(lambda q=q: F.dequantize_4bit(q.data, q.quant_state).to(compute))
-                continue
             x, plain = torch.randn(DEQUANT_ROWS, K, device=device, dtype=compute), w.to(device=device, dtype=compute)
-            quantized = best(lambda layer=layer, x=x: layer(x))
-            matmul = best(lambda x=x, w=plain: torch.nn.functional.linear(x, w))
-        out[(N, K, backward)] = max(0.0, quantized - matmul)
+            forward = max(0.0, best(lambda layer=layer, x=x: layer(x))
+                          - best(lambda x=x, w=plain: torch.nn.functional.linear(x, w)))
+            q = layer.weight
+            backward = (forward if kind == "int8" else
+                        best(lambda q=q: F.dequantize_4bit(q.data, q.quant_state).to(compute)))
+        out[(N, K, False)], out[(N, K, True)] = forward, backward
     return out
 
 
